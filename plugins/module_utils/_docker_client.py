@@ -1,0 +1,231 @@
+# -*- coding: utf-8 -*-
+# Copyright: volumeops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""The Docker connection layer shared by every module of the collection.
+
+Private to the collection (the leading underscore): no compatibility promise
+to code outside it.
+
+- ``docker_argument_spec()`` returns the connection options documented once in
+  the ``volumeops.docker.docker`` doc fragment (env fallbacks included).
+- ``AnsibleDockerClient`` builds the AnsibleModule and a low-level docker SDK
+  ``APIClient``; every API error is turned into one clear ``fail_json``
+  message, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from contextlib import contextmanager
+from urllib.parse import urlparse
+
+from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
+
+DOCKER_IMPORT_ERROR = None
+try:
+    import docker
+    from docker import errors as docker_errors
+    from docker.tls import TLSConfig
+    HAS_DOCKER = True
+except ImportError:  # pragma: no cover - exercised by the missing-library test
+    HAS_DOCKER = False
+    DOCKER_IMPORT_ERROR = traceback.format_exc()
+
+try:
+    from requests import exceptions as requests_errors
+except ImportError:  # pragma: no cover - requests comes with the docker SDK
+    requests_errors = None
+
+DEFAULT_DOCKER_HOST = 'unix:///var/run/docker.sock'
+MIN_DOCKER_SDK = (7, 0, 0)
+
+
+def docker_argument_spec():
+    """The connection options; a fresh dict each call so modules may extend it."""
+    return dict(
+        docker_host=dict(type='str', default=DEFAULT_DOCKER_HOST, aliases=['docker_url'],
+                         fallback=(env_fallback, ['DOCKER_HOST'])),
+        tls=dict(type='bool', default=False, fallback=(env_fallback, ['DOCKER_TLS'])),
+        validate_certs=dict(type='bool', default=False, aliases=['tls_verify'],
+                            fallback=(env_fallback, ['DOCKER_TLS_VERIFY'])),
+        ca_path=dict(type='path', aliases=['ca_cert', 'tls_ca_cert', 'cacert_path']),
+        client_cert=dict(type='path', aliases=['tls_client_cert', 'cert_path']),
+        client_key=dict(type='path', aliases=['tls_client_key', 'key_path'], no_log=False),
+        api_version=dict(type='str', default='auto', aliases=['docker_api_version'],
+                         fallback=(env_fallback, ['DOCKER_API_VERSION'])),
+        timeout=dict(type='int', default=60, fallback=(env_fallback, ['DOCKER_TIMEOUT'])),
+    )
+
+
+CONNECTION_OPTION_NAMES = frozenset(docker_argument_spec())
+
+
+def is_local_unix_socket(docker_host):
+    """True when the daemon is reached through a unix socket on this host.
+
+    Only then is a volume's Mountpoint a path the module can open itself.
+    """
+    return urlparse(docker_host or DEFAULT_DOCKER_HOST).scheme in ('unix', '')
+
+
+class DockerCallError(Exception):
+    """A Docker API call failed; ``msg`` is meant for the user as it is."""
+
+    def __init__(self, msg, status=None):
+        super().__init__(msg)
+        self.msg = msg
+        self.status = status
+
+
+def describe_docker_error(exc, action):
+    """One human sentence for an exception raised by the docker SDK."""
+    if isinstance(exc, docker_errors.APIError):
+        explanation = exc.explanation
+        if isinstance(explanation, bytes):
+            explanation = explanation.decode('utf-8', 'replace')
+        return '%s failed: %s' % (action, explanation or str(exc))
+    if requests_errors is not None and isinstance(exc, requests_errors.ConnectionError):
+        return '%s failed: cannot reach the Docker daemon (%s)' % (action, _root_cause(exc))
+    if isinstance(exc, PermissionError):
+        return '%s failed: permission denied on the Docker socket (%s)' % (action, exc)
+    return '%s failed: %s' % (action, _root_cause(exc))
+
+
+def _root_cause(exc):
+    seen = set()
+    while exc.__context__ is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        exc = exc.__context__
+    return str(exc) or exc.__class__.__name__
+
+
+class AnsibleDockerClient(object):
+    """AnsibleModule + docker APIClient with error handling in one place.
+
+    Modules pass their own argument spec (connection options are merged in)
+    and the usual AnsibleModule keyword arguments.
+    """
+
+    def __init__(self, argument_spec, **module_kwargs):
+        spec = docker_argument_spec()
+        spec.update(argument_spec)
+        self.module = AnsibleModule(argument_spec=spec, **module_kwargs)
+        if not HAS_DOCKER:
+            self.module.fail_json(msg=missing_required_lib('docker (the Docker SDK for Python: apt install python3-docker, or pip install docker)'),
+                                  exception=DOCKER_IMPORT_ERROR)
+        version = tuple(int(p) for p in docker.__version__.split('.')[:3] if p.isdigit())
+        if version < MIN_DOCKER_SDK:
+            self.module.fail_json(msg='The docker Python SDK %s on %s is too old; version %s or newer is required.'
+                                  % (docker.__version__, os.uname()[1], '.'.join(map(str, MIN_DOCKER_SDK))))
+        self.params = self.module.params
+        self.api = self._connect()
+
+    @property
+    def docker_host(self):
+        return self.params['docker_host']
+
+    @property
+    def is_local(self):
+        return is_local_unix_socket(self.docker_host)
+
+    def fail(self, msg, **kwargs):
+        self.module.fail_json(msg=msg, **kwargs)
+
+    def _tls_config(self):
+        p = self.params
+        cert_dir = os.environ.get('DOCKER_CERT_PATH')
+
+        def from_cert_dir(value, name):
+            if value or not cert_dir:
+                return value
+            candidate = os.path.join(cert_dir, name)
+            return candidate if os.path.exists(candidate) else None
+
+        ca = from_cert_dir(p['ca_path'], 'ca.pem')
+        cert = from_cert_dir(p['client_cert'], 'cert.pem')
+        key = from_cert_dir(p['client_key'], 'key.pem')
+        if not (p['tls'] or p['validate_certs']):
+            return False
+        if bool(cert) != bool(key):
+            self.fail('client_cert and client_key must be given together.')
+        for name, value in (('ca_path', ca), ('client_cert', cert), ('client_key', key)):
+            if value and not os.path.isfile(value):
+                self.fail('%s %s does not exist or is not a file.' % (name, value))
+        return TLSConfig(client_cert=(cert, key) if cert else None,
+                         ca_cert=ca if p['validate_certs'] else None,
+                         verify=bool(p['validate_certs']))
+
+    def _connect(self):
+        p = self.params
+        host = p['docker_host']
+        if urlparse(host).scheme not in ('unix', 'tcp', 'ssh', 'http', 'https', 'npipe'):
+            self.fail('docker_host %r is not a unix://, tcp:// or ssh:// URL.' % host)
+        try:
+            api = docker.APIClient(base_url=host, version=p['api_version'] or 'auto',
+                                   timeout=p['timeout'], tls=self._tls_config(),
+                                   use_ssh_client=False)
+        except Exception as exc:  # the SDK raises many kinds while negotiating the version
+            self.fail(self._connect_error(exc))
+        return api
+
+    def _connect_error(self, exc):
+        text = _root_cause(exc)
+        if 'Permission denied' in text or isinstance(exc, PermissionError):
+            return ('Cannot connect to the Docker daemon at %s: permission denied. Run as root, '
+                    'add the user to the docker group, or use become.' % self.docker_host)
+        if 'client version' in text and 'too old' in text or 'minimum supported API version' in text:
+            return 'The Docker daemon at %s refused the API version: %s' % (self.docker_host, text)
+        return 'Cannot connect to the Docker daemon at %s: %s' % (self.docker_host, text)
+
+    @contextmanager
+    def errors(self, action):
+        """Turn any SDK error inside the block into one fail_json message."""
+        try:
+            yield
+        except DockerCallError as exc:
+            self.fail(exc.msg)
+        except Exception as exc:
+            if HAS_DOCKER and isinstance(exc, docker_errors.DockerException) or \
+                    (requests_errors is not None and isinstance(exc, requests_errors.RequestException)) or \
+                    isinstance(exc, (OSError, PermissionError)):
+                self.fail(describe_docker_error(exc, action))
+            raise
+
+    # --- volume helpers used by several modules -------------------------------------------------
+
+    def inspect_volume(self, name):
+        """The volume's inspect dict, or None when it does not exist."""
+        try:
+            return self.api.inspect_volume(name)
+        except docker_errors.NotFound:
+            return None
+
+    def containers_using_volume(self, name):
+        """Containers (running or not) that mount the volume.
+
+        Returns dicts with name, id, running, state, destination, read_only.
+        """
+        result = []
+        for summary in self.api.containers(all=True, filters={'volume': name}):
+            for mount in summary.get('Mounts') or []:
+                if mount.get('Type') == 'volume' and mount.get('Name') == name:
+                    result.append(dict(
+                        name=(summary.get('Names') or ['/' + summary['Id'][:12]])[0].lstrip('/'),
+                        id=summary['Id'],
+                        state=summary.get('State'),
+                        running=summary.get('State') == 'running',
+                        destination=mount.get('Destination'),
+                        read_only=not mount.get('RW', True),
+                    ))
+        return result
+
+    def require_local_image(self, image):
+        """Helper images are never pulled: fail clearly when the image is absent."""
+        try:
+            return self.api.inspect_image(image)
+        except docker_errors.NotFound:
+            self.fail('Helper image %r is not present on the Docker host; this collection never pulls images. '
+                      'Load or build it there first (docker load / docker import), or set helper_image.' % image)

@@ -1,0 +1,42 @@
+# -*- coding: utf-8 -*-
+# Copyright: volumeops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Input checks shared by the modules; pure functions, unit-tested."""
+
+from __future__ import annotations
+
+import re
+
+# Docker's own rule for volume (and container) names.
+VOLUME_NAME_RE = re.compile(r'^[a-zA-Z0-9][a-zA-Z0-9_.-]+$')
+
+
+def volume_name_error(name, what='volume name'):
+    """None when ``name`` is a valid Docker volume name, else a message saying why not."""
+    if not isinstance(name, str) or not VOLUME_NAME_RE.match(name):
+        return ('Invalid %s %r: Docker volume names must match [a-zA-Z0-9][a-zA-Z0-9_.-]+ '
+                '(at least two characters, starting with a letter or digit).' % (what, name))
+    return None
+
+
+def stringify_labels(labels, what='label'):
+    """Labels as a str->str dict, or raise ValueError naming the key and value.
+
+    Booleans and floats are refused: YAML turns ``yes`` into True and ``1.0``
+    into 1.0, whose string forms ('True', '1.0') are rarely what the user typed.
+    """
+    result = {}
+    for key, value in (labels or {}).items():
+        if isinstance(value, bool) or isinstance(value, float):
+            raise ValueError('The value %r of %s %r cannot be converted to a string safely; '
+                             'quote it in YAML (for example "%s").' % (value, what, key, value))
+        if isinstance(value, int):
+            value = str(value)
+        if value is None:
+            value = ''
+        if not isinstance(value, str):
+            raise ValueError('The value %r of %s %r is not a string.' % (value, what, key))
+        result[str(key)] = value
+    return result
