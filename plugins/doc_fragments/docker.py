@@ -71,8 +71,8 @@ options:
     type: int
     default: 60
 notes:
-  - Connection options can be set once per play with
-    C(module_defaults: {group/volumeops.docker.docker: {docker_host: ...}}).
+  - "Connection options can be set once per play with
+    C(module_defaults: {group/volumeops.docker.docker: {docker_host: ...}})."
 requirements:
   - docker (Python SDK) >= 7.0.0 on the managed host (C(apt install python3-docker) or C(pip install docker))
   - paramiko on the managed host when O(docker_host) uses C(ssh://)

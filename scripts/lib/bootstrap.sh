@@ -19,7 +19,7 @@ log() { printf '[bootstrap] %s\n' "$*" >&2; }
 bootstrap_packages() {
     local pkgs=(docker.io busybox-static openssh-server openssh-client acl attr zstd
                 iproute2 iptables python3-venv python3-pip rsync tar gzip procps util-linux
-                bridge-utils file)
+                bridge-utils file shellcheck libcap2-bin)
     local missing=()
     for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -58,7 +58,7 @@ bootstrap_get_pip_standin() {
     # The pip versions ansible-test bootstraps are pinned in its python_requirements.py.
     versions=$(grep -ho "pip='[0-9.]*'" "$("$VOLUMEOPS_VENV/bin/python" -c \
         'import ansible_test, os; print(os.path.dirname(ansible_test.__file__))')/_internal/python_requirements.py" \
-        | tr -d "pip='" | sort -u)
+        | sed -e "s/^pip='//" -e "s/'$//" | sort -u)
     [ -n "$versions" ] || { log "cannot find ansible-test's pip version"; return 1; }
     for v in $versions; do
         cat > "$cache/get_pip_${v//./_}.py" <<'PY'

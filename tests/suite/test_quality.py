@@ -1,0 +1,69 @@
+"""Collection-level checks: ansible-test sanity, ansible-lint, changelog lint,
+and that the built collection tarball installs and works."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tempfile
+import uuid
+
+from suite_helpers import assert_ok, run
+
+
+def test_ansible_test_sanity(collection_root):
+    # --local: no containers or delegation; the offline get-pip stand-in lets it
+    # build its per-test virtual environments (see DEVELOPERS.md).
+    proc = run(['ansible-test', 'sanity', '--local', '--python', '3.11', '--color', 'no'], cwd=collection_root)
+    assert_ok(proc, 'ansible-test sanity')
+    assert 'Running sanity test "validate-modules"' in proc.stdout
+
+
+def test_no_sanity_ignores(collection_root):
+    ignores = sorted(p.name for p in (collection_root / 'tests' / 'sanity').glob('ignore-*.txt')) \
+        if (collection_root / 'tests' / 'sanity').is_dir() else []
+    assert ignores == [], 'sanity ignore files must not exist: %s' % ignores
+
+
+def test_ansible_lint_production(collection_root):
+    targets = [p for p in ('roles', 'playbooks') if any((collection_root / p).iterdir())]
+    if not targets:
+        return
+    proc = run(['ansible-lint', '--offline', '--profile', 'production', '--nocolor'] + targets, cwd=collection_root)
+    assert_ok(proc, 'ansible-lint (production profile)')
+
+
+def test_changelog_fragments_lint(collection_root):
+    proc = run(['antsibull-changelog', 'lint'], cwd=collection_root)
+    assert_ok(proc, 'antsibull-changelog lint')
+
+
+def test_built_collection_installs_and_runs(collection_root):
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = run(['ansible-galaxy', 'collection', 'build', '--output-path', tmp], cwd=collection_root)
+        assert_ok(proc, 'ansible-galaxy collection build')
+        tarball = '%s/volumeops-docker-0.1.0.tar.gz' % tmp
+        listing = subprocess.run(['tar', '-tzf', tarball], stdout=subprocess.PIPE, text=True, check=True).stdout
+        assert 'plugins/modules/volume.py' in listing
+        assert 'tests/output' not in listing and '__pycache__' not in listing
+        proc = run(['ansible-galaxy', 'collection', 'install', '-p', tmp + '/installed', tarball], cwd=tmp)
+        assert_ok(proc, 'ansible-galaxy collection install')
+
+        name = 'vobuild%s' % uuid.uuid4().hex[:8]
+        subprocess.run(['docker', 'volume', 'create', '--label', 'built=yes', name], check=True,
+                       stdout=subprocess.DEVNULL)
+        try:
+            # Run from a directory outside the source tree, with only the installed copy on the path.
+            env = {'ANSIBLE_COLLECTIONS_PATH': tmp + '/installed', 'ANSIBLE_LOAD_CALLBACK_PLUGINS': '1',
+                   'ANSIBLE_STDOUT_CALLBACK': 'json'}
+            proc = run(['ansible', 'localhost', '-m', 'volumeops.docker.volume_info', '-a', 'name=%s' % name],
+                       cwd=tmp, env=env)
+            assert_ok(proc, 'running volume_info from the installed collection')
+            result = json.loads(proc.stdout[proc.stdout.index('{'):])
+            host = result['plays'][0]['tasks'][0]['hosts']['localhost']
+            assert host['exists'] is True
+            assert host['volumes'][0]['labels'] == {'built': 'yes'}
+            assert tmp + '/installed' in run(['ansible-doc', '-t', 'module', 'volumeops.docker.volume_info'],
+                                             cwd=tmp, env=env).stdout
+        finally:
+            subprocess.run(['docker', 'volume', 'rm', name], check=False, stdout=subprocess.DEVNULL)
