@@ -26,7 +26,7 @@ def test_no_sanity_ignores(collection_root):
 
 
 def test_ansible_lint_production(collection_root):
-    targets = [p for p in ('roles', 'playbooks') if any((collection_root / p).iterdir())]
+    targets = [p for p in ('roles', 'playbooks') if (collection_root / p).is_dir() and any((collection_root / p).iterdir())]
     if not targets:
         return
     proc = run(['ansible-lint', '--offline', '--profile', 'production', '--nocolor'] + targets, cwd=collection_root)
