@@ -13,7 +13,7 @@ Design choices, and why:
 - Paths are bytes relative to the root (b'.' for the root itself): volume file
   names need not be valid UTF-8 and may contain newlines.
 - lstat only; symlinks are never followed, and the walk never leaves the tree.
-- Each directory's entries are visited in sorted (byte) order, so the order is
+- Each directory's entries are visited in sorted (byte) order, then its subdirectories; the order is
   deterministic and the fingerprint can be hashed as a stream: memory stays
   bounded by the depth of the tree, not its size (a million files is fine).
 - No content is read: the fingerprint covers path, type, size, mtime_ns,
