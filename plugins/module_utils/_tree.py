@@ -156,19 +156,24 @@ class TreeSummary(object):
         return dict(fingerprint=self.fingerprint, entries=self.entries, bytes=self.bytes)
 
 
-def fingerprint(root, exclude=None, include_root_mtime=True):
+def fingerprint(root, exclude=None, include_root_mtime=True, skip_types=()):
     """Walk ``root`` once and return a TreeSummary.
 
     ``entries`` counts every entry including the root; ``bytes`` sums the
     apparent size of regular files (hard links counted once).
     ``include_root_mtime=False`` leaves the root's mtime out, for comparisons
     where the root directory itself is recreated (its other properties stay).
+    ``skip_types`` is a collection of type codes (e.g. ``('s',)``) left out of
+    the fingerprint and counts: archives cannot hold sockets, so the backup's
+    manifest must not count them either.
     """
     digest = hashlib.sha256(b'volumeops-tree-v%d\n' % FINGERPRINT_VERSION)
     entries = 0
     total = 0
     seen_inodes = set()
     for entry in walk(root, exclude):
+        if skip_types and type_code(entry.st.st_mode) in skip_types:
+            continue
         record = entry_record(entry)
         if entry.relpath == b'.' and not include_root_mtime:
             parts = record.split(b'\0')
