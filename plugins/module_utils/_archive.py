@@ -1,0 +1,1124 @@
+# -*- coding: utf-8 -*-
+# Copyright: volumeops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""The archive format and the reusable stream pieces of the collection.
+
+Used by volume_backup, volume_restore, backup_info and the transfer code
+(host-to-host migration streams the same format).
+
+The archive
+-----------
+A pax (POSIX.1-2001) tar stream written by GNU tar with full-fidelity flags
+(see ``tar_create_argv``), optionally compressed with zstd or gzip. The FIRST
+member is ``.volumeops-manifest.json`` (a regular file written by this module,
+see ``manifest_member``): GNU tar can list and extract it in an emergency, and
+``volume_restore`` strips it so it is never written into the volume. The
+rest of the stream is GNU tar's output of ``-C <root> .``, so the volume root's
+own owner, mode, mtime, xattrs and ACLs travel in the ``./`` entry.
+
+Next to ``<volume>_<UTC timestamp>.tar.zst`` live two sidecars:
+``<archive>.sha256`` (``sha256sum -c`` format, hash of the compressed bytes)
+and ``<archive>.manifest.json`` (a copy of the manifest for backup_info and
+idempotency without decompressing anything). The in-stream manifest is
+authoritative for restore.
+
+Reusable pieces (all argument lists, never a shell):
+- ``tar_create_argv`` / ``tar_extract_argv``: the GNU tar command lines.
+- ``compressor_argv`` / ``decompressor_argv``: zstd / gzip / none.
+- ``write_compressed_stream``: producer (argv or chunk iterator) -> compressor
+  -> file object, sha256 of the compressed bytes, every exit status checked.
+- ``TarStreamValidator``: streaming parser of an untrusted tar stream; refuses
+  traversal, writes through links, devices; strips and returns the manifest.
+- ``extract_stream``: compressed source -> hash -> decompressor -> validator ->
+  GNU tar -x into a directory, every exit status checked.
+- ``new_staging_dir`` / ``exchange_dirs`` / ``remove_tree`` / ``verify_tree``:
+  staging + verify + atomic swap.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import datetime
+import errno
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import stat
+import subprocess
+import tarfile
+import tempfile
+import threading
+
+from ansible_collections.volumeops.docker.plugins.module_utils import _tree
+
+FORMAT_VERSION = 1
+COLLECTION_VERSION = '0.1.0'
+MANIFEST_MEMBER = '.volumeops-manifest.json'
+CHUNK = 1024 * 1024
+TMP_MARKER = '.volumeops-tmp-'
+STAGING_MARKER = '.volumeops-staging-'
+OLD_MARKER = '.volumeops-old-'
+# Archives cannot hold sockets (GNU tar skips them), so they are left out of
+# every fingerprint that is compared with an archive's manifest.
+SKIP_TYPES = ('s',)
+
+EXTENSIONS = {'zstd': '.tar.zst', 'gzip': '.tar.gz', 'none': '.tar'}
+ARCHIVE_RE = re.compile(r'^(?P<volume>[a-zA-Z0-9][a-zA-Z0-9_.-]+)_(?P<ts>\d{8}T\d{6}(?:\.\d{1,6})?Z)'
+                        r'(?P<ext>\.tar(?:\.zst|\.gz)?)$')
+
+
+class ArchiveError(Exception):
+    """A user-facing failure; ``str(exc)`` is the message."""
+
+
+# --- naming ------------------------------------------------------------------------------------
+
+def utc_timestamp(when=None):
+    """UTC timestamp used in archive names, microseconds included so forced runs never collide."""
+    when = when or datetime.datetime.now(datetime.timezone.utc)
+    return when.strftime('%Y%m%dT%H%M%S.%fZ')
+
+
+def archive_name(volume, compression, when=None):
+    """``<volume>_<UTC timestamp><ext>``, e.g. ``db_20250101T120000.000000Z.tar.zst``."""
+    return '%s_%s%s' % (volume, utc_timestamp(when), EXTENSIONS[compression])
+
+
+def parse_archive_name(name):
+    """dict(volume, timestamp, created (ISO 8601), compression) for an archive file name, or None."""
+    m = ARCHIVE_RE.match(name)
+    if not m:
+        return None
+    ts = m.group('ts')
+    fmt = '%Y%m%dT%H%M%S.%fZ' if '.' in ts else '%Y%m%dT%H%M%SZ'
+    try:
+        created = datetime.datetime.strptime(ts, fmt).replace(tzinfo=datetime.timezone.utc)
+    except ValueError:
+        return None
+    compression = {'.tar.zst': 'zstd', '.tar.gz': 'gzip', '.tar': 'none'}[m.group('ext')]
+    return dict(volume=m.group('volume'), timestamp=ts, created=created.isoformat(),
+                epoch=created.timestamp(), compression=compression)
+
+
+def list_archives(directory, volume=None):
+    """Archives in ``directory`` (optionally of one volume), oldest first, as dicts with ``path``.
+
+    Only files whose name parses as an archive name count; temporary files and
+    sidecars are ignored. A missing directory gives an empty list.
+    """
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return []
+    result = []
+    for name in names:
+        info = parse_archive_name(name)
+        if info is None or (volume is not None and info['volume'] != volume):
+            continue
+        info['path'] = os.path.join(directory, name)
+        info['name'] = name
+        result.append(info)
+    result.sort(key=lambda i: (i['epoch'], i['name']))
+    return result
+
+
+def compression_from_path(path):
+    """Compression guessed from the file name, else from the magic bytes."""
+    if path.endswith('.zst'):
+        return 'zstd'
+    if path.endswith('.gz') or path.endswith('.tgz'):
+        return 'gzip'
+    if path.endswith('.tar'):
+        return 'none'
+    with open(path, 'rb') as f:
+        magic = f.read(4)
+    if magic == b'\x28\xb5\x2f\xfd':
+        return 'zstd'
+    if magic[:2] == b'\x1f\x8b':
+        return 'gzip'
+    return 'none'
+
+
+def sidecar_paths(archive):
+    return archive + '.sha256', archive + '.manifest.json'
+
+
+def read_sidecar_sha256(archive):
+    """The hex digest from ``<archive>.sha256``, or None when the file is missing."""
+    path = archive + '.sha256'
+    try:
+        with open(path, 'r') as f:
+            text = f.read()
+    except FileNotFoundError:
+        return None
+    m = re.match(r'^([0-9a-f]{64}) [ *]', text)
+    if not m:
+        raise ArchiveError('Checksum file %s is not in sha256sum format.' % path)
+    return m.group(1)
+
+
+def read_sidecar_manifest(archive):
+    """The manifest copy next to the archive, or None when missing or unreadable."""
+    try:
+        with open(archive + '.manifest.json', 'rb') as f:
+            return parse_manifest(f.read())
+    except (FileNotFoundError, ArchiveError):
+        return None
+
+
+# --- manifest ----------------------------------------------------------------------------------
+
+def build_manifest(volume, summary, driver=None, driver_options=None, labels=None, source_host=None,
+                   compression=None, exclude=None, consistency='strict', created=None, extra=None):
+    """The manifest dict. ``summary`` is a ``_tree.TreeSummary`` of the archived tree."""
+    manifest = dict(
+        format='volumeops-archive', format_version=FORMAT_VERSION,
+        collection='volumeops.docker', collection_version=COLLECTION_VERSION,
+        volume=volume, driver=driver, driver_options=driver_options or {}, labels=labels or {},
+        source_host=source_host or os.uname()[1],
+        created=created or datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        compression=compression, exclude=list(exclude or []), consistency=consistency,
+        entries=summary.entries, bytes=summary.bytes, fingerprint=summary.fingerprint,
+        fingerprint_version=_tree.FINGERPRINT_VERSION, skip_types=list(SKIP_TYPES),
+    )
+    manifest.update(extra or {})
+    return manifest
+
+
+def manifest_bytes(manifest):
+    return json.dumps(manifest, sort_keys=True, indent=1).encode('utf-8') + b'\n'
+
+
+def parse_manifest(data):
+    """Parse and check a manifest (bytes). Raises ArchiveError."""
+    try:
+        manifest = json.loads(data.decode('utf-8'))
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ArchiveError('The archive manifest is not valid JSON: %s' % exc)
+    if not isinstance(manifest, dict) or manifest.get('format') != 'volumeops-archive':
+        raise ArchiveError('The archive manifest is not a volumeops archive manifest.')
+    if manifest.get('format_version') != FORMAT_VERSION:
+        raise ArchiveError('Archive format version %r is not supported (this collection reads version %d).'
+                           % (manifest.get('format_version'), FORMAT_VERSION))
+    for key, kind in (('volume', str), ('entries', int), ('bytes', int), ('fingerprint', str)):
+        if not isinstance(manifest.get(key), kind):
+            raise ArchiveError('The archive manifest lacks a valid %r field.' % key)
+    return manifest
+
+
+def manifest_member(manifest, mtime=None):
+    """The manifest as the first tar member: header(s) + data, padded, WITHOUT end-of-archive.
+
+    GNU tar's own output (which ends the archive) is appended to these bytes.
+    """
+    data = manifest_bytes(manifest)
+    info = tarfile.TarInfo(MANIFEST_MEMBER)
+    info.size = len(data)
+    info.mode = 0o600
+    info.mtime = int(mtime if mtime is not None else 0)
+    info.type = tarfile.REGTYPE
+    header = info.tobuf(format=tarfile.PAX_FORMAT)
+    pad = (512 - len(data) % 512) % 512
+    return header + data + b'\0' * pad
+
+
+# --- command lines ---------------------------------------------------------------------------
+
+# Deterministic pax headers: no PIDs in extended header names, no atime/ctime.
+PAX_OPTION = '--pax-option=exthdr.name=%d/PaxHeaders/%f,delete=atime,delete=ctime'
+
+
+def tar_create_argv(root, exclude=None, tar='tar', one_file_system=True):
+    """GNU tar command line writing the tree at ``root`` to stdout, full fidelity, sorted.
+
+    ``-C root .`` makes the root itself the ``./`` entry (its owner and mode travel).
+    """
+    argv = [tar, '--create', '--file=-', '--format=posix', PAX_OPTION, '--xattrs', '--xattrs-include=*',
+            '--acls', '--sparse', '--numeric-owner', '--sort=name']
+    if one_file_system:
+        argv.append('--one-file-system')
+    for pattern in exclude or []:
+        # Same semantics as _tree.walk: a pattern with a slash matches the whole relative
+        # path (anchored at the root), one without matches an entry's name at any depth.
+        if '/' in pattern:
+            argv += ['--anchored', '--exclude=./' + pattern, '--no-anchored']
+        else:
+            argv.append('--exclude=' + pattern)
+    argv += ['--directory', root, '.']
+    return argv
+
+
+def tar_extract_argv(dest, tar='tar'):
+    """GNU tar command line extracting a (validated) stream from stdin into ``dest``.
+
+    Owners numeric and kept (``--same-owner``), all permission bits kept (``-p``),
+    xattrs of every namespace and ACLs restored; GNU tar applies directory
+    metadata after the directory's content.
+    """
+    return [tar, '--extract', '--file=-', '--preserve-permissions', '--same-owner', '--numeric-owner',
+            '--xattrs', '--xattrs-include=*', '--acls', '--delay-directory-restore',
+            '--no-overwrite-dir', '--directory', dest]
+
+
+def compressor_argv(compression, level=None, zstd='zstd', gzip='gzip'):
+    """Compressor reading stdin, writing stdout; None for ``none``."""
+    if compression == 'zstd':
+        argv = [zstd, '-q', '-T0', '-c']
+        if level is not None:
+            argv.insert(1, '-%d' % level)
+            if level > 19:
+                argv.insert(1, '--ultra')
+        return argv
+    if compression == 'gzip':
+        return [gzip, '-c', '-n'] + (['-%d' % level] if level is not None else [])
+    return None
+
+
+def decompressor_argv(compression, zstd='zstd', gzip='gzip'):
+    if compression == 'zstd':
+        return [zstd, '-q', '-d', '-c']
+    if compression == 'gzip':
+        return [gzip, '-d', '-c']
+    return None
+
+
+def check_tools(compression, need_tar=True):
+    """Names of missing host tools for the local data path."""
+    missing = []
+    if need_tar:
+        tar = shutil.which('tar')
+        if not tar:
+            missing.append('GNU tar')
+        else:
+            out = subprocess.run([tar, '--version'], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout
+            if b'GNU tar' not in out:
+                missing.append('GNU tar (the tar on PATH is not GNU tar)')
+    if compression == 'zstd' and not shutil.which('zstd'):
+        missing.append('zstd')
+    if compression == 'gzip' and not shutil.which('gzip'):
+        missing.append('gzip')
+    return missing
+
+
+# --- pipelines ---------------------------------------------------------------------------------
+
+def _stderr_text(f):
+    f.seek(0)
+    text = f.read().decode('utf-8', 'replace').strip()
+    return text[-4000:]
+
+
+def _feed(source, dest_pipe, errors, hasher=None):
+    """Thread body: copy chunks of ``source`` to ``dest_pipe`` (optionally hashing), then close it."""
+    try:
+        for chunk in source:
+            if hasher is not None:
+                hasher.update(chunk)
+            dest_pipe.write(chunk)
+    except BrokenPipeError:
+        pass  # the reader died; its exit status tells why
+    except Exception as exc:  # reported by the caller
+        errors.append(exc)
+    finally:
+        try:
+            dest_pipe.close()
+        except OSError:
+            pass
+
+
+def write_compressed_stream(out, compression, level=None, head=b'', producer_argv=None, producer_chunks=None,
+                            producer_cwd=None):
+    """Write ``head`` + the producer's output, compressed, to the binary file object ``out``.
+
+    The producer is either a command (``producer_argv``; its stdout goes straight
+    into the compressor, no Python in that byte path) or an iterable of byte
+    chunks (``producer_chunks``; e.g. a helper container's stdout).
+    The compressed bytes are hashed while being written.
+
+    Returns dict(sha256, size, producer_rc, producer_stderr, compressor_rc,
+    compressor_stderr). The caller decides what a non-zero producer status
+    means (GNU tar exits 1 when a file changed while being read); a failing
+    compressor or a write error raises ArchiveError / OSError.
+    """
+    hasher = hashlib.sha256()
+    size = 0
+    comp_argv = compressor_argv(compression, level)
+    prod_err = tempfile.TemporaryFile()
+    comp_err = tempfile.TemporaryFile()
+    procs = []
+    feed_errors = []
+    threads = []
+    try:
+        if comp_argv is None:
+            out.write(head)
+            hasher.update(head)
+            size += len(head)
+            if producer_argv is not None:
+                prod = subprocess.Popen(producer_argv, stdout=subprocess.PIPE, stderr=prod_err, cwd=producer_cwd)
+                procs.append(prod)
+                source = iter(lambda: prod.stdout.read(CHUNK), b'')
+            else:
+                prod = None
+                source = producer_chunks
+            for chunk in source:
+                hasher.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+            comp = None
+        else:
+            rfd, wfd = os.pipe()
+            try:
+                comp = subprocess.Popen(comp_argv, stdin=rfd, stdout=subprocess.PIPE, stderr=comp_err)
+            finally:
+                os.close(rfd)
+            procs.append(comp)
+            wpipe = os.fdopen(wfd, 'wb', buffering=0)
+            if producer_argv is not None:
+                # Head first (small; a thread so a full pipe cannot block us), then the producer
+                # writes into the same pipe: tar stdout -> compressor stdin, no Python in between.
+                head_pipe = os.fdopen(os.dup(wfd), 'wb', buffering=0)
+                t = threading.Thread(target=_feed, args=([head], head_pipe, feed_errors))
+                t.start()
+                t.join()
+                prod = subprocess.Popen(producer_argv, stdout=wpipe, stderr=prod_err, cwd=producer_cwd)
+                procs.insert(0, prod)
+                wpipe.close()
+            else:
+                prod = None
+                chunks = _chain([head], producer_chunks)
+                t = threading.Thread(target=_feed, args=(chunks, wpipe, feed_errors))
+                t.daemon = True
+                t.start()
+                threads.append(t)
+            while True:
+                chunk = comp.stdout.read(CHUNK)
+                if not chunk:
+                    break
+                hasher.update(chunk)
+                out.write(chunk)
+                size += len(chunk)
+        for t in threads:
+            t.join()
+        result = dict(sha256=hasher.hexdigest(), size=size, producer_rc=None, producer_stderr='',
+                      compressor_rc=None, compressor_stderr='')
+        if prod is not None:
+            result['producer_rc'] = prod.wait()
+            result['producer_stderr'] = _stderr_text(prod_err)
+        if comp is not None:
+            result['compressor_rc'] = comp.wait()
+            result['compressor_stderr'] = _stderr_text(comp_err)
+            if result['compressor_rc'] != 0:
+                raise ArchiveError('%s failed (exit %d): %s' % (comp_argv[0], result['compressor_rc'],
+                                                                result['compressor_stderr']))
+        if feed_errors:
+            raise feed_errors[0]
+        return result
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+            if p.stdout:
+                p.stdout.close()
+        prod_err.close()
+        comp_err.close()
+
+
+def _chain(*iterables):
+    for it in iterables:
+        for x in it:
+            yield x
+
+
+def file_chunks(f, size=CHUNK):
+    """Iterate a binary file object in large chunks."""
+    return iter(lambda: f.read(size), b'')
+
+
+def sha256_file(path):
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in file_chunks(f):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+# --- untrusted stream validation ---------------------------------------------------------------
+
+class StreamRejected(ArchiveError):
+    """The stream is not acceptable (hostile, corrupt, truncated)."""
+
+
+ALLOWED_TYPES = {
+    b'0': 'f', b'\0': 'f', b'7': 'f', b'1': 'h', b'2': 'l', b'3': 'c', b'4': 'b', b'5': 'd', b'6': 'p',
+}
+META_TYPES = (b'x', b'g', b'L', b'K')
+
+
+def _nul_terminated(field):
+    i = field.find(b'\0')
+    return field if i < 0 else field[:i]
+
+
+def _octal(field, what):
+    field = field.rstrip(b' \0')
+    if not field:
+        return 0
+    if field[0] & 0x80:  # base-256 (GNU); only for big numbers
+        value = int.from_bytes(field, 'big') & ~(0x80 << (8 * (len(field) - 1)))
+        return value
+    try:
+        return int(field.strip(), 8)
+    except ValueError:
+        raise StreamRejected('Corrupt tar header: invalid %s field %r.' % (what, field))
+
+
+def normalize_member_path(raw):
+    """Normalize a member name (bytes) to a relative path without ``./``; raise StreamRejected if unsafe.
+
+    Returns b'.' for the root entry.
+    """
+    if b'\0' in raw:
+        raise StreamRejected('Refusing archive: member name contains a NUL byte.')
+    if raw.startswith(b'/'):
+        raise StreamRejected('Refusing archive: absolute member path %r.' % raw)
+    parts = [p for p in raw.split(b'/') if p not in (b'', b'.')]
+    if b'..' in parts:
+        raise StreamRejected('Refusing archive: member path %r contains "..".' % raw)
+    return b'/'.join(parts) if parts else b'.'
+
+
+def _parse_pax(data):
+    records = {}
+    pos = 0
+    n = len(data)
+    while pos < n:
+        if data[pos:pos + 1] == b'\0':
+            break
+        sp = data.find(b' ', pos)
+        if sp < 0:
+            raise StreamRejected('Corrupt pax header record.')
+        try:
+            length = int(data[pos:sp])
+        except ValueError:
+            raise StreamRejected('Corrupt pax header record length.')
+        if length <= 0 or pos + length > n:
+            raise StreamRejected('Corrupt pax header record length.')
+        record = data[sp + 1:pos + length]
+        if not record.endswith(b'\n') or b'=' not in record:
+            raise StreamRejected('Corrupt pax header record.')
+        key, value = record[:-1].split(b'=', 1)
+        records[key] = value
+        pos += length
+    return records
+
+
+class Member(object):
+    __slots__ = ('path', 'type', 'size', 'linkname', 'mode', 'uid', 'gid', 'mtime', 'rdev')
+
+    def __init__(self, **kw):
+        for k, v in kw.items():
+            setattr(self, k, v)
+
+
+class TarStreamValidator(object):
+    """Streaming validator of an untrusted tar stream (pax/ustar/GNU long names).
+
+    ``feed(data)`` returns the bytes to pass on to GNU tar (the manifest member,
+    when first, is removed and parsed into ``self.manifest``); ``finish()``
+    checks the stream ended properly (end-of-archive marker present).
+    Rejects: absolute paths, ``..``, duplicate members, members below a
+    symlink or hard link of the archive, hard links to paths that are not
+    earlier non-directory members, symlink/hardlink names that are unsafe,
+    device nodes unless ``allow_devices``, unknown member types, non-zero sizes
+    on entries that carry no data (a parser differential between this parser
+    and GNU tar would let a member through unchecked), corrupt checksums.
+
+    ``on_member(member)`` is called for each member (used for diff listings).
+    """
+
+    def __init__(self, allow_devices=False, strip_manifest=True, on_member=None, require_manifest=True):
+        self.allow_devices = allow_devices
+        self.strip_manifest = strip_manifest
+        self.require_manifest = require_manifest
+        self.on_member = on_member
+        self.manifest = None
+        self.entries = 0
+        self.ended = False
+        self._buf = bytearray()
+        self._state = 'header'
+        self._remaining = 0  # data bytes (incl. padding) of the current member still to pass
+        self._forward = True
+        self._meta = None  # ('x'|'g'|'L'|'K'|'manifest', bytearray, needed)
+        self._pax = {}
+        self._longname = None
+        self._longlink = None
+        self._zero_blocks = 0
+        self._seen = {}  # normalized path -> type code
+        self._links = set()  # paths that are symlinks or hard links
+        self._first = True
+
+    # -- helpers
+    def _check_parents(self, path):
+        if path == b'.':
+            return
+        parts = path.split(b'/')
+        for i in range(1, len(parts)):
+            prefix = b'/'.join(parts[:i])
+            if prefix in self._links:
+                raise StreamRejected('Refusing archive: member %r would be written through the link %r.'
+                                     % (path, prefix))
+            kind = self._seen.get(prefix)
+            if kind is not None and kind != 'd':
+                raise StreamRejected('Refusing archive: member %r is below the non-directory %r.' % (path, prefix))
+
+    def _header(self, block):
+        if block == b'\0' * 512:
+            self._zero_blocks += 1
+            if self._zero_blocks >= 2:
+                self.ended = True
+                self._state = 'end'
+            return
+        if self._zero_blocks:
+            raise StreamRejected('Corrupt archive: a lone zero block inside the stream.')
+        chksum = _octal(block[148:156], 'checksum')
+        unsigned = sum(block[:148]) + 256 + sum(block[156:])
+        signed = sum((b - 256 if b > 127 else b) for b in block[:148]) + 256 + \
+            sum((b - 256 if b > 127 else b) for b in block[156:])
+        if chksum not in (unsigned, signed):
+            raise StreamRejected('Corrupt archive: tar header checksum mismatch.')
+        typeflag = block[156:157]
+        size = _octal(block[124:136], 'size')
+        if typeflag in META_TYPES:
+            if size > 16 * 1024 * 1024:
+                raise StreamRejected('Refusing archive: oversized extended header (%d bytes).' % size)
+            self._meta = (typeflag, bytearray(), size)
+            self._remaining = size + (-size % 512)
+            self._state = 'meta'
+            self._forward = True
+            return
+        if typeflag not in ALLOWED_TYPES:
+            raise StreamRejected('Refusing archive: unsupported member type %r.' % typeflag)
+        kind = ALLOWED_TYPES[typeflag]
+        pax = self._pax
+        self._pax = {}
+        if b'size' in pax:
+            try:
+                size = int(pax[b'size'])
+            except ValueError:
+                raise StreamRejected('Corrupt pax size.')
+        name = _nul_terminated(block[0:100])
+        magic = block[257:263]
+        if magic in (b'ustar\x0000', b'ustar\0'):
+            prefix = _nul_terminated(block[345:500])
+            if prefix:
+                name = prefix + b'/' + name
+        candidates = [name]
+        if self._longname is not None:
+            candidates.append(self._longname)
+        if b'path' in pax:
+            candidates.append(pax[b'path'])
+        if b'GNU.sparse.name' in pax:
+            candidates.append(pax[b'GNU.sparse.name'])
+        is_sparse = b'GNU.sparse.major' in pax or b'GNU.sparse.map' in pax or b'GNU.sparse.size' in pax
+        effective = candidates[-1]
+        self._longname = None
+        # Validate every name a tar implementation might use.
+        norm = [normalize_member_path(c) for c in candidates]
+        path = normalize_member_path(effective)
+        if is_sparse and kind != 'f':
+            raise StreamRejected('Refusing archive: sparse header on a non-file member.')
+        if b'GNU.sparse.name' not in pax and is_sparse:
+            raise StreamRejected('Refusing archive: unsupported sparse format.')
+        link = _nul_terminated(block[157:257])
+        if self._longlink is not None:
+            link = self._longlink
+        if b'linkpath' in pax:
+            link = pax[b'linkpath']
+        self._longlink = None
+
+        member = Member(path=path, type=kind, size=size, linkname=link, mode=_octal(block[100:108], 'mode'),
+                        uid=int(pax[b'uid']) if b'uid' in pax else _octal(block[108:116], 'uid'),
+                        gid=int(pax[b'gid']) if b'gid' in pax else _octal(block[116:124], 'gid'),
+                        mtime=pax.get(b'mtime', b'%d' % _octal(block[136:148], 'mtime')), rdev=None)
+        data_size = size if kind == 'f' else 0
+        if kind != 'f' and size != 0:
+            raise StreamRejected('Refusing archive: member %r of type %r declares %d data bytes.' % (path, kind, size))
+
+        if self._first and self.strip_manifest:
+            self._first = False
+            if path == MANIFEST_MEMBER.encode() and kind == 'f':
+                if size > 16 * 1024 * 1024:
+                    raise StreamRejected('Refusing archive: oversized manifest.')
+                self._meta = ('manifest', bytearray(), size)
+                self._remaining = size + (-size % 512)
+                self._state = 'meta'
+                self._forward = False
+                return
+            if self.require_manifest:
+                raise StreamRejected('Not a volumeops archive: the first member is not %s.' % MANIFEST_MEMBER)
+        self._first = False
+
+        for p in norm:
+            self._check_parents(p)
+        if path in self._seen:
+            raise StreamRejected('Refusing archive: duplicate member %r.' % path)
+        if path == b'.' and kind != 'd':
+            raise StreamRejected('Refusing archive: the root entry is not a directory.')
+        if kind in ('c', 'b') and not self.allow_devices:
+            raise StreamRejected('Refusing archive: device node %r (set allow_devices: true to restore devices).'
+                                 % path)
+        if kind == 'h':
+            target = normalize_member_path(link)
+            self._check_parents(target)
+            tkind = self._seen.get(target)
+            if tkind is None:
+                raise StreamRejected('Refusing archive: hard link %r points to %r, which is not an earlier member.'
+                                     % (path, link))
+            if tkind == 'd':
+                raise StreamRejected('Refusing archive: hard link %r points to a directory.' % path)
+            self._links.add(path)
+        elif kind == 'l':
+            if b'\0' in link:
+                raise StreamRejected('Refusing archive: symlink target contains NUL.')
+            self._links.add(path)
+        if kind in ('c', 'b'):
+            member.rdev = (_octal(block[329:337], 'devmajor'), _octal(block[337:345], 'devminor'))
+        self._seen[path] = kind
+        self.entries += 1
+        if self.on_member is not None:
+            self.on_member(member)
+        self._remaining = data_size + (-data_size % 512)
+        self._forward = True
+        self._state = 'data' if self._remaining else 'header'
+
+    def _finish_meta(self):
+        kind, data, size = self._meta
+        data = bytes(data[:size])
+        self._meta = None
+        if kind == b'x':
+            self._pax.update(_parse_pax(data))
+        elif kind == b'g':
+            # GNU tar applies global records to every later member: refuse name overrides.
+            g = _parse_pax(data)
+            if b'path' in g or b'linkpath' in g or any(k.startswith(b'GNU.sparse') for k in g):
+                raise StreamRejected('Refusing archive: global header overrides member names.')
+        elif kind == b'L':
+            self._longname = _nul_terminated(data)
+        elif kind == b'K':
+            self._longlink = _nul_terminated(data)
+        elif kind == 'manifest':
+            self.manifest = parse_manifest(data)
+
+    def feed(self, data):
+        """Consume ``data``; return the bytes to forward to the extracting tar."""
+        out = []
+        buf = self._buf
+        buf += data
+        pos = 0
+        n = len(buf)
+        while pos < n:
+            if self._state == 'end':
+                rest = bytes(buf[pos:])
+                if rest.count(0) != len(rest):
+                    raise StreamRejected('Refusing archive: data after the end-of-archive marker.')
+                out.append(rest)
+                pos = n
+                break
+            if self._state in ('data', 'meta'):
+                take = min(self._remaining, n - pos)
+                piece = buf[pos:pos + take]
+                if self._state == 'meta':
+                    self._meta[1].extend(piece)
+                if self._forward:
+                    out.append(bytes(piece))
+                pos += take
+                self._remaining -= take
+                if self._remaining == 0:
+                    if self._state == 'meta':
+                        self._finish_meta()
+                    self._state = 'header'
+                    self._forward = True
+                continue
+            # header
+            if n - pos < 512:
+                break
+            block = bytes(buf[pos:pos + 512])
+            pos += 512
+            self._header(block)
+            if self._state == 'meta' and not self._forward:
+                continue  # the manifest member's header is swallowed, never extracted
+            out.append(block)
+        del buf[:pos]
+        return b''.join(out)
+
+    def finish(self):
+        if self._buf and not self.ended:
+            raise StreamRejected('Refusing archive: the stream ends in the middle of a tar block (truncated).')
+        if not self.ended:
+            raise StreamRejected('Refusing archive: the stream ends without the end-of-archive marker '
+                                 '(truncated, possibly at a file boundary).')
+        if self.require_manifest and self.manifest is None:
+            raise StreamRejected('Not a volumeops archive: no manifest member.')
+
+
+def extract_stream(source_chunks, compression, dest, allow_devices=False, on_member=None, tar='tar',
+                   require_manifest=True):
+    """Hash, decompress, validate and extract an archive into the existing empty directory ``dest``.
+
+    ``source_chunks`` yields the compressed bytes (e.g. ``file_chunks(f)`` or a
+    network stream); they are hashed as they pass. The decompressed stream is
+    validated by ``TarStreamValidator`` before GNU tar sees each header.
+    Raises StreamRejected / ArchiveError; the caller removes ``dest`` on error.
+    Returns dict(sha256, manifest, entries).
+    """
+    hasher = hashlib.sha256()
+    validator = TarStreamValidator(allow_devices=allow_devices, on_member=on_member,
+                                   require_manifest=require_manifest)
+    dec_argv = decompressor_argv(compression)
+    dec_err = tempfile.TemporaryFile()
+    tar_err = tempfile.TemporaryFile()
+    procs = []
+    feed_errors = []
+    failure = None
+    try:
+        tar_proc = subprocess.Popen(tar_extract_argv(dest, tar=tar), stdin=subprocess.PIPE,
+                                    stdout=subprocess.DEVNULL, stderr=tar_err)
+        procs.append(tar_proc)
+        dec = None
+        if dec_argv is not None:
+            dec = subprocess.Popen(dec_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=dec_err)
+            procs.append(dec)
+            feeder = threading.Thread(target=_feed, args=(source_chunks, dec.stdin, feed_errors, hasher))
+            feeder.daemon = True
+            feeder.start()
+            plain = file_chunks(dec.stdout)
+        else:
+            feeder = None
+
+            def _hashed():
+                for c in source_chunks:
+                    hasher.update(c)
+                    yield c
+            plain = _hashed()
+        try:
+            for chunk in plain:
+                out = validator.feed(chunk)
+                if out:
+                    tar_proc.stdin.write(out)
+            validator.finish()
+        except BrokenPipeError:
+            failure = ArchiveError('tar stopped reading the stream: %s' % _stderr_text(tar_err))
+        except StreamRejected as exc:
+            failure = exc
+        if failure is not None:
+            # Stop everything before the caller removes the staging directory.
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            raise failure
+        try:
+            tar_proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        if feeder is not None:
+            feeder.join()
+        rc_tar = tar_proc.wait()
+        if dec is not None:
+            rc_dec = dec.wait()
+            if rc_dec != 0:
+                raise StreamRejected('The archive is corrupt or truncated: %s failed (exit %d): %s'
+                                     % (dec_argv[0], rc_dec, _stderr_text(dec_err)))
+        if feed_errors:
+            raise feed_errors[0]
+        if rc_tar != 0:
+            raise ArchiveError('tar failed to extract (exit %d): %s' % (rc_tar, _stderr_text(tar_err)))
+        return dict(sha256=hasher.hexdigest(), manifest=validator.manifest, entries=validator.entries,
+                    tar_warnings=_stderr_text(tar_err))
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            for f in (p.stdin, p.stdout):
+                if f:
+                    try:
+                        f.close()
+                    except OSError:
+                        pass
+        dec_err.close()
+        tar_err.close()
+
+
+def list_stream(source_chunks, compression, allow_devices=True, on_member=None):
+    """Read an archive without extracting: validate it and return dict(sha256, manifest, entries)."""
+    hasher = hashlib.sha256()
+    validator = TarStreamValidator(allow_devices=allow_devices, on_member=on_member)
+    dec_argv = decompressor_argv(compression)
+    feed_errors = []
+    if dec_argv is None:
+        for c in source_chunks:
+            hasher.update(c)
+            validator.feed(c)
+        validator.finish()
+        return dict(sha256=hasher.hexdigest(), manifest=validator.manifest, entries=validator.entries)
+    with tempfile.TemporaryFile() as err:
+        dec = subprocess.Popen(dec_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+        try:
+            feeder = threading.Thread(target=_feed, args=(source_chunks, dec.stdin, feed_errors, hasher))
+            feeder.daemon = True
+            feeder.start()
+            for chunk in file_chunks(dec.stdout):
+                validator.feed(chunk)
+            feeder.join()
+            rc = dec.wait()
+            if rc != 0:
+                raise StreamRejected('The archive is corrupt or truncated: %s failed (exit %d): %s'
+                                     % (dec_argv[0], rc, _stderr_text(err)))
+            validator.finish()
+        finally:
+            if dec.poll() is None:
+                dec.kill()
+            dec.wait()
+            dec.stdout.close()
+    if feed_errors:
+        raise feed_errors[0]
+    return dict(sha256=hasher.hexdigest(), manifest=validator.manifest, entries=validator.entries)
+
+
+# --- staging, verification, swap -----------------------------------------------------------------
+
+def new_staging_dir(parent):
+    """Create ``<parent>/.volumeops-staging-<random>`` (0700) and return its path."""
+    return tempfile.mkdtemp(prefix=STAGING_MARKER, dir=parent)
+
+
+def remove_tree(path):
+    """Remove a tree we created (staging or old content); missing is fine."""
+    if path and os.path.lexists(path):
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+
+
+def cleanup_stale(parent, markers=(STAGING_MARKER, OLD_MARKER)):
+    """Remove leftovers of interrupted runs (our own marker names only). Returns the removed paths."""
+    removed = []
+    try:
+        names = os.listdir(parent)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        if any(name.startswith(m) for m in markers):
+            path = os.path.join(parent, name)
+            remove_tree(path)
+            removed.append(path)
+    return removed
+
+
+def tree_summary(root, exclude=None):
+    """The fingerprint used for manifests and comparisons (sockets left out)."""
+    return _tree.fingerprint(root, exclude=exclude, skip_types=SKIP_TYPES)
+
+
+def verify_tree(root, manifest):
+    """Raise ArchiveError unless the tree at ``root`` matches the manifest's count and fingerprint."""
+    summary = tree_summary(root)
+    if summary.entries != manifest['entries']:
+        raise StreamRejected('The extracted tree has %d entries but the archive manifest lists %d '
+                             '(the archive is truncated or incomplete).' % (summary.entries, manifest['entries']))
+    if summary.fingerprint != manifest['fingerprint']:
+        raise StreamRejected('The extracted tree does not match the fingerprint in the archive manifest '
+                             '(%s != %s): the archive content differs from what was backed up.'
+                             % (summary.fingerprint, manifest['fingerprint']))
+    return summary
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _renameat2():
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6', use_errno=True)
+        fn = libc.renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+def exchange_dirs(a, b):
+    """Atomically exchange two paths on the same filesystem (renameat2 RENAME_EXCHANGE).
+
+    Fallback when the kernel/libc/filesystem cannot: two renames through a
+    temporary name (a short window where ``b`` is absent, never a mixed tree).
+    """
+    fn = _renameat2()
+    if fn is not None:
+        rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
+        if rc == 0:
+            return 'exchange'
+        err = ctypes.get_errno()
+        if err not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
+            raise OSError(err, os.strerror(err), a)
+    tmp = os.path.join(os.path.dirname(b), OLD_MARKER + os.path.basename(b) + '-%d' % os.getpid())
+    os.rename(b, tmp)
+    try:
+        os.rename(a, b)
+    except OSError:
+        os.rename(tmp, b)
+        raise
+    os.rename(tmp, a)
+    return 'rename'
+
+
+def merge_into(staging, target):
+    """Move the verified staging tree into ``target`` (existing content kept unless replaced).
+
+    Walks top-down; never follows a symlink in ``target``: an existing entry
+    that is not a real directory where the archive has a directory is replaced.
+    Directory metadata (owner, mode, xattrs, mtime) is taken from the archive.
+    Returns the number of entries moved.
+    """
+    moved = 0
+    stack = [(staging, target)]
+    dirs = []
+    while stack:
+        src_dir, dst_dir = stack.pop()
+        dirs.append((src_dir, dst_dir))
+        for name in sorted(os.listdir(src_dir)):
+            src = os.path.join(src_dir, name)
+            dst = os.path.join(dst_dir, name)
+            sst = os.lstat(src)
+            try:
+                dst_st = os.lstat(dst)
+            except FileNotFoundError:
+                dst_st = None
+            if stat.S_ISDIR(sst.st_mode) and dst_st is not None and stat.S_ISDIR(dst_st.st_mode):
+                stack.append((src, dst))
+                continue
+            if dst_st is not None and stat.S_ISDIR(dst_st.st_mode):
+                shutil.rmtree(dst)
+            os.rename(src, dst)  # replaces a file or symlink atomically, never follows it
+            moved += 1
+    # Directory metadata, deepest first so parents' mtimes are set last.
+    for src_dir, dst_dir in reversed(dirs):
+        copy_dir_metadata(src_dir, dst_dir)
+    return moved
+
+
+def copy_dir_metadata(src, dst):
+    """Owner, mode, xattrs (ACLs included) and timestamps of directory ``src`` onto ``dst``."""
+    st = os.lstat(src)
+    os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
+    os.chmod(dst, stat.S_IMODE(st.st_mode))
+    src_x = dict(_tree.read_xattrs(os.fsencode(src)))
+    for name, value in _tree.read_xattrs(os.fsencode(dst)):
+        if name not in src_x:
+            try:
+                os.removexattr(dst, name, follow_symlinks=False)
+            except OSError:
+                pass
+    for name, value in src_x.items():  # after chown: chown clears security.capability
+        os.setxattr(dst, name, value, follow_symlinks=False)
+    os.utime(dst, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+
+
+# --- writing archives safely ---------------------------------------------------------------------
+
+def ensure_dest_dir(path, check_mode=False):
+    """Create the destination directory 0700 when missing. Returns True when created."""
+    if os.path.isdir(path):
+        return False
+    if os.path.lexists(path):
+        raise ArchiveError('Destination %s exists and is not a directory.' % path)
+    if not check_mode:
+        old = os.umask(0o077)
+        try:
+            os.makedirs(path, 0o700)
+        finally:
+            os.umask(old)
+    return True
+
+
+def temp_archive_path(dest, name):
+    return os.path.join(dest, '.%s%s%d' % (name, TMP_MARKER, os.getpid()))
+
+
+def cleanup_stale_temp(dest):
+    """Remove ``.<name>.volumeops-tmp-<pid>`` files whose process is gone. Returns the removed names."""
+    removed = []
+    try:
+        names = os.listdir(dest)
+    except FileNotFoundError:
+        return removed
+    for name in names:
+        m = re.match(r'^\..+' + re.escape(TMP_MARKER) + r'(\d+)$', name)
+        if not m:
+            continue
+        pid = int(m.group(1))
+        if pid != os.getpid() and _pid_alive(pid):
+            continue
+        try:
+            os.unlink(os.path.join(dest, name))
+            removed.append(name)
+        except FileNotFoundError:
+            pass
+    return removed
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A live process with that pid might be unrelated (pid reuse): only our module writes these
+    # names, and a module writing one holds it open; check its cmdline mentions python.
+    try:
+        with open('/proc/%d/cmdline' % pid, 'rb') as f:
+            return b'python' in f.read()
+    except OSError:
+        return False
+
+
+def open_private(path):
+    """Create ``path`` exclusively with mode 0600 (private from the first byte)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+    return os.fdopen(fd, 'wb', buffering=CHUNK)
+
+
+def write_private_file(path, data):
+    tmp = path + '.' + TMP_MARKER.strip('.') + '%d' % os.getpid()
+    with open_private(tmp) as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+
+
+def fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def describe_os_error(exc, action):
+    if exc.errno == errno.ENOSPC:
+        return '%s failed: no space left on the device (%s). Nothing was written under a final name.' % (
+            action, exc.filename or 'destination')
+    if exc.errno == errno.EDQUOT:
+        return '%s failed: disk quota exceeded. Nothing was written under a final name.' % action
+    return '%s failed: %s' % (action, exc)
