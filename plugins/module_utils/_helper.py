@@ -1,0 +1,212 @@
+# -*- coding: utf-8 -*-
+# Copyright: volumeops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Helper containers: reach a volume's data through the Docker engine.
+
+Used when the volume's mountpoint is not a local directory the module can open
+(a non-local driver, a local volume with mount options, a daemon reached over
+tcp:// or ssh://). The helper image is the user's (never pulled); it needs GNU
+tar at /usr/bin/tar and python3 (for the fingerprint walk, the same code as
+``_tree`` so both data paths produce identical manifests).
+
+Streams go through the container's attached stdin/stdout (no TTY: a terminal
+would turn LF into CRLF and corrupt binary data).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import socket
+import threading
+import uuid
+
+from ansible_collections.volumeops.docker.plugins.module_utils import _archive, _tree
+
+MOUNT = '/volumeops/vol'
+TAR = '/usr/bin/tar'
+PYTHON = '/usr/bin/python3'
+LABEL = 'io.volumeops.helper'
+
+
+class HelperError(Exception):
+    pass
+
+
+def _tree_source():
+    return inspect.getsource(_tree)
+
+
+FINGERPRINT_MAIN = '''
+import json as _json, sys as _sys
+_s = fingerprint(_sys.argv[1], exclude=_json.loads(_sys.argv[2]), skip_types=tuple(_json.loads(_sys.argv[3])))
+_sys.stdout.write(_json.dumps(_s.as_dict()))
+'''
+
+EXTRACT_MAIN = '''
+import json as _json, os as _os, subprocess as _sp, sys as _sys
+_staging = _sys.argv[1]
+_os.mkdir(_staging, 0o700)
+_rc = _sp.call(_json.loads(_sys.argv[2]), stdin=0)
+if _rc == 0:
+    _s = fingerprint(_staging, skip_types=tuple(_json.loads(_sys.argv[3])))
+    _sys.stdout.write(_json.dumps(_s.as_dict()))
+_sys.exit(_rc)
+'''
+
+FINISH_MAIN = '''
+import json as _json, os as _os, shutil as _shutil, sys as _sys
+_root, _staging, _mode, _old = _sys.argv[1:5]
+if _mode == 'abort':
+    if _os.path.lexists(_staging):
+        _shutil.rmtree(_staging)
+    _sys.exit(0)
+if _mode == 'merge':
+    merge_into(_staging, _root)
+    _shutil.rmtree(_staging)
+else:
+    # replace: park the old content, move the verified tree up, then drop the old content.
+    _os.mkdir(_old, 0o700)
+    _keep = (_os.path.basename(_staging), _os.path.basename(_old))
+    for _n in _os.listdir(_root):
+        if _n not in _keep:
+            _os.rename(_os.path.join(_root, _n), _os.path.join(_old, _n))
+    for _n in _os.listdir(_staging):
+        _os.rename(_os.path.join(_staging, _n), _os.path.join(_root, _n))
+    copy_dir_metadata(_staging, _root)
+    _os.rmdir(_staging)
+    _shutil.rmtree(_old)
+_s = fingerprint(_root, skip_types=tuple(_json.loads(_sys.argv[5])))
+_sys.stdout.write(_json.dumps(_s.as_dict()))
+'''
+
+
+def _script(main, with_merge=False):
+    parts = [_tree_source()]
+    if with_merge:
+        parts.append('import shutil\n\nclass _tree(object):\n    read_xattrs = staticmethod(read_xattrs)\n\n')
+        parts.append(inspect.getsource(_archive.merge_into))
+        parts.append(inspect.getsource(_archive.copy_dir_metadata))
+    parts.append(main)
+    return '\n'.join(parts)
+
+
+class Helper(object):
+    """Runs short-lived containers of ``image`` with one volume mounted at /volumeops/vol."""
+
+    def __init__(self, client, image):
+        self.client = client
+        self.api = client.api
+        self.image = image
+
+    def _create(self, volume, argv, read_only, stdin=False):
+        binds = {volume: {'bind': MOUNT, 'mode': 'ro' if read_only else 'rw'}}
+        host_config = self.api.create_host_config(binds=binds, network_mode='none')
+        name = 'volumeops-helper-%s' % uuid.uuid4().hex[:12]
+        c = self.api.create_container(self.image, command=argv, user='0:0', stdin_open=stdin,
+                                      tty=False, network_disabled=True, host_config=host_config,
+                                      labels={LABEL: 'true'}, name=name, entrypoint=[],
+                                      working_dir='/')
+        return c['Id']
+
+    def _remove(self, cid):
+        try:
+            self.api.remove_container(cid, force=True)
+        except Exception:  # best effort; the container is labelled for manual cleanup
+            pass
+
+    def run(self, volume, argv, read_only=True, stdin_chunks=None, stdout_consumer=None):
+        """Run argv in a helper container; return (exit code, stdout bytes, stderr text).
+
+        ``stdin_chunks``: bytes chunks written to the container's stdin (then closed).
+        ``stdout_consumer``: called with each stdout chunk instead of collecting it.
+        """
+        from docker.utils import socket as docker_socket
+        cid = self._create(volume, argv, read_only, stdin=stdin_chunks is not None)
+        out, err = [], []
+        feed_error = []
+        try:
+            params = {'stdout': 1, 'stderr': 1, 'stream': 1}
+            if stdin_chunks is not None:
+                params['stdin'] = 1
+            sock = self.api.attach_socket(cid, params=params)
+            raw = getattr(sock, '_sock', sock)
+            self.api.start(cid)
+            feeder = None
+            if stdin_chunks is not None:
+                def _feed():
+                    try:
+                        for chunk in stdin_chunks:
+                            raw.sendall(chunk)
+                    except Exception as exc:
+                        feed_error.append(exc)
+                    finally:
+                        try:
+                            raw.shutdown(socket.SHUT_WR)
+                        except OSError:
+                            pass
+                feeder = threading.Thread(target=_feed)
+                feeder.daemon = True
+                feeder.start()
+            for stream_id, data in docker_socket.frames_iter(sock, False):
+                if stream_id == docker_socket.STDOUT:
+                    if stdout_consumer is not None:
+                        stdout_consumer(data)
+                    else:
+                        out.append(data)
+                else:
+                    err.append(data)
+            if feeder is not None:
+                feeder.join()
+            rc = self.api.wait(cid).get('StatusCode')
+            try:
+                sock.close()
+            except Exception:
+                pass
+        finally:
+            self._remove(cid)
+        if feed_error:
+            raise feed_error[0]
+        return rc, b''.join(out), b''.join(err).decode('utf-8', 'replace').strip()[-4000:]
+
+    def fingerprint(self, volume, exclude=None):
+        argv = [PYTHON, '-c', _script(FINGERPRINT_MAIN), MOUNT, json.dumps(list(exclude or [])),
+                json.dumps(list(_archive.SKIP_TYPES))]
+        rc, out, err = self.run(volume, argv, read_only=True)
+        if rc != 0:
+            raise HelperError('The fingerprint walk in the helper container failed (exit %s): %s' % (rc, err))
+        data = json.loads(out.decode('utf-8'))
+        return _tree.TreeSummary(data['fingerprint'], data['entries'], data['bytes'])
+
+    def backup_chunks(self, volume, exclude=None):
+        """(argv, runner): runner(consumer) streams GNU tar's archive of the volume to consumer."""
+        argv = _archive.tar_create_argv(MOUNT, exclude=exclude, tar=TAR)
+
+        def runner(consumer):
+            return self.run(volume, argv, read_only=True, stdout_consumer=consumer)
+        return runner
+
+    def extract(self, volume, staging_name, chunks):
+        """Extract the (already validated) tar stream ``chunks`` into MOUNT/staging_name; returns TreeSummary."""
+        staging = MOUNT + '/' + staging_name
+        argv = [PYTHON, '-c', _script(EXTRACT_MAIN), staging, json.dumps(_archive.tar_extract_argv(staging, tar=TAR)),
+                json.dumps(list(_archive.SKIP_TYPES))]
+        rc, out, err = self.run(volume, argv, read_only=False, stdin_chunks=chunks)
+        if rc != 0:
+            raise HelperError('Extracting in the helper container failed (exit %s): %s' % (rc, err))
+        data = json.loads(out.decode('utf-8'))
+        return _tree.TreeSummary(data['fingerprint'], data['entries'], data['bytes'])
+
+    def finish(self, volume, staging_name, mode):
+        """mode: replace | merge | abort. Returns the final TreeSummary (None for abort)."""
+        argv = [PYTHON, '-c', _script(FINISH_MAIN, with_merge=True), MOUNT, MOUNT + '/' + staging_name, mode,
+                MOUNT + '/' + _archive.OLD_MARKER + staging_name, json.dumps(list(_archive.SKIP_TYPES))]
+        rc, out, err = self.run(volume, argv, read_only=False)
+        if rc != 0:
+            raise HelperError('Finishing the restore in the helper container failed (exit %s): %s' % (rc, err))
+        if mode == 'abort':
+            return None
+        data = json.loads(out.decode('utf-8'))
+        return _tree.TreeSummary(data['fingerprint'], data['entries'], data['bytes'])
