@@ -1,0 +1,507 @@
+# -*- coding: utf-8 -*-
+# Copyright: volumeops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Ownership and modes inside a volume tree: mode parsing, user resolution, plan and apply.
+
+Private to the collection. This file must stay standard-library only and
+import nothing from the collection except ``_tree``: the volume_permissions
+module ships this file's source (and _tree's) into a helper container and runs
+it there with ``python3 -c`` when the volume's data is not reachable on the
+host (see ``helper_script()``).
+
+Design choices, and why:
+- One walk (``_tree.walk``); each entry is compared and, if it differs,
+  fixed immediately. No subprocess per file.
+- Changes go through a file descriptor of the entry's parent directory whose
+  device/inode were checked against what the walk saw. A process inside a
+  running container cannot make us follow a directory it swapped for a
+  symlink: chown uses fchownat(AT_SYMLINK_NOFOLLOW), chmod uses a nofollow
+  chmod on /proc/self/fd/<dir>/<name>. Symlinks are never chmod-ed (Linux has
+  no symlink modes); their own owner is set only when owner/group are asked.
+- chown(2) clears setuid/setgid and ``security.capability`` of non-directories.
+  An entry keeps the mode it had (or the mode asked for) and its capability:
+  both are put back after the chown.
+- After each change the entry is lstat-ed again: a chown that "succeeds"
+  without effect (NFS root_squash, some FUSE/SMB mounts) is an error, not a
+  silent success.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import re
+import stat
+import sys
+
+from ansible_collections.volumeops.docker.plugins.module_utils._tree import walk
+
+SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
+EXEC_BITS = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
+CAPABILITY_XATTR = 'security.capability'
+
+
+class PermissionsError(Exception):
+    """A problem meant for the user as it is (bad input, refused path, failed change)."""
+
+
+# --- modes -----------------------------------------------------------------------------------------
+
+_CLAUSE_RE = re.compile(r'^([ugoa]*)((?:[-+=](?:[rwxXst]*|[ugo]))+)$')
+_ACTION_RE = re.compile(r'([-+=])([rwxXst]*|[ugo])')
+_WHO_BITS = {
+    'u': stat.S_IRWXU | stat.S_ISUID,
+    'g': stat.S_IRWXG | stat.S_ISGID,
+    'o': stat.S_IRWXO | stat.S_ISVTX,
+}
+
+
+class ModeSpec(object):
+    """A parsed mode: octal (absolute) or symbolic (relative to the entry's current mode).
+
+    ``apply(current, is_dir)`` returns the 12 permission bits the entry should have.
+    """
+
+    __slots__ = ('text', 'octal', 'clauses')
+
+    def __init__(self, text, octal=None, clauses=None):
+        self.text = text
+        self.octal = octal
+        self.clauses = clauses
+
+    def apply(self, current, is_dir):
+        if self.octal is not None:
+            return self.octal
+        mode = stat.S_IMODE(current)
+        for who, actions in self.clauses:
+            for op, perms in actions:
+                mode = _apply_action(mode, who, op, perms, is_dir)
+        return mode
+
+    def __repr__(self):
+        return 'ModeSpec(%r)' % self.text
+
+
+def _class_bits(mode, cls):
+    """The rwx bits of one class (u/g/o) of ``mode``, shifted to the 'other' position."""
+    shift = {'u': 6, 'g': 3, 'o': 0}[cls]
+    return (mode >> shift) & 7
+
+
+def _apply_action(mode, who, op, perms, is_dir):
+    # Without who, the clause applies to all classes. Unlike chmod(1) the umask is
+    # ignored: the result must not depend on the environment the module runs in.
+    classes = who.replace('a', 'ugo') or 'ugo'
+    classes = ''.join(c for c in 'ugo' if c in classes)
+    if perms in ('u', 'g', 'o'):
+        # Copy another class's current rwx bits (g=u, o+g ...).
+        rwx = _class_bits(mode, perms)
+        value = 0
+        for cls in classes:
+            value |= rwx << {'u': 6, 'g': 3, 'o': 0}[cls]
+    else:
+        value = 0
+        rwx = 0
+        if 'r' in perms:
+            rwx |= 4
+        if 'w' in perms:
+            rwx |= 2
+        if 'x' in perms:
+            rwx |= 1
+        elif 'X' in perms and (is_dir or mode & EXEC_BITS):
+            # X: execute/search only for directories or entries that already have an x bit.
+            rwx |= 1
+        for cls in classes:
+            value |= rwx << {'u': 6, 'g': 3, 'o': 0}[cls]
+        if 's' in perms:
+            if 'u' in classes:
+                value |= stat.S_ISUID
+            if 'g' in classes:
+                value |= stat.S_ISGID
+        if 't' in perms and 'o' in classes:
+            value |= stat.S_ISVTX
+    if op == '+':
+        return mode | value
+    if op == '-':
+        return mode & ~value
+    affected = 0
+    for cls in classes:
+        affected |= _WHO_BITS[cls]
+    if is_dir and 's' not in perms:
+        # As chmod(1): '=' keeps a directory's setuid/setgid unless 's' is named.
+        affected &= ~(stat.S_ISUID | stat.S_ISGID)
+    return (mode & ~affected) | value
+
+
+def parse_mode(value, name='mode'):
+    """Parse an octal ('0750', '750', '2775') or symbolic ('u=rwX,g=rX,o=') mode.
+
+    Raise PermissionsError with a message naming ``name`` when it is invalid.
+    Integers are refused: YAML reads an unquoted 0750 as the number 488 and an
+    unquoted 750 as 750, and only one of them means what it looks like.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str):
+        raise PermissionsError(
+            'Invalid %s %r: give modes as quoted strings, for example %s: "0750" or %s: "u=rwX,g=rX,o=" '
+            '(YAML reads an unquoted 0750 as a decimal number).' % (name, value, name, name))
+    text = value.strip()
+    if re.match(r'^[0-7]{1,4}$', text):
+        return ModeSpec(text, octal=int(text, 8))
+    if not text:
+        raise PermissionsError('Invalid %s: it is empty.' % name)
+    clauses = []
+    for clause in text.split(','):
+        m = _CLAUSE_RE.match(clause)
+        if not m:
+            raise PermissionsError(
+                'Invalid %s %r: %r is neither an octal mode (up to four digits 0-7) nor a symbolic clause '
+                'such as u=rwX, g+s, o-w or a=r (who: u g o a; operator: + - =; permissions: r w x X s t, '
+                'or one of u g o to copy).' % (name, value, clause))
+        clauses.append((m.group(1), _ACTION_RE.findall(m.group(2))))
+    return ModeSpec(text, clauses=clauses)
+
+
+def format_mode(mode):
+    return '%04o' % stat.S_IMODE(mode)
+
+
+# --- users and groups ------------------------------------------------------------------------------
+
+def parse_passwd(text):
+    """name -> (uid, gid) from /etc/passwd content (str); malformed lines are skipped."""
+    result = {}
+    for line in text.splitlines():
+        if not line or line.startswith('#'):
+            continue
+        parts = line.split(':')
+        if len(parts) < 4 or not parts[2].isdigit() or not parts[3].isdigit():
+            continue
+        result.setdefault(parts[0], (int(parts[2]), int(parts[3])))
+    return result
+
+
+def parse_group(text):
+    """name -> gid from /etc/group content (str); malformed lines are skipped."""
+    result = {}
+    for line in text.splitlines():
+        if not line or line.startswith('#'):
+            continue
+        parts = line.split(':')
+        if len(parts) < 3 or not parts[2].isdigit():
+            continue
+        result.setdefault(parts[0], int(parts[2]))
+    return result
+
+
+def _numeric_id(value):
+    text = str(value).strip()
+    if text.isdigit():
+        number = int(text)
+        if number > 0xFFFFFFFE:  # (uid_t)-1 means "unchanged" to chown(2)
+            raise PermissionsError('ID %s is out of range (0 to 4294967294).' % text)
+        return number
+    return None
+
+
+def resolve_owner(owner, passwd, where):
+    """(uid, primary gid or None) of ``owner`` (a number or a name looked up in ``passwd``)."""
+    number = _numeric_id(owner)
+    if number is not None:
+        for uid, gid in passwd.values() if passwd else ():
+            if uid == number:
+                return number, gid
+        return number, None
+    if passwd is None:
+        raise PermissionsError(
+            'owner %r is not a numeric ID. User names are resolved the way a container sees them: '
+            'set like_container to a container whose image defines the user, or give the numeric UID.' % owner)
+    if owner not in passwd:
+        raise PermissionsError('Unknown user %r: it is not numeric and not in /etc/passwd of %s.' % (owner, where))
+    return passwd[owner]
+
+
+def resolve_group(group, groups, where):
+    number = _numeric_id(group)
+    if number is not None:
+        return number
+    if groups is None:
+        raise PermissionsError(
+            'group %r is not a numeric ID. Group names are resolved the way a container sees them: '
+            'set like_container to a container whose image defines the group, or give the numeric GID.' % group)
+    if group not in groups:
+        raise PermissionsError('Unknown group %r: it is not numeric and not in /etc/group of %s.' % (group, where))
+    return groups[group]
+
+
+def resolve_container_user(user_spec, passwd, groups, where):
+    """(uid, gid) a container configured with ``User: user_spec`` runs as (Docker's rules).
+
+    Empty means root. ``user`` alone takes the user's primary group from
+    /etc/passwd; a numeric UID unknown to /etc/passwd runs with GID 0.
+    """
+    spec = (user_spec or '').strip()
+    if not spec:
+        return 0, 0
+    user, sep, group = spec.partition(':')
+    uid, primary = resolve_owner(user, passwd, where)
+    if sep and group:
+        return uid, resolve_group(group, groups, where)
+    return uid, primary if primary is not None else 0
+
+
+# --- the target path -------------------------------------------------------------------------------
+
+def resolve_target(root, path):
+    """Absolute path (str) of ``path`` inside ``root``; refuse anything that could leave the tree.
+
+    ``path`` must be relative and free of '..'. Symlink components are resolved
+    on this side; the result must still lie inside ``root`` (absolute links
+    point into the container's namespace, never into the volume as seen from
+    here, so they are refused as well).
+    """
+    text = (path or '.').strip() or '.'
+    if os.path.isabs(text):
+        raise PermissionsError('path %r must be relative to the volume root, not absolute.' % path)
+    parts = [p for p in text.split('/') if p not in ('', '.')]
+    if '..' in parts:
+        raise PermissionsError("path %r must not contain '..' components." % path)
+    real_root = os.path.realpath(root)
+    candidate = os.path.join(real_root, *parts) if parts else real_root
+    probe = real_root
+    for part in parts:
+        probe = os.path.join(probe, part)
+        if os.path.islink(probe):
+            target = os.path.realpath(probe)
+            if not _inside(target, real_root):
+                raise PermissionsError('path %r is refused: its component %r is a symlink pointing outside the '
+                                       'volume (%s).' % (path, os.path.relpath(probe, real_root), os.readlink(probe)))
+    real = os.path.realpath(candidate)
+    if not _inside(real, real_root):
+        raise PermissionsError('path %r is refused: it resolves outside the volume.' % path)
+    if not os.path.lexists(real):
+        raise PermissionsError('path %r does not exist in the volume.' % path)
+    return real
+
+
+def _inside(path, root):
+    return path == root or path.startswith(root.rstrip('/') + '/')
+
+
+# --- plan and apply --------------------------------------------------------------------------------
+
+class _DirHandles(object):
+    """At most one open, verified directory fd at a time (the walk yields a directory's entries together)."""
+
+    def __init__(self):
+        self.rel = None
+        self.fd = None
+        self.proc_ok = os.path.isdir('/proc/self/fd')
+
+    def get(self, rel, abspath, expect):
+        if rel == self.rel:
+            return self.fd
+        self.close()
+        fd = os.open(abspath, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, 'O_CLOEXEC', 0))
+        if expect is not None:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != expect:
+                os.close(fd)
+                raise PermissionsError('Directory %s changed while it was being processed (replaced or moved); '
+                                       'nothing below it was changed. Stop the containers writing to the volume '
+                                       'and run again.' % display_path(abspath))
+        self.rel, self.fd = rel, fd
+        return fd
+
+    def close(self):
+        if self.fd is not None:
+            os.close(self.fd)
+        self.rel = self.fd = None
+
+
+def display_path(path):
+    if isinstance(path, bytes):
+        return path.decode('utf-8', 'backslashreplace')
+    return path
+
+
+class Plan(object):
+    """What every entry should look like. IDs are ints or None (leave as is); modes are ModeSpec or None."""
+
+    def __init__(self, uid=None, gid=None, mode=None, dir_mode=None, file_mode=None, recurse=False, sample_size=20):
+        self.uid = uid
+        self.gid = gid
+        self.mode = mode
+        self.dir_mode = dir_mode
+        self.file_mode = file_mode
+        self.recurse = recurse
+        self.sample_size = sample_size
+
+    def wanted(self, st, is_root):
+        """(uid, gid, mode) the entry should have; mode None for symlinks (never chmod-ed)."""
+        uid = st.st_uid if self.uid is None else self.uid
+        gid = st.st_gid if self.gid is None else self.gid
+        mode = stat.S_IMODE(st.st_mode)
+        if stat.S_ISLNK(st.st_mode):
+            return uid, gid, None
+        is_dir = stat.S_ISDIR(st.st_mode)
+        spec = self.mode if is_root else None
+        if spec is None:
+            spec = self.dir_mode if is_dir else self.file_mode
+        if spec is not None:
+            mode = spec.apply(st.st_mode, is_dir)
+        return uid, gid, mode
+
+
+def run(root, path, plan, check_mode=False):
+    """Walk ``path`` inside ``root`` once; fix (unless check_mode) every entry that differs from ``plan``.
+
+    Returns a JSON-serialisable dict: examined, changed (count), changes
+    (owner/group/mode counts and a bounded sample), root (resulting uid/gid/mode).
+    """
+    target = resolve_target(root, path)
+    counts = dict(owner=0, group=0, mode=0)
+    sample = []
+    examined = 0
+    changed = 0
+    dirs_seen = {}
+    handles = _DirHandles()
+    target_b = os.fsencode(target)
+    root_state = None
+    try:
+        entries = walk(target) if plan.recurse else iter([_root_entry(target_b)])
+        for entry in entries:
+            st = entry.st
+            examined += 1
+            is_root = entry.relpath == b'.'
+            if stat.S_ISDIR(st.st_mode):
+                dirs_seen[entry.relpath] = (st.st_dev, st.st_ino)
+            uid, gid, mode = plan.wanted(st, is_root)
+            cur_mode = stat.S_IMODE(st.st_mode)
+            chown_needed = uid != st.st_uid or gid != st.st_gid
+            chmod_needed = mode is not None and mode != cur_mode
+            if is_root:
+                root_state = dict(uid=uid, gid=gid, mode=format_mode(mode if mode is not None else cur_mode))
+            if not (chown_needed or chmod_needed):
+                continue
+            changed += 1
+            counts['owner'] += uid != st.st_uid
+            counts['group'] += gid != st.st_gid
+            counts['mode'] += chmod_needed
+            if len(sample) < plan.sample_size:
+                sample.append(dict(
+                    path=display_path(entry.relpath),
+                    before=dict(uid=st.st_uid, gid=st.st_gid, mode=format_mode(cur_mode)),
+                    after=dict(uid=uid, gid=gid, mode=format_mode(mode if mode is not None else cur_mode))))
+            if check_mode:
+                continue
+            if is_root:
+                parent_rel, parent_abs, name, expect = None, os.path.dirname(target_b) or b'/', \
+                    os.path.basename(target_b), None
+            else:
+                parent_rel, name = entry.relpath.rsplit(b'/', 1)
+                parent_abs = entry.abspath[:-(len(name) + 1)]
+                expect = dirs_seen.get(parent_rel)
+            fd = handles.get(parent_rel if not is_root else b'\0root-parent', parent_abs, expect)
+            _fix(fd, handles.proc_ok, name, entry.abspath, st, uid, gid, mode, chown_needed, chmod_needed)
+    except OSError as exc:
+        raise PermissionsError('Changing %s failed: %s' % (display_path(exc.filename or target), exc.strerror or exc))
+    finally:
+        handles.close()
+    if root_state is None:  # pragma: no cover - walk always yields the root
+        st = os.lstat(target)
+        root_state = dict(uid=st.st_uid, gid=st.st_gid, mode=format_mode(st.st_mode))
+    rel_target = os.path.relpath(target, os.path.realpath(root))
+    return dict(
+        target_path=rel_target,
+        examined=examined,
+        changed_entries=changed,
+        changes=dict(owner=counts['owner'], group=counts['group'], mode=counts['mode'],
+                     sample=sample, sample_truncated=changed > len(sample)),
+        root=root_state,
+    )
+
+
+def _root_entry(target_b):
+    class _E(object):
+        __slots__ = ('relpath', 'abspath', 'st')
+    e = _E()
+    e.relpath, e.abspath, e.st = b'.', target_b, os.lstat(target_b)
+    return e
+
+
+def _fix(fd, proc_ok, name, abspath, st, uid, gid, mode, chown_needed, chmod_needed):
+    is_dir = stat.S_ISDIR(st.st_mode)
+    is_link = stat.S_ISLNK(st.st_mode)
+    # Path through the verified directory fd; the last component is never followed.
+    nofollow_path = b'/proc/self/fd/%d/%s' % (fd, name) if proc_ok else abspath
+    capability = None
+    if chown_needed:
+        if not is_dir and not is_link and stat.S_ISREG(st.st_mode):
+            capability = _read_capability(nofollow_path)
+        os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
+        if not is_dir and not is_link:
+            # chown(2) cleared setuid/setgid (and file capabilities) of a non-directory: put the mode back.
+            if mode is None:
+                mode = stat.S_IMODE(st.st_mode)
+            if mode & (stat.S_ISUID | stat.S_ISGID):
+                chmod_needed = True
+    if capability is not None:
+        os.setxattr(nofollow_path, CAPABILITY_XATTR, capability, follow_symlinks=False)
+    if chmod_needed and not is_link:
+        os.chmod(nofollow_path, mode, follow_symlinks=False)
+    after = os.stat(name, dir_fd=fd, follow_symlinks=False)
+    if (after.st_dev, after.st_ino) != (st.st_dev, st.st_ino):
+        raise PermissionsError('%s was replaced while it was being changed. Stop the containers writing to the '
+                               'volume and run again.' % display_path(abspath))
+    if after.st_uid != uid or after.st_gid != gid or (not is_link and mode is not None and stat.S_IMODE(after.st_mode) != mode):
+        raise PermissionsError(
+            'Changing %s reported success but it is now %d:%d %s instead of %d:%d %s: the filesystem ignores '
+            'ownership or mode changes (NFS root_squash, SMB, some FUSE mounts).'
+            % (display_path(abspath), after.st_uid, after.st_gid, format_mode(after.st_mode), uid, gid,
+               format_mode(mode if mode is not None else after.st_mode)))
+
+
+def _read_capability(path):
+    try:
+        if CAPABILITY_XATTR not in os.listxattr(path, follow_symlinks=False):
+            return None
+        return os.getxattr(path, CAPABILITY_XATTR, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENODATA):
+            return None
+        raise
+
+
+# --- parameters as JSON (module <-> helper container) ----------------------------------------------
+
+def plan_to_dict(plan):
+    return dict(uid=plan.uid, gid=plan.gid, recurse=plan.recurse, sample_size=plan.sample_size,
+                mode=plan.mode.text if plan.mode else None,
+                dir_mode=plan.dir_mode.text if plan.dir_mode else None,
+                file_mode=plan.file_mode.text if plan.file_mode else None)
+
+
+def plan_from_dict(data):
+    return Plan(uid=data['uid'], gid=data['gid'], recurse=data['recurse'], sample_size=data['sample_size'],
+                mode=parse_mode(data['mode'], 'mode'), dir_mode=parse_mode(data['dir_mode'], 'dir_mode'),
+                file_mode=parse_mode(data['file_mode'], 'file_mode'))
+
+
+def helper_main(argv=None):
+    """Entry point inside the helper container: argv[1] is a JSON request; one JSON line on stdout."""
+    argv = sys.argv if argv is None else argv
+    try:
+        request = json.loads(argv[1])
+        result = run(request['root'], request['path'], plan_from_dict(request['plan']),
+                     check_mode=request['check_mode'])
+        out = dict(ok=True, result=result)
+    except PermissionsError as exc:
+        out = dict(ok=False, msg=str(exc))
+    sys.stdout.write(json.dumps(out) + '\n')
+    sys.stdout.flush()
+    return 0
