@@ -23,6 +23,7 @@ on() { local h=$1; shift; bench exec "$h" -- "$@"; }
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 work=$(mktemp -d /var/tmp/volumeops-demo.XXXXXX)
+chmod 0711 "$work"  # initdb runs as postgres and must reach its directory
 cleanup() {
     bench down >/dev/null 2>&1 || true
     rm -rf "$work"
