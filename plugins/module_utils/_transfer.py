@@ -1,0 +1,1449 @@
+# -*- coding: utf-8 -*-
+# Copyright: volumeops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+"""Host-to-host volume transfer: the sender (source host) and the receiver (destination host).
+
+One module holds both sides so that the code exists once:
+
+- The SENDER runs inside the ``volume_transfer`` module on the source host. It
+  opens an SSH connection to the destination with paramiko (host key pinned,
+  never auto-accepted), starts ``<dest_python> -c <bootstrap> <N>`` there and
+  writes N bytes of receiver source to its stdin: this file plus ``_tree.py`` and
+  ``_archive.py``, read from the module's own payload (the collection is not
+  installed on the destination). Then both sides talk in frames over the same
+  channel (see ``FrameIO``).
+- The RECEIVER (``receiver_main``) runs on the destination under ``dest_python``,
+  standard library only (docker SDK optional). It writes only below the
+  destination volume's directory: the staging tree
+  ``<volume dir>/.volumeops-incoming-<migration_id>`` and the marker
+  ``<volume dir>/.volumeops-migration.json``.
+
+The data is GNU tar's pax stream with the same full-fidelity flags as backups
+(``_archive.tar_create_argv``), compressed with zstd on the source, framed,
+and on the destination decompressed, validated header by header as untrusted
+(``_archive.TarStreamValidator``) and extracted by GNU tar into the staging
+tree. Nothing is staged as a full archive on disk and every buffer has a fixed
+size. After the stream the destination checks entry count and tree fingerprint
+(and with ``verify=content`` a digest of every file's content) against the
+source's, and only then swaps the staging tree into ``_data`` (atomic
+``renameat2(RENAME_EXCHANGE)``) and marks the marker ``complete``.
+
+Protocol (each frame: 1 byte kind, 4 bytes big-endian length, payload):
+  S->D  H hello(json)         D->S  S state(json)
+  S->D  P prepare(json)       D->S  E records batch (delta) ... e end, R ready(json)
+  S->D  X deletions batch, D data chunk ..., Z end of data(json), V source content digest(json)
+  D->S  K keepalive (while verifying), F final result(json), ! error(json)
+  S->D  Q quit (nothing more to do)
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import io
+import json
+import os
+import re
+import shutil
+import socket
+import stat
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+from ansible_collections.volumeops.docker.plugins.module_utils import _tree
+from ansible_collections.volumeops.docker.plugins.module_utils import _archive
+
+PROTOCOL_VERSION = 1
+CHUNK = 1024 * 1024          # bytes read from the compressor per data frame
+MAX_FRAME = 16 * 1024 * 1024
+RECORD_BATCH = 256 * 1024    # bytes of path records per frame
+MARKER_NAME = '.volumeops-migration.json'
+INCOMING_PREFIX = '.volumeops-incoming-'
+SKIP_TYPES = _archive.SKIP_TYPES
+# SSH tuning: large windows so the sender is not throttled by window updates;
+# AES-GCM first (hardware AES through OpenSSL, no separate MAC pass).
+WINDOW_SIZE = 64 * 1024 * 1024
+MAX_PACKET = 256 * 1024
+PREFERRED_CIPHERS = ('aes128-gcm@openssh.com', 'aes256-gcm@openssh.com', 'aes128-ctr', 'aes256-ctr')
+BOOTSTRAP = 'import sys;exec(compile(sys.stdin.buffer.read(int(sys.argv[1])),"volumeops-receiver","exec"))'
+MODULE_UTILS = 'ansible_collections.volumeops.docker.plugins.module_utils'
+BUNDLED = ('_tree', '_archive', '_transfer')
+
+
+class TransferError(Exception):
+    """A user-facing failure; ``str(exc)`` is the whole message."""
+
+
+class ConnectionLost(TransferError):
+    pass
+
+
+# --- framing -------------------------------------------------------------------------------------
+
+_HDR = struct.Struct('>cI')
+
+
+class FrameIO(object):
+    """Length-prefixed frames over any byte pipe (paramiko channel, stdin/stdout).
+
+    ``read(n)`` returns up to n bytes (b'' at EOF); ``write(data)`` writes all of it.
+    Writes are serialized by a lock (the receiver's keepalive thread writes too).
+    """
+
+    def __init__(self, read, write, flush=None):
+        self._read = read
+        self._write = write
+        self._flush = flush
+        self._lock = threading.Lock()
+        self.sent = 0
+        self.received = 0
+
+    def send(self, kind, payload=b''):
+        if len(payload) > MAX_FRAME:
+            raise TransferError('internal error: frame too large')
+        with self._lock:
+            self._write(_HDR.pack(kind, len(payload)))
+            if payload:
+                self._write(payload)
+            if self._flush is not None:
+                self._flush()
+            self.sent += _HDR.size + len(payload)
+
+    def send_json(self, kind, obj):
+        self.send(kind, json.dumps(obj, sort_keys=True).encode('utf-8'))
+
+    def _read_exact(self, n):
+        parts = []
+        while n:
+            data = self._read(min(n, CHUNK))
+            if not data:
+                raise ConnectionLost('the connection closed in the middle of the transfer')
+            parts.append(data)
+            n -= len(data)
+        return b''.join(parts)
+
+    def recv(self):
+        head = self._read_exact(_HDR.size)
+        kind, length = _HDR.unpack(head)
+        if length > MAX_FRAME:
+            raise TransferError('protocol error: oversized frame (%d bytes)' % length)
+        payload = self._read_exact(length) if length else b''
+        self.received += _HDR.size + length
+        return kind, payload
+
+    def recv_expect(self, *kinds):
+        while True:
+            kind, payload = self.recv()
+            if kind == b'K':
+                continue
+            if kind == b'!':
+                raise TransferError(_json(payload).get('msg') or 'the other side failed')
+            if kind not in kinds:
+                raise TransferError('protocol error: unexpected frame %r (expected %r)' % (kind, kinds))
+            return kind, payload
+
+
+def _json(payload):
+    try:
+        return json.loads(payload.decode('utf-8'))
+    except (ValueError, UnicodeDecodeError):
+        raise TransferError('protocol error: invalid JSON frame')
+
+
+def encode_paths(paths):
+    """NUL-terminated paths (bytes) as one payload."""
+    return b''.join(p + b'\0' for p in paths)
+
+
+def decode_paths(payload):
+    return [p for p in payload.split(b'\0')[:-1]]
+
+
+def encode_records(records):
+    """[(relpath, digest16, type code)] -> payload: digest(16) + type(1) + relpath + NUL, repeated."""
+    return b''.join(d + t.encode('ascii') + p + b'\0' for p, d, t in records)
+
+
+def decode_records(payload):
+    out = []
+    pos = 0
+    n = len(payload)
+    while pos < n:
+        end = payload.index(b'\0', pos + 17)
+        out.append((payload[pos + 17:end], payload[pos:pos + 16], payload[pos + 16:pos + 17].decode('ascii')))
+        pos = end + 1
+    return out
+
+
+# --- pure logic: walk order, records, delta ------------------------------------------------------
+
+def walk_key(relpath):
+    """Sort key equal to the order in which ``_tree.walk`` yields entries.
+
+    walk yields the root, then pops directories in depth-first preorder (names
+    sorted as bytes) and yields each popped directory's children sorted. So an
+    entry's position is (components of its parent, its name), compared
+    lexicographically; the root (b'.') comes first.
+    """
+    if relpath == b'.':
+        return ((), b'')
+    if relpath.startswith(b'./'):
+        relpath = relpath[2:]
+    parts = relpath.split(b'/')
+    return (tuple(parts[:-1]), parts[-1])
+
+
+def record_digest(entry):
+    """16-byte digest of the entry's fingerprinted properties (``_tree.entry_record``)."""
+    return hashlib.sha256(_tree.entry_record(entry)).digest()[:16]
+
+
+def iter_records(root, exclude=None):
+    """(relpath, digest, type code, entry) for every entry of the tree, in walk order, sockets skipped."""
+    for entry in _tree.walk(root, exclude):
+        code = _tree.type_code(entry.st.st_mode)
+        if code in SKIP_TYPES:
+            continue
+        yield entry.relpath, record_digest(entry), code, entry
+
+
+def parent_of(relpath):
+    if relpath == b'.':
+        return None
+    head = relpath.rsplit(b'/', 1)[0]
+    return head if head != relpath else b'.'
+
+
+class DeltaPlan(object):
+    """What a delta pass sends and deletes. Paths are relative (b'./x/y', b'.' for the root)."""
+
+    def __init__(self):
+        self.send = []        # entries to archive (--no-recursion), walk order
+        self.delete = []      # paths the destination removes before extracting
+        self.send_bytes = 0   # apparent size of the regular files to send
+        self.unchanged = 0
+
+
+def compute_delta(source_records, dest_records):
+    """Merge-join two record streams in walk order into a DeltaPlan.
+
+    ``source_records`` yields (relpath, digest, type_code, st or None);
+    ``dest_records`` yields (relpath, digest, type_code).
+    Memory is proportional to what changed, not to the tree size: both streams
+    are in walk order (``walk_key``), so one pass suffices. Rules:
+    - only on the source, or digest differs: send it;
+    - changed and not a directory on both sides: delete on the destination first
+      (GNU tar then creates it fresh; also covers type changes);
+    - a directory that became something else (or vice versa): delete first;
+    - only on the destination: delete;
+    - the parent directory of anything sent or deleted is sent too, so its
+      mtime (which the destination's changes disturb) is set again by tar;
+    - every path of a hard-link group with a member to send is sent (and
+      deleted first), so the links are recreated as links.
+    """
+    plan = DeltaPlan()
+    send = {}
+    delete = set()
+    src_types = {}
+    link_groups = {}  # (dev, ino) -> [relpath] for regular files with nlink > 1
+    dst_iter = iter(dest_records)
+    dst = next(dst_iter, None)
+    last_dst_key = None
+
+    def advance_dst():
+        nonlocal last_dst_key
+        item = next(dst_iter, None)
+        if item is not None:
+            key = walk_key(item[0])
+            if last_dst_key is not None and key <= last_dst_key:
+                raise TransferError('protocol error: destination records are not in walk order')
+            last_dst_key = key
+        return item
+
+    if dst is not None:
+        last_dst_key = walk_key(dst[0])
+    for relpath, digest, code, st in source_records:
+        key = walk_key(relpath)
+        src_types[relpath] = code if code == 'd' else None
+        if code == 'f' and st is not None and st.st_nlink > 1:
+            link_groups.setdefault((st.st_dev, st.st_ino), []).append((relpath, st.st_size))
+        while dst is not None and walk_key(dst[0]) < key:
+            delete.add(dst[0])
+            dst = advance_dst()
+        if dst is not None and dst[0] == relpath:
+            if dst[1] != digest:
+                send[relpath] = (code, st)
+                if code != 'd' or dst[2] != 'd':
+                    delete.add(relpath)
+            else:
+                plan.unchanged += 1
+            dst = advance_dst()
+        else:
+            send[relpath] = (code, st)
+    while dst is not None:
+        delete.add(dst[0])
+        dst = advance_dst()
+    for members in link_groups.values():
+        if any(p in send for p, _ in members):
+            for p, _ in members:
+                if p not in send:
+                    send[p] = ('f', None)
+                delete.add(p)
+    # Parents of whatever changes on the destination, when they exist on the source.
+    for relpath in list(send) + list(delete):
+        parent = parent_of(relpath)
+        if parent is not None and parent not in send and src_types.get(parent) == 'd':
+            send[parent] = ('d', None)
+    seen_inodes = set()
+    for relpath, (code, st) in send.items():
+        if code == 'f' and st is not None:
+            if st.st_nlink > 1:
+                if (st.st_dev, st.st_ino) in seen_inodes:
+                    continue
+                seen_inodes.add((st.st_dev, st.st_ino))
+            plan.send_bytes += st.st_size
+    # A deleted directory removes its subtree: only the top-most deletions are needed.
+    plan.delete = _topmost(sorted(delete, key=walk_key))
+    plan.send = sorted(send, key=walk_key)
+    return plan
+
+
+def _topmost(paths):
+    """Drop paths below another path of the list (``paths`` sorted in walk order)."""
+    chosen = set()
+    out = []
+    for p in paths:
+        parent = parent_of(p)
+        covered = False
+        while parent is not None and parent != b'.':
+            if parent in chosen:
+                covered = True
+                break
+            parent = parent_of(parent)
+        if not covered:
+            chosen.add(p)
+            out.append(p)
+    return out
+
+
+def content_digest(root, exclude=None):
+    """sha256 over (path, sha256 of content) of every regular file in walk order.
+
+    Catches edits that keep size and mtime, which the metadata fingerprint cannot.
+    """
+    outer = hashlib.sha256(b'volumeops-content-v1\n')
+    cache = {}
+    buf = bytearray(CHUNK)
+    view = memoryview(buf)
+    for entry in _tree.walk(root, exclude):
+        st = entry.st
+        if not stat.S_ISREG(st.st_mode):
+            continue
+        key = (st.st_dev, st.st_ino)
+        hexd = cache.get(key)
+        if hexd is None:
+            h = hashlib.sha256()
+            fd = os.open(entry.abspath, os.O_RDONLY | getattr(os, 'O_NOFOLLOW', 0))
+            try:
+                while True:
+                    n = os.readv(fd, [buf])
+                    if not n:
+                        break
+                    h.update(view[:n])
+            finally:
+                os.close(fd)
+            hexd = h.hexdigest().encode()
+            if st.st_nlink > 1:
+                cache[key] = hexd
+        outer.update(entry.relpath + b'\0' + hexd + b'\n')
+    return 'sha256:' + outer.hexdigest()
+
+
+def check_migration_id(mid):
+    if not isinstance(mid, str) or not mid or len(mid) > 64 or \
+            any(not (c.isalnum() and c.isascii() or c in '_.-') for c in mid) or mid[0] in '.-':
+        return ('Invalid migration_id %r: use 1-64 characters of letters, digits, "_", "." and "-", '
+                'not starting with "." or "-".' % (mid,))
+    return None
+
+
+# --- shipping the receiver -----------------------------------------------------------------------
+
+def build_remote_command(dest_python, source_length, mode='receiver'):
+    """The command line executed on the destination; every argument shell-quoted."""
+    import shlex
+    return ' '.join(shlex.quote(a) for a in (dest_python, '-c', BOOTSTRAP, str(int(source_length)), mode))
+
+
+def _module_source(name):
+    full = MODULE_UTILS + '.' + name
+    mod = sys.modules.get(full)
+    if mod is None:
+        __import__(full)
+        mod = sys.modules[full]
+    loader = getattr(mod, '__loader__', None)
+    src = None
+    if loader is not None and hasattr(loader, 'get_source'):
+        try:
+            src = loader.get_source(full)
+        except Exception:
+            src = None
+    if src is None:
+        src = getattr(mod, '__volumeops_source__', None)
+    if src is None:
+        with open(mod.__file__, 'rb') as f:
+            src = f.read().decode('utf-8')
+    if isinstance(src, bytes):
+        src = src.decode('utf-8')
+    return src
+
+
+def receiver_program(entry='receiver_main'):
+    """Self-contained Python source: registers the bundled modules under their own names, runs ``entry``."""
+    sources = dict((name, _module_source(name)) for name in BUNDLED)
+    lines = [
+        'import sys, types',
+        'SOURCES = %r' % (sources,),
+        'def _install():',
+        '    pkg = None',
+        '    parts = %r.split(".")' % MODULE_UTILS,
+        '    for i in range(1, len(parts) + 1):',
+        '        name = ".".join(parts[:i])',
+        '        if name not in sys.modules:',
+        '            m = types.ModuleType(name)',
+        '            m.__path__ = []',
+        '            sys.modules[name] = m',
+        '            if pkg is not None:',
+        '                setattr(pkg, parts[i - 1], m)',
+        '        pkg = sys.modules[name]',
+        '    for short in %r:' % (BUNDLED,),
+        '        full = %r + "." + short' % MODULE_UTILS,
+        '        m = types.ModuleType(full)',
+        '        m.__file__ = "<volumeops-receiver %s>" % short',
+        '        m.__volumeops_source__ = SOURCES[short]',
+        '        sys.modules[full] = m',
+        '        setattr(pkg, short, m)',
+        '        exec(compile(SOURCES[short], m.__file__, "exec"), m.__dict__)',
+        '    return sys.modules[%r + "._transfer"]' % MODULE_UTILS,
+        '_install().%s()' % entry,
+    ]
+    return ('\n'.join(lines) + '\n').encode('utf-8')
+
+
+# --- SSH (sender side) ---------------------------------------------------------------------------
+
+def parse_host_key(line):
+    """'<type> <base64> [comment]' -> paramiko PKey; raises TransferError."""
+    import paramiko
+    from paramiko.hostkeys import HostKeyEntry
+    text = (line or '').strip()
+    try:
+        entry = HostKeyEntry.from_line('pinned ' + text)
+    except Exception as exc:
+        entry = None
+        err = exc
+    else:
+        err = None
+    if entry is None or entry.key is None:
+        raise TransferError('dest_host_key %r is not a public host key in "<type> <base64>" form '
+                            '(e.g. "ssh-ed25519 AAAA..."): %s' % (text[:60], err or 'unknown key type'))
+    assert isinstance(entry.key, paramiko.PKey)
+    return entry.key
+
+
+def load_private_key(path=None, content=None, passphrase=None):
+    import paramiko
+    classes = [getattr(paramiko, n) for n in ('Ed25519Key', 'ECDSAKey', 'RSAKey', 'DSSKey') if hasattr(paramiko, n)]
+    if path:
+        try:
+            with open(path, 'r') as f:
+                content = f.read()
+        except OSError as exc:
+            raise TransferError('Cannot read private_key %s: %s' % (path, exc.strerror or exc))
+    errors = []
+    for cls in classes:
+        try:
+            return cls.from_private_key(io.StringIO(content), password=passphrase)
+        except paramiko.PasswordRequiredException:
+            raise TransferError('The private key is encrypted; give a key without passphrase for the migration.')
+        except Exception as exc:  # paramiko raises several kinds for "not this type"
+            errors.append(str(exc))
+    raise TransferError('The private key (%s) is not a supported OpenSSH/PEM private key.'
+                        % ('private_key ' + path if path else 'private_key_content'))
+
+
+def _fingerprint_key(key):
+    import base64
+    return 'SHA256:' + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip('=')
+
+
+def ssh_connect(host, port, user, host_key, pkey, timeout):
+    """Open an SSH connection with the destination's host key pinned (RejectPolicy)."""
+    import paramiko
+    client = paramiko.SSHClient()
+    name = host if int(port) == 22 else '[%s]:%d' % (host, int(port))
+    client.get_host_keys().add(name, host_key.get_name(), host_key)
+    if host_key.get_name() == 'ssh-rsa':
+        for alias in ('rsa-sha2-512', 'rsa-sha2-256'):
+            client.get_host_keys().add(name, alias, host_key)
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+
+    def transport_factory(sock, **kwargs):
+        t = paramiko.Transport(sock, default_window_size=WINDOW_SIZE, default_max_packet_size=MAX_PACKET, **kwargs)
+        opts = t.get_security_options()
+        available = list(opts.ciphers)
+        opts.ciphers = [c for c in PREFERRED_CIPHERS if c in available] + \
+            [c for c in available if c not in PREFERRED_CIPHERS]
+        return t
+    where = '%s@%s:%s' % (user, host, port)
+    try:
+        client.connect(host, port=int(port), username=user, pkey=pkey, look_for_keys=False, allow_agent=False,
+                       timeout=timeout, banner_timeout=timeout, auth_timeout=timeout,
+                       transport_factory=transport_factory)
+    except paramiko.BadHostKeyException as exc:
+        client.close()
+        raise TransferError('Host key mismatch for %s: the server presented %s key %s but dest_host_key pins %s. '
+                            'Refusing to connect (possible man-in-the-middle, or the pinned key is wrong).'
+                            % (where, exc.key.get_name(), _fingerprint_key(exc.key), _fingerprint_key(host_key)))
+    except paramiko.AuthenticationException as exc:
+        client.close()
+        raise TransferError('Authentication to %s failed with the migration key (%s): is its public key in '
+                            '~%s/.ssh/authorized_keys on the destination?' % (where, exc, user))
+    except paramiko.SSHException as exc:
+        client.close()
+        text = str(exc)
+        if 'not found in known_hosts' in text:
+            text = ('the server offered no %s host key; it presented another key type than the pinned '
+                    'dest_host_key' % host_key.get_name())
+        raise TransferError('SSH connection to %s failed: %s' % (where, text))
+    except (socket.timeout, TimeoutError):
+        client.close()
+        raise TransferError('Destination %s is unreachable: connection timed out after %ss.' % (where, timeout))
+    except (OSError, paramiko.ssh_exception.NoValidConnectionsError) as exc:
+        client.close()
+        raise TransferError('Destination %s is unreachable: %s' % (where, getattr(exc, 'strerror', None) or exc))
+    t = client.get_transport()
+    t.set_keepalive(15)
+    return client
+
+
+# --- sender ---------------------------------------------------------------------------------------
+
+class Sender(object):
+    """Runs on the source host. ``params`` is the module's parameter dict."""
+
+    def __init__(self, params, source_root, volume_info=None, check_mode=False, diff=False, warn=None):
+        self.p = params
+        self.root = source_root
+        self.volume_info = volume_info or {}
+        self.check_mode = check_mode
+        self.diff = diff
+        self.warn = warn or (lambda msg: None)
+        self.client = None
+        self.channel = None
+        self.io = None
+        self.stderr_chunks = []
+
+    # connection -------------------------------------------------------------
+    def _open(self):
+        p = self.p
+        host_key = parse_host_key(p['dest_host_key'])
+        pkey = load_private_key(p.get('private_key'), p.get('private_key_content'))
+        timeout = p.get('timeout') or 30
+        self.client = ssh_connect(p['dest_host'], p.get('dest_port') or 22, p.get('dest_user') or 'root',
+                                  host_key, pkey, timeout)
+        program = receiver_program()
+        transport = self.client.get_transport()
+        chan = transport.open_session(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET)
+        chan.settimeout(max(60, timeout * 2))
+        chan.exec_command(build_remote_command(p.get('dest_python') or '/usr/bin/python3', len(program)))
+        chan.sendall(program)
+        self.channel = chan
+        self.io = FrameIO(chan.recv, chan.sendall)
+
+    def _remote_failure(self, exc):
+        """Best explanation after the channel broke: the receiver's error frame, its stderr or exit status."""
+        msg = None
+        chan = self.channel
+        if chan is not None:
+            try:
+                chan.settimeout(5)
+                while True:
+                    kind, payload = self.io.recv()
+                    if kind == b'!':
+                        msg = _json(payload).get('msg')
+                        break
+            except Exception:
+                pass
+            try:
+                err = b''
+                while chan.recv_stderr_ready():
+                    err += chan.recv_stderr(65536)
+                err = err.decode('utf-8', 'replace').strip()
+            except Exception:
+                err = ''
+            if msg is None and err:
+                if 'No such file or directory' in err or 'not found' in err:
+                    msg = ('The receiver could not start on the destination (dest_python=%s): %s'
+                           % (self.p.get('dest_python'), err[-500:]))
+                else:
+                    msg = 'The receiver on the destination failed: %s' % err[-1500:]
+        if msg is None:
+            msg = ('Connection to the destination %s was lost in the middle of the transfer (%s). The destination '
+                   'volume is not marked complete; rerun to finish.' % (self.p['dest_host'], exc))
+        return msg
+
+    def close(self):
+        try:
+            if self.channel is not None:
+                self.channel.close()
+        finally:
+            if self.client is not None:
+                self.client.close()
+
+    # main ------------------------------------------------------------------
+    def run(self):
+        started = time.time()
+        p = self.p
+        exclude = p.get('exclude') or []
+        summary = _archive.tree_summary(self.root, exclude=exclude)
+        result = dict(changed=False, bytes=summary.bytes, entries=summary.entries, bytes_sent=0,
+                      source_fingerprint=summary.fingerprint, dest_fingerprint=None, verified=False,
+                      deleted=0, sent_entries=0, dest_state=None, dest_volume=p['dest_volume'],
+                      migration_id=p['migration_id'], mb_per_s=0.0, duration=0.0)
+        try:
+            self._open()
+            try:
+                return self._run(summary, result, exclude, started)
+            except (ConnectionLost, socket.timeout, EOFError, OSError) as exc:
+                raise TransferError(self._remote_failure(exc))
+            except TransferError:
+                raise
+            except Exception as exc:
+                if self.channel is not None and self.channel.closed:
+                    raise TransferError(self._remote_failure(exc))
+                raise
+        finally:
+            self.close()
+
+    def _hello(self, summary):
+        p = self.p
+        return dict(
+            protocol=PROTOCOL_VERSION, migration_id=p['migration_id'], dest_volume=p['dest_volume'],
+            dest_docker_host=p.get('dest_docker_host'), dest_driver=p.get('dest_driver'),
+            dest_driver_options=p.get('dest_driver_options') or {}, dest_labels=p.get('dest_labels') or {},
+            existing=p.get('existing') or 'fail', check_mode=self.check_mode, pass_=p.get('pass') or 'full',
+            finalize=bool(p.get('finalize', True)), verify=p.get('verify') or 'metadata',
+            compression=p.get('compression') or 'zstd', allow_devices=bool(p.get('allow_devices')),
+            source=dict(fingerprint=summary.fingerprint, entries=summary.entries, bytes=summary.bytes,
+                        volume=p.get('volume'), host=os.uname()[1]),
+            source_volume=dict(driver=self.volume_info.get('Driver'), labels=self.volume_info.get('Labels') or {},
+                               options=self.volume_info.get('Options') or {}),
+        )
+
+    def _run(self, summary, result, exclude, started):
+        p = self.p
+        io_ = self.io
+        io_.send_json(b'H', self._hello(summary))
+        _, payload = io_.recv_expect(b'S')
+        state = _json(payload)
+        result['dest_state_before'] = state.get('marker_state')
+        result['dest_exists'] = state.get('exists')
+        if state.get('conflict'):
+            io_.send(b'Q')
+            raise TransferError(state['conflict'])
+        if state.get('complete_match'):
+            io_.send(b'Q')
+            result.update(dest_fingerprint=state.get('dest_fingerprint'), verified=True, dest_state='complete')
+            result['duration'] = round(time.time() - started, 3)
+            if self.diff:
+                result['diff'] = dict(before=self._diff_text(state), after=self._diff_text(state))
+            return result
+        pass_ = p.get('pass') or 'full'
+        plan = None
+        if pass_ == 'delta':
+            io_.send_json(b'P', dict(pass_='delta', check_mode=self.check_mode))
+            plan = compute_delta(self._source_records(exclude), self._dest_records())
+            _, payload = io_.recv_expect(b'R')
+            ready = _json(payload)
+            if not ready.get('base'):
+                # Nothing of this migration on the destination: the delta is a full copy.
+                pass
+            send_bytes = plan.send_bytes
+            result['sent_entries'] = len(plan.send)
+            result['deleted'] = len(plan.delete)
+        else:
+            send_bytes = summary.bytes
+            result['sent_entries'] = summary.entries
+        free = state.get('free_bytes')
+        if free is not None and free < int(send_bytes * 1.1) and not state.get('complete_match'):
+            io_.send(b'Q')
+            raise TransferError('Not enough free space on the destination: %d bytes free in %s, %d needed '
+                                '(1.1 x %d bytes to send). Nothing was changed on the destination.'
+                                % (free, state.get('volume_dir') or 'the volume directory',
+                                   int(send_bytes * 1.1), send_bytes))
+        if self.diff:
+            after = dict(state, marker_state='complete' if p.get('finalize', True) else 'staging')
+            result['diff'] = dict(before=self._diff_text(state), after=self._diff_text(after, plan, summary))
+        if self.check_mode:
+            io_.send(b'Q')
+            result['changed'] = True
+            result['dest_state'] = state.get('marker_state')
+            result['would_send_bytes'] = send_bytes
+            result['duration'] = round(time.time() - started, 3)
+            if plan is not None:
+                result['sample_sent'] = [_show(x) for x in plan.send[:20]]
+                result['sample_deleted'] = [_show(x) for x in plan.delete[:20]]
+            return result
+        if pass_ == 'full':
+            io_.send_json(b'P', dict(pass_='full', check_mode=False))
+            io_.recv_expect(b'R')
+        else:
+            for i in range(0, len(plan.delete), 4096):
+                io_.send(b'X', encode_paths(plan.delete[i:i + 4096]))
+        tar_info = self._stream(exclude, plan)
+        io_.send_json(b'Z', tar_info)
+        if tar_info['error']:
+            # The destination discards the stream and keeps the volume not complete.
+            self._final(allow_error=True)
+            raise TransferError(tar_info['error'])
+        source_content = None
+        if (p.get('verify') or 'metadata') == 'content':
+            source_content = content_digest(self.root, exclude)
+            result['content_digest'] = source_content
+        # Re-check the source after streaming: a changed source must not be declared verified.
+        after = _archive.tree_summary(self.root, exclude=exclude)
+        io_.send_json(b'V', dict(content_digest=source_content, fingerprint=after.fingerprint,
+                                 entries=after.entries, bytes=after.bytes))
+        final = self._final()
+        duration = time.time() - started
+        result.update(changed=True, bytes_sent=io_.sent, dest_fingerprint=final.get('dest_fingerprint'),
+                      verified=bool(final.get('verified')), dest_state=final.get('dest_state'),
+                      duration=round(duration, 3), source_fingerprint=after.fingerprint,
+                      entries=after.entries, bytes=after.bytes)
+        moved = after.bytes if pass_ == 'full' else send_bytes
+        result['mb_per_s'] = round(moved / 1e6 / duration, 1) if duration > 0 else 0.0
+        if final.get('warnings'):
+            for w in final['warnings']:
+                self.warn(w)
+        if tar_info.get('warning'):
+            self.warn(tar_info['warning'])
+        return result
+
+    def _final(self, allow_error=False):
+        kind, payload = self.io.recv_expect(b'F')
+        final = _json(payload)
+        if not final.get('ok') and not allow_error:
+            raise TransferError(final.get('msg') or 'the destination did not accept the transfer')
+        return final
+
+    def _diff_text(self, state, plan=None, summary=None):
+        lines = ['volume: %s' % self.p['dest_volume'], 'exists: %s' % state.get('exists'),
+                 'migration: %s' % (state.get('marker_migration_id') or '-'),
+                 'state: %s' % (state.get('marker_state') or '-')]
+        if plan is not None:
+            lines.append('send: %d entries, %d bytes' % (len(plan.send), plan.send_bytes))
+            lines.append('delete: %d paths' % len(plan.delete))
+        elif summary is not None:
+            lines.append('send: %d entries, %d bytes' % (summary.entries, summary.bytes))
+        return '\n'.join(lines) + '\n'
+
+    def _source_records(self, exclude):
+        for relpath, digest, code, entry in iter_records(self.root, exclude):
+            yield relpath, digest, code, entry.st
+
+    def _dest_records(self):
+        while True:
+            kind, payload = self.io.recv_expect(b'E', b'e')
+            if kind == b'e':
+                return
+            for rec in decode_records(payload):
+                yield rec
+
+    def _stream(self, exclude, plan):
+        """tar -> [zstd] -> frames on the channel. Returns dict(tar_rc, error, warning)."""
+        p = self.p
+        compression = p.get('compression') or 'zstd'
+        level = p.get('compression_level')
+        if plan is None:
+            tar_argv = _archive.tar_create_argv(self.root, exclude=exclude)
+            stdin = subprocess.DEVNULL
+            names = None
+        else:
+            base = _archive.tar_create_argv(self.root)
+            if base[-1] != '.':
+                raise TransferError('internal error: unexpected tar command line')
+            tar_argv = base[:-1] + ['--no-recursion', '--null', '--verbatim-files-from', '--files-from=-']
+            stdin = subprocess.PIPE
+            names = plan.send
+        tar_err = tempfile.TemporaryFile()
+        comp_err = tempfile.TemporaryFile()
+        procs = []
+        feeder = None
+        try:
+            comp_argv = _archive.compressor_argv(compression, level)
+            if comp_argv is None:
+                tar = subprocess.Popen(tar_argv, stdin=stdin, stdout=subprocess.PIPE, stderr=tar_err)
+                procs.append(tar)
+                out = tar.stdout
+                comp = None
+            else:
+                rfd, wfd = os.pipe()
+                try:
+                    tar = subprocess.Popen(tar_argv, stdin=stdin, stdout=wfd, stderr=tar_err)
+                    procs.append(tar)
+                finally:
+                    os.close(wfd)
+                try:
+                    comp = subprocess.Popen(comp_argv, stdin=rfd, stdout=subprocess.PIPE, stderr=comp_err)
+                    procs.append(comp)
+                finally:
+                    os.close(rfd)
+                out = comp.stdout
+            if names is not None:
+                feed_errors = []
+                feeder = threading.Thread(target=_archive._feed,
+                                          args=((n + b'\0' for n in names), tar.stdin, feed_errors))
+                feeder.daemon = True
+                feeder.start()
+            send = self.io.send
+            while True:
+                chunk = out.read(CHUNK)
+                if not chunk:
+                    break
+                send(b'D', chunk)
+            if feeder is not None:
+                feeder.join()
+            rc_tar = tar.wait()
+            rc_comp = comp.wait() if comp is not None else 0
+            info = dict(tar_rc=rc_tar, error=None, warning=None)
+            tar_text = _archive._stderr_text(tar_err)
+            if rc_comp != 0:
+                info['error'] = '%s failed on the source (exit %d): %s' % (comp_argv[0], rc_comp,
+                                                                          _archive._stderr_text(comp_err))
+            elif rc_tar == 1:
+                msg = ('Files changed on the source while they were read (tar exit 1): %s' % tar_text)
+                if p.get('finalize', True):
+                    info['error'] = msg + ' Stop the writers (containers) before the final pass.'
+                else:
+                    info['warning'] = msg + ' (tolerated in a warm pass with finalize=false; the final pass fixes it)'
+            elif rc_tar != 0:
+                info['error'] = 'tar failed on the source (exit %d): %s' % (rc_tar, tar_text)
+            return info
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                proc.wait()
+                if proc.stdout:
+                    proc.stdout.close()
+            tar_err.close()
+            comp_err.close()
+
+
+def _show(path):
+    text = path.decode('utf-8', 'backslashreplace')
+    return text[2:] if text.startswith('./') else text
+
+
+# --- receiver (destination host; standard library only) ------------------------------------------
+
+class DockerAccess(object):
+    """Find/create the destination volume: docker SDK when importable, else the docker CLI."""
+
+    def __init__(self, docker_host):
+        self.host = docker_host or 'unix:///var/run/docker.sock'
+        self.api = None
+        self.cli = None
+        try:
+            import docker  # noqa: F401 (optional on the destination)
+            self.api = docker.APIClient(base_url=self.host, version='auto', timeout=60)
+            self.kind = 'docker SDK'
+        except Exception:
+            self.api = None
+            self.cli = shutil.which('docker')
+            self.kind = 'docker CLI'
+            if not self.cli:
+                raise TransferError('Neither the docker Python SDK (under dest_python) nor the docker CLI is '
+                                    'available on the destination to inspect/create the volume.')
+
+    def _cli(self, args):
+        proc = subprocess.run([self.cli, '--host', self.host] + args, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE)
+        return proc.returncode, proc.stdout, proc.stderr.decode('utf-8', 'replace').strip()
+
+    def inspect(self, name):
+        if self.api is not None:
+            import docker
+            try:
+                return self.api.inspect_volume(name)
+            except docker.errors.NotFound:
+                return None
+        rc, out, err = self._cli(['volume', 'inspect', name])
+        if rc != 0:
+            if 'no such volume' in err.lower():
+                return None
+            raise TransferError('docker volume inspect %s failed on the destination: %s' % (name, err))
+        return json.loads(out.decode('utf-8'))[0]
+
+    def create(self, name, driver, options, labels):
+        if self.api is not None:
+            return self.api.create_volume(name=name, driver=driver or 'local', driver_opts=options or None,
+                                          labels=labels or None)
+        args = ['volume', 'create', '--driver', driver or 'local']
+        for k, v in sorted((options or {}).items()):
+            args += ['--opt', '%s=%s' % (k, v)]
+        for k, v in sorted((labels or {}).items()):
+            args += ['--label', '%s=%s' % (k, v)]
+        rc, out, err = self._cli(args + ['--', name])
+        if rc != 0:
+            raise TransferError('docker volume create %s failed on the destination: %s' % (name, err))
+        return self.inspect(name)
+
+    def running_users(self, name):
+        if self.api is not None:
+            found = self.api.containers(filters={'volume': name})
+            return [(c.get('Names') or ['?'])[0].lstrip('/') for c in found
+                    if any(m.get('Name') == name for m in c.get('Mounts') or [])]
+        rc, out, err = self._cli(['ps', '--filter', 'volume=' + name, '--format', '{{.Names}}\t{{.Mounts}}'])
+        if rc != 0:
+            raise TransferError('docker ps failed on the destination: %s' % err)
+        names = []
+        for line in out.decode('utf-8', 'replace').splitlines():
+            cname, _, mounts = line.partition('\t')
+            if name in mounts.split(','):
+                names.append(cname)
+        return names
+
+
+def read_marker(path):
+    try:
+        with open(path, 'rb') as f:
+            data = json.loads(f.read().decode('utf-8'))
+        return data if isinstance(data, dict) else {}
+    except FileNotFoundError:
+        return None
+    except (ValueError, UnicodeDecodeError, OSError):
+        return {'state': 'unreadable'}
+
+
+def write_marker(path, data):
+    tmp = path + '.tmp-%d' % os.getpid()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, 'wb') as f:
+        f.write(json.dumps(data, sort_keys=True, indent=1).encode('utf-8') + b'\n')
+        f.flush()
+        os.fsync(f.fileno())
+    os.rename(tmp, path)
+    _archive.fsync_dir(os.path.dirname(path))
+
+
+def _is_empty_dir(path):
+    try:
+        with os.scandir(path) as it:
+            return next(it, None) is None
+    except FileNotFoundError:
+        return True
+
+
+def safe_delete(root, relpath):
+    """Remove ``relpath`` (b'./x/y') below ``root`` without following any symlink; missing is fine."""
+    norm = _archive.normalize_member_path(relpath)
+    if norm == b'.':
+        raise TransferError('protocol error: refusing to delete the volume root')
+    root_b = os.fsencode(root)
+    parts = norm.split(b'/')
+    cur = root_b
+    for part in parts[:-1]:
+        cur = cur + b'/' + part
+        try:
+            st = os.lstat(cur)
+        except FileNotFoundError:
+            return False
+        if not stat.S_ISDIR(st.st_mode):
+            return False  # below a symlink or file: nothing of ours to delete there
+    target = cur + b'/' + parts[-1]
+    try:
+        st = os.lstat(target)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISDIR(st.st_mode):
+        shutil.rmtree(target)
+    else:
+        os.unlink(target)
+    return True
+
+
+class OnDiskGuard(object):
+    """Per-member check against the tree being extracted into (delta onto an existing tree).
+
+    Refuses a member whose parent path on disk is a symlink or not a directory
+    (GNU tar would write through it, CVE-2025-45582), and clears the xattrs of an
+    existing directory that the stream carries again (tar only adds xattrs, so a
+    removed ACL would otherwise survive).
+    """
+
+    def __init__(self, root):
+        self.root = os.fsencode(root)
+        self.ok_dirs = set([b'.'])
+
+    def __call__(self, member):
+        path = member.path
+        if path == b'.':
+            parents = []
+        else:
+            parts = path.split(b'/')
+            parents = [b'/'.join(parts[:i]) for i in range(1, len(parts))]
+        for parent in parents:
+            if parent in self.ok_dirs:
+                continue
+            try:
+                st = os.lstat(self.root + b'/' + parent)
+            except FileNotFoundError:
+                self.ok_dirs.add(parent)  # created by this stream (validated) later on
+                continue
+            if not stat.S_ISDIR(st.st_mode):
+                raise _archive.StreamRejected('Refusing stream: member %r would be written through the existing '
+                                              'non-directory %r on the destination.' % (path, parent))
+            self.ok_dirs.add(parent)
+        abspath = self.root if path == b'.' else self.root + b'/' + path
+        try:
+            st = os.lstat(abspath)
+        except FileNotFoundError:
+            return
+        if member.type == 'd':
+            if not stat.S_ISDIR(st.st_mode):
+                raise _archive.StreamRejected('Refusing stream: directory member %r exists on the destination as '
+                                              'a non-directory that was not deleted first.' % path)
+            for name, _ in _tree.read_xattrs(abspath):
+                try:
+                    os.removexattr(abspath, name, follow_symlinks=False)
+                except OSError:
+                    pass
+            self.ok_dirs.add(path)
+        elif stat.S_ISDIR(st.st_mode):
+            raise _archive.StreamRejected('Refusing stream: member %r would replace an existing directory.' % path)
+
+
+def tar_extract_argv(dest):
+    """GNU tar extraction for the staging tree.
+
+    Unlike a restore into a fresh directory, the staging root and (delta) its
+    directories exist: ``--no-overwrite-dir`` would keep their old owner/mode,
+    so it is not used; directory metadata is applied after their content.
+    """
+    argv = [a for a in _archive.tar_extract_argv(dest) if a != '--no-overwrite-dir']
+    return argv
+
+
+class Receiver(object):
+    def __init__(self, io_):
+        self.io = io_
+        self.hello = None
+        self.procs = []
+        self.marker_path = None
+        self.staging = None
+        self.data_dir = None
+        self.warnings = []
+
+    # helpers ---------------------------------------------------------------
+    def _marker(self, state, **extra):
+        h = self.hello
+        data = dict(migration_id=h['migration_id'], state=state, volume=h['dest_volume'],
+                    source_fingerprint=h['source']['fingerprint'], source_entries=h['source']['entries'],
+                    source_bytes=h['source']['bytes'], source_volume=h['source'].get('volume'),
+                    source_host=h['source'].get('host'), timestamp=time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime()))
+        data.update(extra)
+        write_marker(self.marker_path, data)
+
+    def _state(self):
+        h = self.hello
+        mid_err = check_migration_id(h.get('migration_id'))
+        if mid_err:
+            raise TransferError(mid_err)
+        name = h.get('dest_volume')
+        if not isinstance(name, str) or not re.match(r'^[a-zA-Z0-9][a-zA-Z0-9_.-]+$', name):
+            raise TransferError('Invalid destination volume name %r.' % (name,))
+        self.docker = DockerAccess(h.get('dest_docker_host'))
+        vol = self.docker.inspect(h['dest_volume'])
+        state = dict(exists=vol is not None, docker_access=self.docker.kind, marker_state=None,
+                     marker_migration_id=None, complete_match=False, conflict=None, free_bytes=None)
+        if vol is None:
+            parent = '/var/lib/docker/volumes'
+            try:
+                st = os.statvfs(parent)
+                state['free_bytes'] = st.f_bavail * st.f_frsize
+            except OSError:
+                pass
+            return state, None
+        self._set_paths(vol)
+        vdir = os.path.dirname(self.data_dir)
+        state['volume_dir'] = vdir
+        st = os.statvfs(vdir)
+        state['free_bytes'] = st.f_bavail * st.f_frsize
+        marker = read_marker(self.marker_path)
+        ours = marker is not None and marker.get('migration_id') == h['migration_id']
+        if marker is not None:
+            state['marker_state'] = marker.get('state')
+            state['marker_migration_id'] = marker.get('migration_id')
+        if ours and marker.get('state') == 'complete' and os.path.isdir(self.data_dir):
+            summary = _archive.tree_summary(self.data_dir)
+            state['dest_fingerprint'] = summary.fingerprint
+            state['complete_match'] = (summary.fingerprint == h['source']['fingerprint']
+                                       and summary.entries == h['source']['entries'])
+        if not ours and not _is_empty_dir(self.data_dir) and h.get('existing') != 'replace':
+            other = ('migration %r' % marker.get('migration_id')) if marker and marker.get('migration_id') \
+                else 'data that is not from this migration'
+            state['conflict'] = ('Destination volume %s already exists and holds %s. Refusing to overwrite it; use '
+                                 "existing: replace to replace its content (explicit opt-in), or another dest_volume."
+                                 % (h['dest_volume'], other))
+        users = self.docker.running_users(h['dest_volume'])
+        if users and not state['complete_match']:
+            state['conflict'] = ('Destination volume %s is in use by running container(s) %s on the destination; '
+                                 'stop them first.' % (h['dest_volume'], ', '.join(sorted(users))))
+        return state, vol
+
+    def _set_paths(self, vol):
+        mp = vol.get('Mountpoint')
+        if vol.get('Driver') != 'local' or not mp or not os.path.isdir(mp) or os.path.basename(mp) != '_data':
+            raise TransferError('Destination volume %s (driver %s, mountpoint %s) is not a local volume with a '
+                                'directory on this host; volume_transfer writes into local volumes only.'
+                                % (vol.get('Name'), vol.get('Driver'), mp))
+        if (vol.get('Options') or {}).get('device') or (vol.get('Options') or {}).get('type'):
+            raise TransferError('Destination volume %s uses local driver mount options (%s): its _data directory is '
+                                'only mounted while a container uses it, so volume_transfer cannot write it.'
+                                % (vol.get('Name'), vol.get('Options')))
+        self.data_dir = mp
+        vdir = os.path.dirname(mp)
+        self.marker_path = os.path.join(vdir, MARKER_NAME)
+        self.staging = os.path.join(vdir, INCOMING_PREFIX + self.hello['migration_id'])
+
+    def _ensure_volume(self, vol):
+        h = self.hello
+        if vol is None:
+            labels = dict(h.get('dest_labels') or {})
+            driver = h.get('dest_driver') or 'local'
+            options = h.get('dest_driver_options') or {}
+            src = h.get('source_volume') or {}
+            if not h.get('dest_labels'):
+                labels = dict(src.get('labels') or {})
+            self.docker.create(h['dest_volume'], driver, options, labels)
+            vol = self.docker.inspect(h['dest_volume'])
+            if vol is None:
+                raise TransferError('The destination volume %s could not be created.' % h['dest_volume'])
+            self._set_paths(vol)
+        return vol
+
+    def _recover_swap(self):
+        """A crash between exchange and marker update leaves marker 'swapping': the staging path then holds
+        the old content (or the new one, if the crash was before the exchange): neither is a trustworthy base."""
+        marker = read_marker(self.marker_path)
+        if marker and marker.get('state') == 'swapping' and marker.get('migration_id') == self.hello['migration_id']:
+            _archive.remove_tree(self.staging)
+
+    def _send_records(self, root):
+        batch = []
+        size = 0
+        if root is not None:
+            for relpath, digest, code, entry in iter_records(root):
+                batch.append((relpath, digest, code))
+                size += len(relpath) + 17
+                if size >= RECORD_BATCH:
+                    self.io.send(b'E', encode_records(batch))
+                    batch = []
+                    size = 0
+        if batch:
+            self.io.send(b'E', encode_records(batch))
+        self.io.send(b'e')
+
+    # main ------------------------------------------------------------------
+    def run(self):
+        kind, payload = self.io.recv_expect(b'H')
+        self.hello = h = _json(payload)
+        if h.get('protocol') != PROTOCOL_VERSION:
+            raise TransferError('protocol version mismatch (source %r, receiver %r)'
+                                % (h.get('protocol'), PROTOCOL_VERSION))
+        state, vol = self._state()
+        self.io.send_json(b'S', state)
+        kind, payload = self.io.recv_expect(b'P', b'Q')
+        if kind == b'Q':
+            return
+        prep = _json(payload)
+        check = bool(prep.get('check_mode'))
+        if check:
+            # Delta in check mode: only list the base read-only.
+            base = None
+            if vol is not None:
+                marker = read_marker(self.marker_path)
+                if os.path.isdir(self.staging) and marker and marker.get('migration_id') == h['migration_id'] \
+                        and marker.get('state') == 'staging':
+                    base = self.staging
+                elif marker and marker.get('migration_id') == h['migration_id'] or _is_empty_dir(self.data_dir):
+                    base = self.data_dir
+            self._send_records(base)
+            self.io.send_json(b'R', dict(base=bool(base)))
+            self.io.recv_expect(b'Q')
+            return
+        vol = self._ensure_volume(vol)
+        self._recover_swap()
+        marker = read_marker(self.marker_path)
+        ours = marker is not None and marker.get('migration_id') == h['migration_id']
+        if prep.get('pass_') == 'delta':
+            if not (os.path.isdir(self.staging) and ours and marker.get('state') == 'staging'):
+                _archive.remove_tree(self.staging)
+                if ours or _is_empty_dir(self.data_dir):
+                    # Our complete data (or nothing): it becomes the base. The volume stops looking complete
+                    # before anything moves.
+                    self._marker('staging')
+                    os.rename(self.data_dir, self.staging)
+                    os.mkdir(self.data_dir, 0o755)
+                else:
+                    self._marker('staging')
+                    os.mkdir(self.staging, 0o700)
+            else:
+                self._marker('staging')
+            self._send_records(self.staging)
+            self.io.send_json(b'R', dict(base=True))
+            deletions = 0
+            while True:
+                kind, payload = self.io.recv_expect(b'X', b'D', b'Z')
+                if kind != b'X':
+                    break
+                for rel in decode_paths(payload):
+                    if safe_delete(self.staging, rel):
+                        deletions += 1
+            first = (kind, payload)
+            guard = OnDiskGuard(self.staging)
+        else:
+            self._marker('staging')
+            _archive.remove_tree(self.staging)
+            os.mkdir(self.staging, 0o700)
+            self.io.send_json(b'R', dict(base=False))
+            first = None
+            guard = None
+        tar_info = self._extract(first, guard)
+        if tar_info.get('error'):
+            self.io.send_json(b'F', dict(ok=False, msg=tar_info['error'], dest_state='staging'))
+            return
+        self._verify_and_finish()
+
+    def _frames(self, first):
+        """Data payloads until the Z frame (its JSON kept in self.end_info)."""
+        pending = first
+        while True:
+            if pending is not None:
+                kind, payload = pending
+                pending = None
+            else:
+                kind, payload = self.io.recv_expect(b'D', b'Z')
+            if kind == b'Z':
+                self.end_info = _json(payload)
+                return
+            yield payload
+
+    def _extract(self, first, guard):
+        h = self.hello
+        self.end_info = None
+        try:
+            extract_frames(self._frames(first), h.get('compression') or 'zstd', self.staging,
+                           allow_devices=bool(h.get('allow_devices')), on_member=guard)
+        except _archive.StreamRejected as exc:
+            self._drain()
+            raise TransferError(str(exc) + ' Nothing was written outside the staging directory; the destination '
+                                'volume is not complete.')
+        except _archive.ArchiveError as exc:
+            self._drain()
+            text = str(exc)
+            if 'No space left on device' in text:
+                raise TransferError('Destination disk full: no space left on the device holding %s. The destination '
+                                    'volume is not complete (staging kept for a rerun after freeing space).'
+                                    % os.path.dirname(self.data_dir))
+            raise TransferError('Extraction on the destination failed: %s' % text)
+        return self.end_info or {}
+
+    def _drain(self):
+        """Read and discard the rest of the stream so the sender sees our error frame, not a broken pipe."""
+        if self.end_info is not None:
+            return
+        try:
+            while True:
+                kind, _ = self.io.recv()
+                if kind == b'Z':
+                    return
+        except Exception:
+            return
+
+    def _verify_and_finish(self):
+        h = self.hello
+        stop = threading.Event()
+
+        def keepalive():
+            while not stop.wait(5):
+                try:
+                    self.io.send(b'K')
+                except Exception:
+                    return
+        t = threading.Thread(target=keepalive)
+        t.daemon = True
+        t.start()
+        try:
+            summary = _archive.tree_summary(self.staging)
+            dest_content = content_digest(self.staging) if h.get('verify') == 'content' else None
+        finally:
+            stop.set()
+            t.join()
+        kind, payload = self.io.recv_expect(b'V')
+        src = _json(payload)
+        problems = []
+        if summary.entries != src.get('entries'):
+            problems.append('%d entries on the destination, %d on the source' % (summary.entries, src.get('entries')))
+        if summary.fingerprint != src.get('fingerprint'):
+            problems.append('tree fingerprint %s differs from the source\'s %s' % (summary.fingerprint,
+                                                                                 src.get('fingerprint')))
+        if dest_content is not None and dest_content != src.get('content_digest'):
+            problems.append('content digest %s differs from the source\'s %s' % (dest_content,
+                                                                                src.get('content_digest')))
+        verified = not problems
+        result = dict(ok=True, verified=verified, dest_fingerprint=summary.fingerprint, entries=summary.entries,
+                      content_digest=dest_content, dest_state='staging', warnings=self.warnings)
+        if not h.get('finalize', True):
+            self.hello['source']['fingerprint'] = src.get('fingerprint')
+            self._marker('staging', staged_fingerprint=summary.fingerprint)
+            self.io.send_json(b'F', result)
+            return
+        if problems:
+            result.update(ok=False, msg='Verification failed on the destination: %s. The destination volume is not '
+                          'marked complete (data left staged). Was the source modified during the final pass?'
+                          % '; '.join(problems))
+            self.io.send_json(b'F', result)
+            return
+        self.hello['source']['fingerprint'] = src.get('fingerprint')
+        self._marker('swapping')
+        _archive.exchange_dirs(self.staging, self.data_dir)
+        _archive.remove_tree(self.staging)
+        self._marker('complete', dest_fingerprint=summary.fingerprint)
+        result['dest_state'] = 'complete'
+        self.io.send_json(b'F', result)
+
+    def cleanup(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.kill()
+
+
+def extract_frames(chunks, compression, dest, allow_devices=False, on_member=None):
+    """chunks -> [zstd -d] -> TarStreamValidator -> GNU tar -x into ``dest``. Raises ArchiveError/StreamRejected.
+
+    Like ``_archive.extract_stream`` but with ``tar_extract_argv`` above (the staging root exists) and
+    no manifest member (the manifest travels in the protocol).
+    """
+    validator = _archive.TarStreamValidator(allow_devices=allow_devices, on_member=on_member,
+                                            strip_manifest=False, require_manifest=False)
+    dec_argv = _archive.decompressor_argv(compression)
+    dec_err = tempfile.TemporaryFile()
+    tar_err = tempfile.TemporaryFile()
+    procs = []
+    feed_errors = []
+    try:
+        tar_proc = subprocess.Popen(tar_extract_argv(dest), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                                    stderr=tar_err)
+        procs.append(tar_proc)
+        dec = None
+        feeder = None
+        if dec_argv is not None:
+            dec = subprocess.Popen(dec_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=dec_err)
+            procs.append(dec)
+            feeder = threading.Thread(target=_archive._feed, args=(chunks, dec.stdin, feed_errors))
+            feeder.daemon = True
+            feeder.start()
+            plain = _archive.file_chunks(dec.stdout)
+        else:
+            plain = chunks
+        try:
+            for chunk in plain:
+                out = validator.feed(chunk)
+                if out:
+                    tar_proc.stdin.write(out)
+            validator.finish()
+        except BrokenPipeError:
+            raise _archive.ArchiveError('tar stopped reading the stream: %s' % _archive._stderr_text(tar_err))
+        if feeder is not None:
+            feeder.join()
+        if feed_errors:
+            raise feed_errors[0]
+        try:
+            tar_proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        rc_tar = tar_proc.wait()
+        if dec is not None:
+            rc_dec = dec.wait()
+            if rc_dec != 0:
+                raise _archive.StreamRejected('The stream is corrupt or truncated: %s failed (exit %d): %s'
+                                              % (dec_argv[0], rc_dec, _archive._stderr_text(dec_err)))
+        if rc_tar != 0:
+            raise _archive.ArchiveError('tar failed to extract (exit %d): %s' % (rc_tar, _archive._stderr_text(tar_err)))
+        return dict(entries=validator.entries)
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+            p.wait()
+            for f in (p.stdin, p.stdout):
+                if f:
+                    try:
+                        f.close()
+                    except OSError:
+                        pass
+        dec_err.close()
+        tar_err.close()
+
+
+def receiver_main():
+    """Entry point on the destination: frames on stdin/stdout, errors as an error frame + exit 1."""
+    os.umask(0o077)
+    stdin = sys.stdin.buffer
+    stdout = sys.stdout.buffer
+    io_ = FrameIO(stdin.read1 if hasattr(stdin, 'read1') else stdin.read, stdout.write, stdout.flush)
+    rec = Receiver(io_)
+    code = 0
+    try:
+        rec.run()
+    except (ConnectionLost, BrokenPipeError) as exc:
+        sys.stderr.write('volumeops receiver: connection lost: %s; destination left not complete\n' % exc)
+        code = 3
+    except TransferError as exc:
+        code = 1
+        try:
+            io_.send_json(b'!', dict(msg=str(exc)))
+        except Exception:
+            sys.stderr.write('volumeops receiver: %s\n' % exc)
+    except OSError as exc:
+        code = 1
+        if exc.errno == errno.ENOSPC:
+            msg = ('Destination disk full (%s). The destination volume is not complete.' % exc)
+        else:
+            msg = 'The receiver failed on the destination: %s' % exc
+        try:
+            io_.send_json(b'!', dict(msg=msg))
+        except Exception:
+            sys.stderr.write('volumeops receiver: %s\n' % msg)
+    except Exception as exc:
+        import traceback
+        code = 1
+        msg = 'Unexpected receiver error on the destination: %s: %s' % (exc.__class__.__name__, exc)
+        sys.stderr.write(traceback.format_exc())
+        try:
+            io_.send_json(b'!', dict(msg=msg))
+        except Exception:
+            pass
+    finally:
+        rec.cleanup()
+    sys.stdout.flush()
+    sys.exit(code)
