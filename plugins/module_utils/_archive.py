@@ -263,7 +263,7 @@ def tar_extract_argv(dest, tar='tar'):
     """
     return [tar, '--extract', '--file=-', '--preserve-permissions', '--same-owner', '--numeric-owner',
             '--xattrs', '--xattrs-include=*', '--acls', '--delay-directory-restore',
-            '--no-overwrite-dir', '--directory', dest]
+            '--directory', dest]
 
 
 def compressor_argv(compression, level=None, zstd='zstd', gzip='gzip'):
@@ -768,6 +768,55 @@ class TarStreamValidator(object):
             raise StreamRejected('Not a volumeops archive: no manifest member.')
 
 
+def plain_stream(source_chunks, compression, hasher=None):
+    """Generator: decompressed bytes of ``source_chunks`` (hashed as they pass when ``hasher`` is given).
+
+    Raises StreamRejected at the end when the decompressor reports a corrupt or
+    truncated stream (its exit status is always checked).
+    """
+    dec_argv = decompressor_argv(compression)
+    if dec_argv is None:
+        for c in source_chunks:
+            if hasher is not None:
+                hasher.update(c)
+            yield c
+        return
+    feed_errors = []
+    with tempfile.TemporaryFile() as err:
+        dec = subprocess.Popen(dec_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+        try:
+            feeder = threading.Thread(target=_feed, args=(source_chunks, dec.stdin, feed_errors, hasher))
+            feeder.daemon = True
+            feeder.start()
+            for chunk in file_chunks(dec.stdout):
+                yield chunk
+            feeder.join()
+            rc = dec.wait()
+            if feed_errors:
+                raise feed_errors[0]
+            if rc != 0:
+                raise StreamRejected('The archive is corrupt or truncated: %s failed (exit %d): %s'
+                                     % (dec_argv[0], rc, _stderr_text(err)))
+        finally:
+            if dec.poll() is None:
+                dec.kill()
+            dec.wait()
+            dec.stdout.close()
+
+
+def validated_stream(plain_chunks, validator):
+    """Generator: the bytes to give GNU tar, each header checked by ``validator`` first.
+
+    ``validator.finish()`` runs at the end, so a consumer that exhausts the
+    generator without an exception has seen a complete, acceptable stream.
+    """
+    for chunk in plain_chunks:
+        out = validator.feed(chunk)
+        if out:
+            yield out
+    validator.finish()
+
+
 def extract_stream(source_chunks, compression, dest, allow_devices=False, on_member=None, tar='tar',
                    require_manifest=True):
     """Hash, decompress, validate and extract an archive into the existing empty directory ``dest``.
@@ -776,120 +825,64 @@ def extract_stream(source_chunks, compression, dest, allow_devices=False, on_mem
     network stream); they are hashed as they pass. The decompressed stream is
     validated by ``TarStreamValidator`` before GNU tar sees each header.
     Raises StreamRejected / ArchiveError; the caller removes ``dest`` on error.
-    Returns dict(sha256, manifest, entries).
+    Returns dict(sha256, manifest, entries, tar_warnings).
     """
     hasher = hashlib.sha256()
     validator = TarStreamValidator(allow_devices=allow_devices, on_member=on_member,
                                    require_manifest=require_manifest)
-    dec_argv = decompressor_argv(compression)
-    dec_err = tempfile.TemporaryFile()
     tar_err = tempfile.TemporaryFile()
-    procs = []
-    feed_errors = []
-    failure = None
+    tar_proc = subprocess.Popen(tar_extract_argv(dest, tar=tar), stdin=subprocess.PIPE,
+                                stdout=subprocess.DEVNULL, stderr=tar_err)
+    stream = validated_stream(plain_stream(source_chunks, compression, hasher), validator)
     try:
-        tar_proc = subprocess.Popen(tar_extract_argv(dest, tar=tar), stdin=subprocess.PIPE,
-                                    stdout=subprocess.DEVNULL, stderr=tar_err)
-        procs.append(tar_proc)
-        dec = None
-        if dec_argv is not None:
-            dec = subprocess.Popen(dec_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=dec_err)
-            procs.append(dec)
-            feeder = threading.Thread(target=_feed, args=(source_chunks, dec.stdin, feed_errors, hasher))
-            feeder.daemon = True
-            feeder.start()
-            plain = file_chunks(dec.stdout)
-        else:
-            feeder = None
-
-            def _hashed():
-                for c in source_chunks:
-                    hasher.update(c)
-                    yield c
-            plain = _hashed()
         try:
-            for chunk in plain:
-                out = validator.feed(chunk)
-                if out:
-                    tar_proc.stdin.write(out)
-            validator.finish()
-        except BrokenPipeError:
-            failure = ArchiveError('tar stopped reading the stream: %s' % _stderr_text(tar_err))
-        except StreamRejected as exc:
-            failure = exc
-        if failure is not None:
-            # Stop everything before the caller removes the staging directory.
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
-            raise failure
-        try:
+            for out in stream:
+                tar_proc.stdin.write(out)
             tar_proc.stdin.close()
         except BrokenPipeError:
-            pass
-        if feeder is not None:
-            feeder.join()
+            raise ArchiveError('tar stopped reading the stream: %s' % _stderr_text(tar_err))
         rc_tar = tar_proc.wait()
-        if dec is not None:
-            rc_dec = dec.wait()
-            if rc_dec != 0:
-                raise StreamRejected('The archive is corrupt or truncated: %s failed (exit %d): %s'
-                                     % (dec_argv[0], rc_dec, _stderr_text(dec_err)))
-        if feed_errors:
-            raise feed_errors[0]
         if rc_tar != 0:
             raise ArchiveError('tar failed to extract (exit %d): %s' % (rc_tar, _stderr_text(tar_err)))
         return dict(sha256=hasher.hexdigest(), manifest=validator.manifest, entries=validator.entries,
                     tar_warnings=_stderr_text(tar_err))
     finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-            for f in (p.stdin, p.stdout):
-                if f:
-                    try:
-                        f.close()
-                    except OSError:
-                        pass
-        dec_err.close()
+        stream.close()  # stops the decompressor when we leave early
+        if tar_proc.poll() is None:
+            tar_proc.kill()  # stop before the caller removes the staging directory
+        tar_proc.wait()
+        try:
+            tar_proc.stdin.close()
+        except OSError:
+            pass
         tar_err.close()
 
 
 def list_stream(source_chunks, compression, allow_devices=True, on_member=None):
-    """Read an archive without extracting: validate it and return dict(sha256, manifest, entries)."""
+    """Read and validate an archive without extracting; return dict(sha256, manifest, entries)."""
     hasher = hashlib.sha256()
     validator = TarStreamValidator(allow_devices=allow_devices, on_member=on_member)
-    dec_argv = decompressor_argv(compression)
-    feed_errors = []
-    if dec_argv is None:
-        for c in source_chunks:
-            hasher.update(c)
-            validator.feed(c)
-        validator.finish()
-        return dict(sha256=hasher.hexdigest(), manifest=validator.manifest, entries=validator.entries)
-    with tempfile.TemporaryFile() as err:
-        dec = subprocess.Popen(dec_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
-        try:
-            feeder = threading.Thread(target=_feed, args=(source_chunks, dec.stdin, feed_errors, hasher))
-            feeder.daemon = True
-            feeder.start()
-            for chunk in file_chunks(dec.stdout):
-                validator.feed(chunk)
-            feeder.join()
-            rc = dec.wait()
-            if rc != 0:
-                raise StreamRejected('The archive is corrupt or truncated: %s failed (exit %d): %s'
-                                     % (dec_argv[0], rc, _stderr_text(err)))
-            validator.finish()
-        finally:
-            if dec.poll() is None:
-                dec.kill()
-            dec.wait()
-            dec.stdout.close()
-    if feed_errors:
-        raise feed_errors[0]
+    for _chunk in validated_stream(plain_stream(source_chunks, compression, hasher), validator):
+        pass
     return dict(sha256=hasher.hexdigest(), manifest=validator.manifest, entries=validator.entries)
+
+
+def read_stream_manifest(path, compression=None):
+    """The in-stream manifest of the archive file at ``path`` (reads only the start of the stream)."""
+    compression = compression or compression_from_path(path)
+    validator = TarStreamValidator(allow_devices=True)
+    with open(path, 'rb') as f:
+        gen = plain_stream(file_chunks(f, 65536), compression)
+        try:
+            for chunk in gen:
+                validator.feed(chunk)
+                if validator.manifest is not None or validator.entries:
+                    break
+        finally:
+            gen.close()
+    if validator.manifest is None:
+        raise StreamRejected('Not a volumeops archive: %s has no manifest member.' % path)
+    return validator.manifest
 
 
 # --- staging, verification, swap -----------------------------------------------------------------

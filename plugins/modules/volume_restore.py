@@ -1,0 +1,533 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: volumeops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+DOCUMENTATION = r'''
+---
+module: volume_restore
+short_description: Restore a Docker volume from a volumeops archive, verified before anything changes
+version_added: 0.1.0
+author:
+  - volumeops contributors
+description:
+  - Restores an archive written by M(volumeops.docker.volume_backup) into a volume, keeping every property the
+    archive holds (numeric owners, all permission bits, sub-second mtimes, hard links, sparse files, FIFOs,
+    symlinks as they are, xattrs including C(security.capability), POSIX ACLs, the volume root's owner and mode).
+  - The archive is read once. Its compressed bytes are hashed while it is decompressed; every tar header is
+    checked (the archive is treated as untrusted) before GNU tar extracts it into a staging directory on the
+    same filesystem as the volume. Only when the checksum matches the C(.sha256) sidecar and the staged tree
+    matches the manifest's entry count and tree fingerprint is the staging directory swapped in (atomically with
+    C(renameat2(RENAME_EXCHANGE)) where available). On any failure the staging directory is removed and the volume
+    is as it was.
+  - Refused archives: absolute paths, C(..), entries below a symlink or hard link, hard links to anything but an
+    earlier member, device nodes (unless O(allow_devices=true)), unknown member types, truncated streams (also
+    when cut at a file boundary), checksum or manifest mismatches.
+options:
+  volume:
+    description: Volume to restore into.
+    type: str
+    required: true
+  archive:
+    description:
+      - Path of the archive on the managed host, or V(latest) for the newest archive of O(source_volume) in O(src).
+    type: str
+    required: true
+  src:
+    description: Directory searched when O(archive=latest).
+    type: path
+  source_volume:
+    description: Volume name whose newest archive O(archive=latest) picks. Defaults to O(volume).
+    type: str
+  create:
+    description:
+      - Create the volume when it does not exist, with the driver, driver options and labels from the archive's
+        manifest, or from O(driver), O(driver_options), O(labels) when given. A volume created by a restore that
+        then fails is removed again.
+    type: bool
+    default: true
+  driver:
+    description: Driver for a volume created by the restore (overrides the manifest's).
+    type: str
+  driver_options:
+    description: Driver options for a volume created by the restore (override the manifest's).
+    type: dict
+  labels:
+    description: Labels for a volume created by the restore (override the manifest's).
+    type: dict
+  existing:
+    description:
+      - What to do when the volume is not empty. V(fail) refuses. V(replace) makes the volume hold exactly the
+        archive's content (old content removed only after the new content is verified). V(merge) adds the
+        archive's entries, replacing entries of the same path, keeping others.
+    type: str
+    choices: [fail, replace, merge]
+    default: fail
+  stop_containers:
+    description: Stop the running containers that use the volume during the restore and start exactly those again
+      afterwards, also when the restore fails.
+    type: bool
+    default: false
+  allow_devices:
+    description: Allow character and block device nodes in the archive.
+    type: bool
+    default: false
+  require_checksum:
+    description: Fail when the archive has no C(<archive>.sha256) sidecar. With V(false) a missing sidecar is a
+      warning and the manifest checks remain.
+    type: bool
+    default: true
+  data_path:
+    description:
+      - V(auto) writes the mountpoint directly for C(local) volumes without mount options when the daemon is local,
+        and uses a helper container otherwise. V(local) and V(helper) force one path.
+    type: str
+    choices: [auto, local, helper]
+    default: auto
+  helper_image:
+    description: Image for the helper container (GNU tar at C(/usr/bin/tar), C(/usr/bin/python3)); never pulled.
+    type: str
+extends_documentation_fragment:
+  - volumeops.docker.docker
+attributes:
+  check_mode:
+    support: full
+    description: Predicts the result (creation, no change, refusal, replacement) without writing anything.
+  diff_mode:
+    support: full
+    description: With O(existing=replace) or O(existing=merge) the diff gives counts of added, changed and removed
+      paths and a sample of them.
+  idempotent:
+    support: full
+    description: Not changed when the volume already holds exactly what the archive holds (equal tree fingerprint).
+notes:
+  - GNU tar (and zstd or gzip for compressed archives) are needed on the managed host.
+  - The staging directory lives next to the volume's data (same filesystem); the volume's filesystem needs room
+    for a second copy during O(existing=replace).
+seealso:
+  - module: volumeops.docker.volume_backup
+  - module: volumeops.docker.backup_info
+'''
+
+EXAMPLES = r'''
+- name: Restore the newest archive of pgdata into a new volume
+  volumeops.docker.volume_restore:
+    volume: pgdata
+    archive: latest
+    src: /var/backups/volumes
+
+- name: Replace the content of a volume, stopping its containers meanwhile
+  volumeops.docker.volume_restore:
+    volume: pgdata
+    archive: /var/backups/volumes/pgdata_20250101T120000.000000Z.tar.zst
+    existing: replace
+    stop_containers: true
+
+- name: Move data from a local volume to an NFS-backed one
+  volumeops.docker.volume_restore:
+    volume: pgdata-nfs
+    source_volume: pgdata
+    archive: latest
+    src: /var/backups/volumes
+    driver: local
+    driver_options:
+      type: nfs
+      o: addr=10.0.0.5,rw
+      device: ':/exports/pgdata'
+    helper_image: registry.example.com/tools/gnu-tar:1
+'''
+
+RETURN = r'''
+archive:
+  description: The archive restored (or that would be).
+  returned: always
+  type: str
+volume:
+  description: The volume name.
+  returned: always
+  type: str
+created:
+  description: Whether the volume was (or would be) created.
+  returned: always
+  type: bool
+sha256:
+  description: SHA-256 of the archive as read.
+  returned: when the archive was read
+  type: str
+entries:
+  description: Entries in the archive (manifest).
+  returned: always
+  type: int
+fingerprint:
+  description: Tree fingerprint from the manifest; the volume's tree equals it after a replace.
+  returned: always
+  type: str
+data_path:
+  description: V(local) or V(helper).
+  returned: always
+  type: str
+stopped_containers:
+  description: Containers stopped for the restore and started again.
+  returned: always
+  type: list
+  elements: str
+changes:
+  description: With diff mode, counts and a sample of the paths that would change.
+  returned: when diff mode is on and the volume would change
+  type: dict
+  sample: {added: 3, changed: 1, removed: 0, sample: ['./a', './b']}
+'''
+
+import os
+import stat
+import time
+import uuid
+
+from ansible_collections.volumeops.docker.plugins.module_utils._docker_client import AnsibleDockerClient
+from ansible_collections.volumeops.docker.plugins.module_utils._validation import volume_name_error, stringify_labels
+from ansible_collections.volumeops.docker.plugins.module_utils import _archive, _tree
+from ansible_collections.volumeops.docker.plugins.module_utils._helper import Helper, HelperError
+
+SAMPLE = 20
+
+
+def _mtime_ns(text):
+    """Nanoseconds from a pax/ustar mtime string ('1700000000.5', '1700000000')."""
+    whole, _sep, frac = str(text).partition('.')
+    return int(whole) * 10 ** 9 + int((frac + '000000000')[:9])
+
+
+def _show(path):
+    text = path.decode('utf-8', 'backslashreplace')
+    return text if text.startswith('./') or text == '.' else './' + text
+
+
+class RestoreManager(object):
+    def __init__(self, client):
+        self.client = client
+        self.module = client.module
+        self.p = client.params
+        self.check_mode = self.module.check_mode
+        self.stopped = []
+        self.warnings = []
+        self.result = dict(changed=False, volume=self.p['volume'], created=False, stopped_containers=[])
+
+    def fail(self, msg):
+        self.client.fail(msg, **self.result)
+
+    # -- archive
+    def resolve_archive(self):
+        p = self.p
+        if p['archive'] == 'latest':
+            if not p['src']:
+                self.fail('archive=latest needs src (the directory holding the archives).')
+            source = p['source_volume'] or p['volume']
+            archives = [a for a in _archive.list_archives(p['src'], source) if os.path.exists(a['path'] + '.sha256')
+                        or not p['require_checksum']]
+            if not archives:
+                self.fail('No archive of volume %s in %s.' % (source, p['src']))
+            return archives[-1]['path']
+        path = p['archive']
+        if not os.path.isfile(path):
+            self.fail('Archive %s does not exist.' % path)
+        return path
+
+    # -- volume
+    def helper(self):
+        if not self.p['helper_image']:
+            self.fail('This volume needs the helper container path (data_path=helper, a non-local driver or '
+                      'daemon, or a local volume with mount options): set helper_image.')
+        with self.client.errors('Inspecting the helper image'):
+            self.client.require_local_image(self.p['helper_image'])
+        return Helper(self.client, self.p['helper_image'])
+
+    def data_path(self, info, driver, options):
+        mode = self.p['data_path']
+        if info is not None:
+            mp = info.get('Mountpoint')
+            direct_ok = (self.client.is_local and info.get('Driver') == 'local' and not info.get('Options')
+                         and mp and os.path.isdir(mp))
+        else:
+            direct_ok = self.client.is_local and driver == 'local' and not options
+        if mode == 'local':
+            if not self.client.is_local:
+                self.fail('data_path=local needs a local daemon (docker_host unix://).')
+            return 'local'
+        if mode == 'helper':
+            return 'helper'
+        return 'local' if direct_ok else 'helper'
+
+    def current_summary(self, info, path_kind, helper):
+        if info is None:
+            return None
+        if path_kind == 'local':
+            return _archive.tree_summary(info['Mountpoint'])
+        # The helper walk mounts the volume; staging leftovers of an earlier crash would count, so clean first.
+        return helper.fingerprint(self.p['volume'])
+
+    # -- containers
+    def stop_containers(self):
+        if not self.p['stop_containers']:
+            return
+        with self.client.errors('Listing containers using %s' % self.p['volume']):
+            users = self.client.containers_using_volume(self.p['volume'])
+        for c in users:
+            if c['running']:
+                with self.client.errors('Stopping container %s' % c['name']):
+                    self.client.api.stop(c['id'])
+                self.stopped.append(c)
+                self.result['stopped_containers'].append(c['name'])
+
+    def start_containers(self):
+        errors = []
+        for c in self.stopped:
+            try:
+                self.client.api.start(c['id'])
+            except Exception as exc:
+                errors.append('%s: %s' % (c['name'], exc))
+        return errors
+
+    # -- diff
+    def changes(self, archive, compression, mountpoint, existing):
+        members = {}
+
+        def on_member(m):
+            mt = m.mtime.decode() if isinstance(m.mtime, bytes) else str(m.mtime)
+            members[m.path] = (m.type, m.size if m.type == 'f' else 0, mt, m.mode & 0o7777, m.uid, m.gid,
+                               m.linkname if m.type == 'l' else b'')
+        with open(archive, 'rb') as f:
+            _archive.list_stream(_archive.file_chunks(f), compression, allow_devices=True, on_member=on_member)
+        current = {}
+        if mountpoint:
+            for e in _tree.walk(mountpoint):
+                if e.type == 's':
+                    continue
+                rel = b'.' if e.relpath == b'.' else e.relpath[2:]
+                st = e.st
+                mt = '%d.%09d' % divmod(st.st_mtime_ns, 10 ** 9)
+                current[rel] = (e.type, st.st_size if e.type == 'f' else 0, mt, stat.S_IMODE(st.st_mode),
+                                st.st_uid, st.st_gid, os.readlink(e.abspath) if e.type == 'l' else b'')
+        added, changed, removed = [], [], []
+        for path, rec in members.items():
+            cur = current.get(path)
+            if cur is None:
+                added.append(path)
+            elif rec[0] == 'h':
+                continue  # a hard link's properties are those of its target, compared there
+            elif rec[:2] != cur[:2] or rec[3:] != cur[3:] or _mtime_ns(rec[2]) != _mtime_ns(cur[2]):
+                changed.append(path)
+        if existing != 'merge':
+            removed = [p for p in current if p not in members]
+        sample = [('+ ' + _show(x)) for x in sorted(added)[:SAMPLE]] + \
+                 [('~ ' + _show(x)) for x in sorted(changed)[:SAMPLE]] + \
+                 [('- ' + _show(x)) for x in sorted(removed)[:SAMPLE]]
+        return dict(added=len(added), changed=len(changed), removed=len(removed), sample=sample[:SAMPLE])
+
+    # -- main
+    def run(self):
+        p = self.p
+        archive = self.resolve_archive()
+        self.result['archive'] = archive
+        compression = _archive.compression_from_path(archive)
+        try:
+            expected_sha = _archive.read_sidecar_sha256(archive)
+            manifest = _archive.read_sidecar_manifest(archive) or _archive.read_stream_manifest(archive, compression)
+        except _archive.ArchiveError as exc:
+            self.fail(str(exc))
+        if expected_sha is None:
+            if p['require_checksum']:
+                self.fail('Archive %s has no checksum file %s.sha256; refusing to restore an unverifiable archive '
+                          '(set require_checksum: false to rely on the manifest checks only).' % (archive, archive))
+            self.warnings.append('Archive %s has no checksum file; only the manifest checks apply.' % archive)
+        self.result.update(entries=manifest['entries'], fingerprint=manifest['fingerprint'])
+
+        with self.client.errors('Inspecting volume %s' % p['volume']):
+            info = self.client.inspect_volume(p['volume'])
+        driver = p['driver'] or manifest.get('driver') or 'local'
+        options = p['driver_options'] if p['driver_options'] is not None else (manifest.get('driver_options') or {})
+        labels = p['labels'] if p['labels'] is not None else (manifest.get('labels') or {})
+        if p['driver'] is None and p['driver_options'] is None and manifest.get('driver') not in (None, 'local'):
+            # A backup of another driver restores into a local volume unless told otherwise.
+            driver, options = 'local', {}
+        try:
+            labels = stringify_labels(labels)
+        except ValueError as exc:
+            self.fail(str(exc))
+        options = dict((str(k), str(v)) for k, v in (options or {}).items())
+        path_kind = self.data_path(info, driver, options)
+        self.result['data_path'] = path_kind
+        helper = self.helper() if path_kind == 'helper' else None
+        if path_kind == 'local':
+            missing = _archive.check_tools(compression)
+            if missing:
+                self.fail('Missing on the managed host: %s.' % ', '.join(missing))
+
+        if info is None and not p['create']:
+            self.fail('Volume %s does not exist (set create: true to create it).' % p['volume'])
+
+        if info is not None:
+            if path_kind == 'local':
+                _archive.cleanup_stale(os.path.dirname(info['Mountpoint'].rstrip('/')))
+            try:
+                current = self.current_summary(info, path_kind, helper)
+            except HelperError as exc:
+                self.fail(str(exc))
+            if current.fingerprint == manifest['fingerprint'] and current.entries == manifest['entries']:
+                self.result['msg'] = 'The volume already holds exactly what the archive holds.'
+                return self.finish()
+            if current.entries > 1 and p['existing'] == 'fail':
+                self.fail('Volume %s is not empty (%d entries); set existing: replace (the volume ends with exactly '
+                          'the archive content) or existing: merge.' % (p['volume'], current.entries - 1))
+            if self.module._diff and path_kind == 'local':
+                try:
+                    self.result['changes'] = self.changes(archive, compression, info['Mountpoint'], p['existing'])
+                except _archive.ArchiveError as exc:
+                    self.fail('The archive cannot be restored: %s' % exc)
+        self.result['changed'] = True
+        self.result['created'] = info is None
+        if self.check_mode:
+            return self.finish()
+
+        created = False
+        if info is None:
+            with self.client.errors('Creating volume %s' % p['volume']):
+                self.client.api.create_volume(p['volume'], driver=driver, driver_opts=options or None,
+                                              labels=labels or None)
+                info = self.client.api.inspect_volume(p['volume'])
+            created = True
+        try:
+            self.stop_containers()
+            if path_kind == 'local':
+                res = self.restore_local(info, archive, compression, expected_sha, manifest)
+            else:
+                res = self.restore_helper(helper, archive, compression, expected_sha, manifest)
+            self.result['sha256'] = res
+        except (_archive.ArchiveError, HelperError, OSError) as exc:
+            if created:
+                self._remove_volume()
+            msg = _archive.describe_os_error(exc, 'Restoring %s' % p['volume']) if isinstance(exc, OSError) \
+                else 'Restore of %s from %s refused: %s' % (p['volume'], archive, exc)
+            self.result['changed'] = False
+            self._restart_or_fail()
+            self.fail(msg + ' The volume was left as it was.')
+        except BaseException:
+            if created:
+                self._remove_volume()
+            raise
+        finally:
+            if self.stopped:
+                self._restart_or_fail()
+        return self.finish()
+
+    def _restart_or_fail(self):
+        errors = self.start_containers()
+        self.stopped = []
+        if errors:
+            self.fail('Could not start again containers stopped for the restore: %s' % '; '.join(errors))
+
+    def _remove_volume(self):
+        try:
+            self.client.api.remove_volume(self.p['volume'])
+        except Exception as exc:
+            self.warnings.append('Could not remove the volume created for the failed restore: %s' % exc)
+
+    def _check(self, got_sha, expected_sha, stream_manifest, manifest):
+        if expected_sha is not None and got_sha != expected_sha:
+            raise _archive.StreamRejected('checksum mismatch: the archive hashes to %s, its .sha256 file says %s '
+                                          '(corrupted or altered archive).' % (got_sha, expected_sha))
+        for key in ('volume', 'entries', 'fingerprint'):
+            if stream_manifest.get(key) != manifest.get(key):
+                raise _archive.StreamRejected('the manifest inside the archive does not match %s.manifest.json (%s).'
+                                              % (self.result['archive'], key))
+
+    def _tree_mismatch_ok(self, manifest):
+        return manifest.get('tree_changed_during_backup') and manifest.get('consistency') == 'best_effort'
+
+    def restore_local(self, info, archive, compression, expected_sha, manifest):
+        mountpoint = info['Mountpoint'].rstrip('/')
+        staging = _archive.new_staging_dir(os.path.dirname(mountpoint))
+        try:
+            with open(archive, 'rb') as f:
+                res = _archive.extract_stream(_archive.file_chunks(f), compression, staging,
+                                              allow_devices=self.p['allow_devices'])
+            self._check(res['sha256'], expected_sha, res['manifest'], manifest)
+            try:
+                _archive.verify_tree(staging, res['manifest'])
+            except _archive.StreamRejected:
+                if not self._tree_mismatch_ok(manifest):
+                    raise
+                self.warnings.append('The restored tree differs from the manifest: the backup was taken with '
+                                     'consistency=best_effort while the volume changed.')
+            if self.p['existing'] == 'merge':
+                _archive.merge_into(staging, mountpoint)
+            else:
+                _archive.exchange_dirs(staging, mountpoint)
+            return res['sha256']
+        finally:
+            _archive.remove_tree(staging)
+
+    def restore_helper(self, helper, archive, compression, expected_sha, manifest):
+        import hashlib
+        hasher = hashlib.sha256()
+        validator = _archive.TarStreamValidator(allow_devices=self.p['allow_devices'])
+        name = _archive.STAGING_MARKER + uuid.uuid4().hex[:12]
+        try:
+            with open(archive, 'rb') as f:
+                stream = _archive.validated_stream(
+                    _archive.plain_stream(_archive.file_chunks(f), compression, hasher), validator)
+                summary = helper.extract(self.p['volume'], name, stream)
+            self._check(hasher.hexdigest(), expected_sha, validator.manifest, manifest)
+            if summary.entries != manifest['entries'] or summary.fingerprint != manifest['fingerprint']:
+                if not self._tree_mismatch_ok(manifest):
+                    raise _archive.StreamRejected('the extracted tree (%d entries, %s) does not match the manifest '
+                                                  '(%d entries, %s).' % (summary.entries, summary.fingerprint,
+                                                                         manifest['entries'], manifest['fingerprint']))
+            helper.finish(self.p['volume'], name, 'merge' if self.p['existing'] == 'merge' else 'replace')
+            return hasher.hexdigest()
+        except BaseException:
+            try:
+                helper.finish(self.p['volume'], name, 'abort')
+            except Exception as exc:
+                self.warnings.append('Could not remove the staging directory %s in volume %s: %s'
+                                     % (name, self.p['volume'], exc))
+            raise
+
+    def finish(self):
+        for w in self.warnings:
+            self.module.warn(w)
+        if self.module._diff and 'changes' in self.result:
+            self.result['diff'] = dict(before=dict(volume=self.p['volume']),
+                                       after=dict(volume=self.p['volume'], changes=self.result['changes']))
+        self.module.exit_json(**self.result)
+
+
+def main():
+    argument_spec = dict(
+        volume=dict(type='str', required=True),
+        archive=dict(type='str', required=True),
+        src=dict(type='path'),
+        source_volume=dict(type='str'),
+        create=dict(type='bool', default=True),
+        driver=dict(type='str'),
+        driver_options=dict(type='dict'),
+        labels=dict(type='dict'),
+        existing=dict(type='str', choices=['fail', 'replace', 'merge'], default='fail'),
+        stop_containers=dict(type='bool', default=False),
+        allow_devices=dict(type='bool', default=False),
+        require_checksum=dict(type='bool', default=True),
+        data_path=dict(type='str', choices=['auto', 'local', 'helper'], default='auto'),
+        helper_image=dict(type='str'),
+    )
+    client = AnsibleDockerClient(argument_spec, supports_check_mode=True,
+                                 required_if=[('archive', 'latest', ('src',))])
+    err = volume_name_error(client.params['volume'])
+    if err:
+        client.fail(err)
+    RestoreManager(client).run()
+
+
+if __name__ == '__main__':
+    main()
