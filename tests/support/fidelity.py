@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # -*- coding: utf-8 -*-
 # Copyright: volumeops contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
@@ -10,7 +9,7 @@ a test that uses the code under test as its own oracle proves nothing.
 
 Stdlib only, Python 3.8+ (written for 3.11), run as root (owners, capabilities, FIFOs).
 
-Command line::
+Command line (python3 tests/support/fidelity.py ...)::
 
     fidelity.py build DIR [--no-special] [--skip KIND,...] [--devices]
     fidelity.py digest DIR [-o OUT.json]
@@ -546,7 +545,7 @@ def _load(path):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(prog='fidelity.py', description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(prog='fidelity.py', description=__doc__.split('\n\n', maxsplit=1)[0])
     sub = parser.add_subparsers(dest='cmd', required=True)
 
     p_build = sub.add_parser('build', help='create the hard-case tree in DIR')
