@@ -50,8 +50,9 @@ class PermissionsError(Exception):
 
 # --- modes -----------------------------------------------------------------------------------------
 
-_CLAUSE_RE = re.compile(r'^([ugoa]*)((?:[-+=](?:[rwxXst]*|[ugo]))+)$')
-_ACTION_RE = re.compile(r'([-+=])([rwxXst]*|[ugo])')
+# [ugo] first: the empty alternative of [rwxXst]* must not swallow a copy source (g=u).
+_CLAUSE_RE = re.compile(r'^([ugoa]*)((?:[-+=](?:[ugo]|[rwxXst]*))+)$')
+_ACTION_RE = re.compile(r'([-+=])([ugo]|[rwxXst]*)')
 _WHO_BITS = {
     'u': stat.S_IRWXU | stat.S_ISUID,
     'g': stat.S_IRWXG | stat.S_ISGID,

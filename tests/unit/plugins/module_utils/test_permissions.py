@@ -1,0 +1,228 @@
+# -*- coding: utf-8 -*-
+# Copyright: volumeops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+
+import pytest
+
+from ansible_collections.volumeops.docker.plugins.module_utils import _permissions as perm
+from ansible_collections.volumeops.docker.plugins.module_utils._permissions import (
+    Plan, PermissionsError, parse_group, parse_mode, parse_passwd, resolve_container_user, resolve_group,
+    resolve_owner, resolve_target, run,
+)
+
+ROOT = os.geteuid() == 0
+
+
+# --- modes ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('text, current, is_dir, expected', [
+    ('0750', 0o644, False, 0o750),
+    ('750', 0o4777, False, 0o750),
+    ('2775', 0o755, True, 0o2775),
+    ('0', 0o777, True, 0),
+    ('u=rwX,g=rX,o=', 0o644, False, 0o640),
+    ('u=rwX,g=rX,o=', 0o744, False, 0o750),
+    ('u=rwX,g=rX,o=', 0o600, True, 0o750),
+    ('u=rwX,g=rX,o=', 0o2777, True, 0o2750),   # '=' keeps a directory's setgid (chmod(1) rule)
+    ('u=rwX,g=rX,o=', 0o4755, False, 0o750),   # ... but not a file's setuid
+    ('g+s', 0o755, True, 0o2755),
+    ('g-s', 0o2755, True, 0o755),
+    ('u+s', 0o755, False, 0o4755),
+    ('+t', 0o777, True, 0o1777),
+    ('o-t', 0o1777, True, 0o777),
+    ('a=r', 0o777, False, 0o444),
+    ('=r', 0o777, False, 0o444),               # no umask: empty who means all
+    ('go-w', 0o777, False, 0o755),
+    ('u+x,g+x', 0o600, False, 0o710),
+    ('g=u', 0o640, False, 0o660),
+    ('o=g', 0o750, False, 0o755),
+    ('u=rw,go=', 0o777, False, 0o600),
+    ('a+X', 0o644, False, 0o644),               # no x anywhere on a file: X adds nothing
+    ('a+X', 0o744, False, 0o755),
+    ('a+X', 0o600, True, 0o711),
+    ('u-w+x', 0o644, False, 0o544),             # several actions in one clause
+])
+def test_parse_and_apply_modes(text, current, is_dir, expected):
+    spec = parse_mode(text)
+    assert spec.apply(current | (stat.S_IFDIR if is_dir else stat.S_IFREG), is_dir) == expected, \
+        '%s on %o -> %o' % (text, current, spec.apply(current, is_dir))
+
+
+@pytest.mark.parametrize('bad', ['u=rwz', '8', '07777x', '77777', 'q+r', 'u', 'u=r,,g=r', '', 'u=rw g=r', 'u+ug'])
+def test_invalid_modes_are_refused(bad):
+    with pytest.raises(PermissionsError) as exc:
+        parse_mode(bad, 'dir_mode')
+    assert 'dir_mode' in str(exc.value)
+
+
+@pytest.mark.parametrize('bad', [755, 0o755, True, 1.5, ['0755']])
+def test_non_string_modes_are_refused(bad):
+    with pytest.raises(PermissionsError) as exc:
+        parse_mode(bad)
+    assert 'quoted' in str(exc.value)
+
+
+# --- users and groups -----------------------------------------------------------------------------
+
+PASSWD = 'root:x:0:0:root:/root:/bin/sh\n# comment\nbroken line\npostgres:x:999:999::/var/lib/postgresql:/bin/sh\n' \
+         'app:x:1000:1000::/home/app:/bin/sh\nnobody:x:65534:65534::/:/bin/false\n'
+GROUP = 'root:x:0:\npostgres:x:999:\napp:x:1000:\nstaff:x:50:app\nbad\n'
+
+
+def test_parse_passwd_and_group():
+    passwd = parse_passwd(PASSWD)
+    assert passwd['postgres'] == (999, 999)
+    assert passwd['nobody'] == (65534, 65534)
+    assert 'broken line' not in passwd and len(passwd) == 4
+    assert parse_group(GROUP) == {'root': 0, 'postgres': 999, 'app': 1000, 'staff': 50}
+
+
+@pytest.mark.parametrize('spec, expected', [
+    ('', (0, 0)),
+    ('postgres', (999, 999)),
+    ('1000', (1000, 1000)),          # numeric, known: its primary group
+    ('4242', (4242, 0)),             # numeric, unknown: GID 0 as Docker does
+    ('app:staff', (1000, 50)),
+    ('1000:4000', (1000, 4000)),
+    ('postgres:0', (999, 0)),
+])
+def test_resolve_container_user(spec, expected):
+    assert resolve_container_user(spec, parse_passwd(PASSWD), parse_group(GROUP), 'container c') == expected
+
+
+def test_unknown_names_are_refused():
+    passwd, groups = parse_passwd(PASSWD), parse_group(GROUP)
+    with pytest.raises(PermissionsError, match="Unknown user 'mysql'.*container c"):
+        resolve_owner('mysql', passwd, 'container c')
+    with pytest.raises(PermissionsError, match="Unknown group 'wheel'"):
+        resolve_group('wheel', groups, 'container c')
+    with pytest.raises(PermissionsError, match='like_container'):
+        resolve_owner('postgres', None, None)
+    with pytest.raises(PermissionsError, match='like_container'):
+        resolve_group('postgres', None, None)
+    with pytest.raises(PermissionsError, match='out of range'):
+        resolve_owner('4294967295', passwd, 'c')
+    assert resolve_owner('123', None, None) == (123, None)
+
+
+# --- target path ----------------------------------------------------------------------------------
+
+def test_resolve_target_refusals(tmp_path):
+    root = tmp_path / 'vol'
+    (root / 'sub' / 'deep').mkdir(parents=True)
+    outside = tmp_path / 'outside'
+    outside.mkdir()
+    (root / 'up').symlink_to('../outside')
+    (root / 'abs').symlink_to(str(outside))
+    (root / 'inner').symlink_to('sub')
+    assert resolve_target(str(root), '.') == str(root)
+    assert resolve_target(str(root), 'sub/deep/') == str(root / 'sub' / 'deep')
+    assert resolve_target(str(root), 'inner/deep') == str(root / 'sub' / 'deep')
+    for bad, words in [('/etc', 'absolute'), ('sub/../..', "'..'"), ('..', "'..'"), ('up', 'outside'),
+                       ('abs/x', 'outside'), ('missing', 'does not exist')]:
+        with pytest.raises(PermissionsError, match=words):
+            resolve_target(str(root), bad)
+
+
+# --- plan and apply (as an unprivileged user only modes can change; as root everything) ------------
+
+def _tree(tmp_path):
+    root = tmp_path / 'vol'
+    (root / 'd' / 'e').mkdir(parents=True)
+    for rel in ('f', 'd/g', 'd/e/h'):
+        (root / rel).write_text('x')
+        os.chmod(str(root / rel), 0o644)
+    os.chmod(str(root / 'd'), 0o755)
+    outside = tmp_path / 'outside.txt'
+    outside.write_text('secret')
+    os.chmod(str(outside), 0o600)
+    (root / 'link').symlink_to(str(outside))
+    return root, outside
+
+
+def _modes(root):
+    return {os.path.relpath(os.path.join(d, n), str(root)): stat.S_IMODE(os.lstat(os.path.join(d, n)).st_mode)
+            for d, dirs, files in os.walk(str(root)) for n in dirs + files}
+
+
+def test_modes_check_mode_then_apply_then_idempotent(tmp_path):
+    root, outside = _tree(tmp_path)
+    plan = Plan(mode=parse_mode('0700'), dir_mode=parse_mode('u=rwX,g=rX,o='),
+                file_mode=parse_mode('u=rw,g=r,o='), recurse=True, sample_size=2)
+    before = _modes(root)
+    result = run(str(root), '.', plan, check_mode=True)
+    assert _modes(root) == before, 'check mode changed something'
+    assert result['examined'] == 7
+    # root (0755->0700), d, d/e (0755->0750), f, d/g, d/e/h (0644->0640); the symlink is never chmod-ed
+    assert result['changed_entries'] == 6 and result['changes']['mode'] == 6
+    assert result['changes']['owner'] == 0 and result['changes']['group'] == 0
+    assert len(result['changes']['sample']) == 2 and result['changes']['sample_truncated'] is True
+    assert result['changes']['sample'][0] == dict(path='.', before=dict(uid=os.getuid(), gid=os.getgid(), mode='0755'),
+                                                  after=dict(uid=os.getuid(), gid=os.getgid(), mode='0700'))
+    assert result['root']['mode'] == '0700'
+
+    result = run(str(root), '.', plan)
+    assert result['changed_entries'] == 6
+    modes = _modes(root)
+    assert stat.S_IMODE(os.lstat(str(root)).st_mode) == 0o700
+    assert modes['d'] == 0o750 and modes['d/e'] == 0o750
+    assert modes['f'] == 0o640 and modes['d/e/h'] == 0o640
+    assert stat.S_IMODE(os.stat(str(outside)).st_mode) == 0o600, 'followed the symlink'
+
+    again = run(str(root), '.', plan)
+    assert again['changed_entries'] == 0 and again['examined'] == 7
+
+
+def test_without_recurse_only_the_target_is_examined(tmp_path):
+    root, _outside = _tree(tmp_path)
+    result = run(str(root), 'd', Plan(mode=parse_mode('0711')))
+    assert result['examined'] == 1 and result['changed_entries'] == 1 and result['target_path'] == 'd'
+    assert stat.S_IMODE(os.lstat(str(root / 'd')).st_mode) == 0o711
+    assert stat.S_IMODE(os.lstat(str(root / 'd' / 'g')).st_mode) == 0o644
+
+
+@pytest.mark.skipif(not ROOT, reason='chown needs root')
+def test_ownership_symlinks_and_setuid_kept(tmp_path):
+    root, outside = _tree(tmp_path)
+    os.chmod(str(root / 'f'), 0o4755)
+    plan = Plan(uid=1000, gid=1001, recurse=True)
+    result = run(str(root), '.', plan)
+    assert result['changes']['owner'] == 7 and result['changes']['mode'] == 0
+    for rel in ('', 'f', 'd', 'd/e/h', 'link'):
+        st = os.lstat(str(root / rel))
+        assert (st.st_uid, st.st_gid) == (1000, 1001), rel
+    assert stat.S_IMODE(os.lstat(str(root / 'f')).st_mode) == 0o4755, 'chown cleared setuid and it was not restored'
+    st = os.stat(str(outside))
+    assert (st.st_uid, st.st_gid, stat.S_IMODE(st.st_mode)) == (0, 0, 0o600), 'symlink target touched'
+    assert run(str(root), '.', plan)['changed_entries'] == 0
+
+
+@pytest.mark.skipif(not ROOT, reason='chown needs root')
+def test_group_only_leaves_owner(tmp_path):
+    root, _outside = _tree(tmp_path)
+    run(str(root), '.', Plan(gid=50, recurse=True))
+    st = os.lstat(str(root / 'd' / 'g'))
+    assert (st.st_uid, st.st_gid) == (0, 50)
+
+
+def test_plan_round_trip():
+    plan = Plan(uid=1, gid=None, mode=parse_mode('0700'), dir_mode=None, file_mode=parse_mode('a=r'),
+                recurse=True, sample_size=3)
+    again = perm.plan_from_dict(json.loads(json.dumps(perm.plan_to_dict(plan))))
+    assert perm.plan_to_dict(again) == perm.plan_to_dict(plan)
+
+
+def test_helper_main_reports_errors_as_json(tmp_path, capsys):
+    request = dict(root=str(tmp_path), path='nope', plan=perm.plan_to_dict(Plan(uid=1)), check_mode=True)
+    assert perm.helper_main(['x', json.dumps(request)]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out == dict(ok=False, msg="path 'nope' does not exist in the volume.")
