@@ -987,7 +987,8 @@ def merge_into(staging, target):
     dirs = []
     while stack:
         src_dir, dst_dir = stack.pop()
-        dirs.append((src_dir, dst_dir))
+        # The archive's metadata is read before children move out (moving them changes the mtime).
+        dirs.append((src_dir, dst_dir, os.lstat(src_dir)))
         for name in sorted(os.listdir(src_dir)):
             src = os.path.join(src_dir, name)
             dst = os.path.join(dst_dir, name)
@@ -1004,14 +1005,14 @@ def merge_into(staging, target):
             os.rename(src, dst)  # replaces a file or symlink atomically, never follows it
             moved += 1
     # Directory metadata, deepest first so parents' mtimes are set last.
-    for src_dir, dst_dir in reversed(dirs):
-        copy_dir_metadata(src_dir, dst_dir)
+    for src_dir, dst_dir, st in reversed(dirs):
+        copy_dir_metadata(src_dir, dst_dir, st)
     return moved
 
 
-def copy_dir_metadata(src, dst):
-    """Owner, mode, xattrs (ACLs included) and timestamps of directory ``src`` onto ``dst``."""
-    st = os.lstat(src)
+def copy_dir_metadata(src, dst, st=None):
+    """Owner, mode, xattrs (ACLs included) and timestamps of directory ``src`` (or ``st``) onto ``dst``."""
+    st = st or os.lstat(src)
     os.chown(dst, st.st_uid, st.st_gid, follow_symlinks=False)
     os.chmod(dst, stat.S_IMODE(st.st_mode))
     src_x = dict(_tree.read_xattrs(os.fsencode(src)))

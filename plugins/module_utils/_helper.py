@@ -64,10 +64,14 @@ if _mode == 'abort':
         _shutil.rmtree(_staging)
     _sys.exit(0)
 if _mode == 'merge':
+    _st = _os.lstat(_staging)
     merge_into(_staging, _root)
     _shutil.rmtree(_staging)
+    _os.utime(_root, ns=(_st.st_atime_ns, _st.st_mtime_ns))
 else:
     # replace: park the old content, move the verified tree up, then drop the old content.
+    # The staging root's mtime is read first: moving its children out changes it.
+    _st = _os.lstat(_staging)
     _os.mkdir(_old, 0o700)
     _keep = (_os.path.basename(_staging), _os.path.basename(_old))
     for _n in _os.listdir(_root):
@@ -75,9 +79,11 @@ else:
             _os.rename(_os.path.join(_root, _n), _os.path.join(_old, _n))
     for _n in _os.listdir(_staging):
         _os.rename(_os.path.join(_staging, _n), _os.path.join(_root, _n))
-    copy_dir_metadata(_staging, _root)
+    copy_dir_metadata(_staging, _root, _st)
     _os.rmdir(_staging)
     _shutil.rmtree(_old)
+    # Removing the parked trees touched the root's mtime: set it last.
+    _os.utime(_root, ns=(_st.st_atime_ns, _st.st_mtime_ns))
 _s = fingerprint(_root, skip_types=tuple(_json.loads(_sys.argv[5])))
 _sys.stdout.write(_json.dumps(_s.as_dict()))
 '''
@@ -103,7 +109,9 @@ class Helper(object):
 
     def _create(self, volume, argv, read_only, stdin=False):
         binds = {volume: {'bind': MOUNT, 'mode': 'ro' if read_only else 'rw'}}
-        host_config = self.api.create_host_config(binds=binds, network_mode='none')
+        # CAP_SYS_ADMIN: without it trusted.* xattrs are invisible (backup would drop them) and
+        # cannot be set (restore); the container has no network and runs only tar/python3.
+        host_config = self.api.create_host_config(binds=binds, network_mode='none', cap_add=['SYS_ADMIN'])
         name = 'volumeops-helper-%s' % uuid.uuid4().hex[:12]
         c = self.api.create_container(self.image, command=argv, user='0:0', stdin_open=stdin,
                                       tty=False, network_disabled=True, host_config=host_config,
