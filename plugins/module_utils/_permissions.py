@@ -15,11 +15,13 @@ Design choices, and why:
 - One walk (``_tree.walk``); each entry is compared and, if it differs,
   fixed immediately. No subprocess per file.
 - Changes go through a file descriptor of the entry's parent directory whose
-  device/inode were checked against what the walk saw. A process inside a
-  running container cannot make us follow a directory it swapped for a
-  symlink: chown uses fchownat(AT_SYMLINK_NOFOLLOW), chmod uses a nofollow
-  chmod on /proc/self/fd/<dir>/<name>. Symlinks are never chmod-ed (Linux has
-  no symlink modes); their own owner is set only when owner/group are asked.
+  device/inode were checked against what the walk saw, and then through an
+  O_NOFOLLOW descriptor of the entry itself (fchown/fchmod) after checking it
+  is still the inode the walk saw. A process inside a running container cannot
+  redirect a change outside the volume by swapping in a symlink. FIFOs,
+  sockets and devices go through an O_PATH descriptor (never opened for
+  real). Symlinks are never chmod-ed (Linux has no symlink modes); their own
+  owner is set (fchownat AT_SYMLINK_NOFOLLOW) only when owner/group are asked.
 - chown(2) clears setuid/setgid and ``security.capability`` of non-directories.
   An entry keeps the mode it had (or the mode asked for) and its capability:
   both are put back after the chown.
@@ -66,16 +68,25 @@ class ModeSpec(object):
     ``apply(current, is_dir)`` returns the 12 permission bits the entry should have.
     """
 
-    __slots__ = ('text', 'octal', 'clauses')
+    __slots__ = ('text', 'octal', 'clauses', '_memo')
 
     def __init__(self, text, octal=None, clauses=None):
         self.text = text
         self.octal = octal
         self.clauses = clauses
+        self._memo = {}
 
     def apply(self, current, is_dir):
         if self.octal is not None:
             return self.octal
+        # A tree has few distinct (mode, type) pairs: compute each once.
+        key = (current, is_dir)
+        result = self._memo.get(key)
+        if result is None:
+            result = self._memo[key] = self._compute(current, is_dir)
+        return result
+
+    def _compute(self, current, is_dir):
         mode = stat.S_IMODE(current)
         for who, actions in self.clauses:
             for op, perms in actions:
@@ -301,7 +312,6 @@ class _DirHandles(object):
     def __init__(self):
         self.rel = None
         self.fd = None
-        self.proc_ok = os.path.isdir('/proc/self/fd')
 
     def get(self, rel, abspath, expect):
         if rel == self.rel:
@@ -408,7 +418,7 @@ def run(root, path, plan, check_mode=False):
                 parent_abs = entry.abspath[:-(len(name) + 1)]
                 expect = dirs_seen.get(parent_rel)
             fd = handles.get(parent_rel if not is_root else b'\0root-parent', parent_abs, expect)
-            _fix(fd, handles.proc_ok, name, entry.abspath, st, uid, gid, mode, chown_needed, chmod_needed)
+            _fix(fd, name, entry.abspath, st, uid, gid, mode, chown_needed, chmod_needed)
     except OSError as exc:
         raise PermissionsError('Changing %s failed: %s' % (display_path(exc.filename or target), exc.strerror or exc))
     finally:
@@ -435,31 +445,73 @@ def _root_entry(target_b):
     return e
 
 
-def _fix(fd, proc_ok, name, abspath, st, uid, gid, mode, chown_needed, chmod_needed):
-    is_dir = stat.S_ISDIR(st.st_mode)
-    is_link = stat.S_ISLNK(st.st_mode)
-    # Path through the verified directory fd; the last component is never followed.
-    nofollow_path = b'/proc/self/fd/%d/%s' % (fd, name) if proc_ok else abspath
-    capability = None
-    if chown_needed:
-        if not is_dir and not is_link and stat.S_ISREG(st.st_mode):
-            capability = _read_capability(nofollow_path)
-        os.chown(name, uid, gid, dir_fd=fd, follow_symlinks=False)
-        if not is_dir and not is_link:
-            # chown(2) cleared setuid/setgid (and file capabilities) of a non-directory: put the mode back.
-            if mode is None:
-                mode = stat.S_IMODE(st.st_mode)
-            if mode & (stat.S_ISUID | stat.S_ISGID):
-                chmod_needed = True
-    if capability is not None:
-        os.setxattr(nofollow_path, CAPABILITY_XATTR, capability, follow_symlinks=False)
-    if chmod_needed and not is_link:
-        os.chmod(nofollow_path, mode, follow_symlinks=False)
-    after = os.stat(name, dir_fd=fd, follow_symlinks=False)
-    if (after.st_dev, after.st_ino) != (st.st_dev, st.st_ino):
-        raise PermissionsError('%s was replaced while it was being changed. Stop the containers writing to the '
-                               'volume and run again.' % display_path(abspath))
-    if after.st_uid != uid or after.st_gid != gid or (not is_link and mode is not None and stat.S_IMODE(after.st_mode) != mode):
+_OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | getattr(os, 'O_CLOEXEC', 0)
+_O_PATH = getattr(os, 'O_PATH', None)
+
+
+def _fix(dir_fd, name, abspath, st, uid, gid, mode, chown_needed, chmod_needed):
+    """Change one entry (``name`` inside the verified directory ``dir_fd``), never through a symlink."""
+    if stat.S_ISLNK(st.st_mode):
+        # A symlink's own owner; fchownat(AT_SYMLINK_NOFOLLOW) never reaches its target.
+        os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+        after = os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        _verify(abspath, st, after, uid, gid, None)
+        return
+    by_path = not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode))
+    fd = None
+    if not by_path:
+        # Work on an open descriptor of the very inode the walk saw: O_NOFOLLOW fails on a symlink
+        # swapped in since, and fchown/fchmod/fsetxattr cannot be redirected afterwards.
+        try:
+            fd = os.open(name, _OPEN_FLAGS, dir_fd=dir_fd)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise PermissionsError('%s was replaced by a symlink while it was being changed; nothing was done '
+                                       'to it. Stop the containers writing to the volume and run again.'
+                                       % display_path(abspath))
+            by_path = True  # e.g. a file that cannot be opened: fall back to O_PATH below
+    if by_path:
+        # FIFOs, sockets and devices are never opened for real (opening a device can have effects).
+        if _O_PATH is None:
+            raise PermissionsError('Cannot change %s safely on this platform (no O_PATH).' % display_path(abspath))
+        fd = os.open(name, _O_PATH | os.O_NOFOLLOW | getattr(os, 'O_CLOEXEC', 0), dir_fd=dir_fd)
+    try:
+        now = os.fstat(fd)
+        if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino) or stat.S_ISLNK(now.st_mode):
+            raise PermissionsError('%s was replaced while it was being changed; nothing was done to it. Stop the '
+                                   'containers writing to the volume and run again.' % display_path(abspath))
+        is_dir = stat.S_ISDIR(st.st_mode)
+        if chown_needed:
+            capability = None
+            if not by_path and not is_dir:
+                capability = _read_capability(fd)
+            if by_path:
+                os.chown(name, uid, gid, dir_fd=dir_fd, follow_symlinks=False)
+            else:
+                os.fchown(fd, uid, gid)
+            if capability is not None:
+                # chown(2) dropped the file capability; put it back (after the chown, which would drop it again).
+                os.setxattr(fd, CAPABILITY_XATTR, capability)
+            if not is_dir:
+                # chown(2) cleared setuid/setgid of a non-directory: put the mode back.
+                if mode is None:
+                    mode = stat.S_IMODE(st.st_mode)
+                if mode & (stat.S_ISUID | stat.S_ISGID):
+                    chmod_needed = True
+        if chmod_needed:
+            if by_path:
+                # The O_PATH descriptor refers to the verified inode; chmod through its /proc link.
+                os.chmod('/proc/self/fd/%d' % fd, mode)
+            else:
+                os.fchmod(fd, mode)
+        after = os.fstat(fd)
+    finally:
+        os.close(fd)
+    _verify(abspath, st, after, uid, gid, mode)
+
+
+def _verify(abspath, st, after, uid, gid, mode):
+    if after.st_uid != uid or after.st_gid != gid or (mode is not None and stat.S_IMODE(after.st_mode) != mode):
         raise PermissionsError(
             'Changing %s reported success but it is now %d:%d %s instead of %d:%d %s: the filesystem ignores '
             'ownership or mode changes (NFS root_squash, SMB, some FUSE mounts).'
@@ -467,11 +519,11 @@ def _fix(fd, proc_ok, name, abspath, st, uid, gid, mode, chown_needed, chmod_nee
                format_mode(mode if mode is not None else after.st_mode)))
 
 
-def _read_capability(path):
+def _read_capability(fd):
     try:
-        if CAPABILITY_XATTR not in os.listxattr(path, follow_symlinks=False):
+        if CAPABILITY_XATTR not in os.listxattr(fd):
             return None
-        return os.getxattr(path, CAPABILITY_XATTR, follow_symlinks=False)
+        return os.getxattr(fd, CAPABILITY_XATTR)
     except OSError as exc:
         if exc.errno in (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENODATA):
             return None
