@@ -675,7 +675,10 @@ class TarStreamValidator(object):
             raise StreamRejected('Refusing archive: device node %r (set allow_devices: true to restore devices).'
                                  % path)
         if kind == 'h':
-            target = normalize_member_path(link)
+            try:
+                target = normalize_member_path(link)
+            except StreamRejected:
+                raise StreamRejected('Refusing archive: hard link %r points outside the archive (%r).' % (path, link))
             self._check_parents(target)
             tkind = self._seen.get(target)
             if tkind is None:
