@@ -279,7 +279,8 @@ def prune_candidates(volumes, used_names, api_filters, anonymous_only):
     """Names of the volumes the engine's prune would remove, sorted.
 
     ``volumes`` are inspect dicts (GET /volumes), ``used_names`` the volumes
-    referenced by any container. Like the engine: local driver only.
+    referenced by any container. Like the engine: local driver only, and never
+    volumes with driver options (tmpfs, nfs, ...: their data is not on this disk).
     """
     label_filters = api_filters.get('label') or []
     not_label_filters = api_filters.get('label!') or []
@@ -287,7 +288,7 @@ def prune_candidates(volumes, used_names, api_filters, anonymous_only):
     for vol in volumes or []:
         name = vol.get('Name')
         labels = vol.get('Labels') or {}
-        if vol.get('Driver') != 'local' or name in used_names:
+        if vol.get('Driver') != 'local' or vol.get('Options') or name in used_names:
             continue
         if anonymous_only and ANONYMOUS_LABEL not in labels:
             continue

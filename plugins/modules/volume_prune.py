@@ -14,8 +14,8 @@ version_added: 0.1.0
 author:
   - volumeops contributors (@volumeops)
 description:
-  - Removes the local-driver volumes that no container (running or stopped) uses and that match O(filters),
-    like C(docker volume prune). B(The data in removed volumes is lost.)
+  - Removes the local-driver volumes without driver options that no container (running or stopped) uses and that
+    match O(filters), like C(docker volume prune). B(The data in removed volumes is lost.)
   - Check mode lists exactly the volumes that would be removed and the space that would be reclaimed,
     computed the way the engine decides (label filters, unused, local driver, anonymous-only where the engine
     does that). Run it first.
@@ -49,9 +49,10 @@ options:
     type: dict
     default: {}
 notes:
-  - Like the engine, only volumes of the C(local) driver are pruned.
-  - Space reclaimed in check mode is estimated from the same one C(GET /system/df) call the daemon makes for sizes;
-    Docker does not size volumes with driver options (tmpfs, nfs, ...), which count as 0.
+  - Like the engine, only volumes of the C(local) driver without driver options are pruned; volumes with options
+    (tmpfs, nfs, cifs, ...) are never removed by a prune, since their data does not live on the Docker host's disk.
+  - Space reclaimed in check mode is estimated from one C(GET /system/df) call (which makes the daemon compute
+    the size of every local volume; it is made only in check mode and only when something would be removed).
   - The volumes are removed by the engine's own prune call with the same filters; RV(volumes_removed) is what the
     engine reports, so a volume created or released between the check and the run is reported truthfully.
 seealso:
