@@ -85,7 +85,7 @@ def playbook_runner(workdir, args):
     task = {'volumeops.docker.volume_permissions': args}
     with open(path, 'w') as f:
         json.dump([{'hosts': 'localhost', 'gather_facts': False, 'connection': 'local', 'tasks': [task]}], f)
-    return [str(VENV / 'bin' / 'ansible-playbook'), '-i', 'localhost,', path]
+    return [str(VENV / 'bin' / 'ansible-playbook'), '-i', 'localhost,', '-e', 'ansible_python_interpreter=' + PY, path]
 
 
 def main():
