@@ -75,25 +75,45 @@ def plan(size_bytes, files, seed=0, candidates=None):
     target_avg = size_bytes / float(files)
     big = [c for c in pool if c[3] > target_avg]
     small = [c for c in pool if c[3] <= target_avg]
-    queues = {'big': [big, 0, 0], 'small': [small, 0, 0]}   # list, next index, round
+    queues = {'big': [big, 0, 0], 'small': [small, 0, 0]}   # items, next index, round
     chosen = []
     total = 0
 
-    def take(kind):
-        other = 'small' if kind == 'big' else 'big'
+    def take(kind, limit, closest=None):
+        """Next item of a queue no larger than ``limit`` (scanning ahead a little; the last pick
+        takes the one closest to ``closest``), so the byte target is not overshot by one big file."""
         if not queues[kind][0]:
-            kind = other
+            kind = 'small' if kind == 'big' else 'big'
         q = queues[kind]
-        item = q[0][q[1]]
+        items, start = q[0], q[1]
+        window = min(len(items), 2000)
+        pick = None
+        for step in range(window):
+            item = items[(start + step) % len(items)]
+            if closest is not None:
+                if pick is None or abs(item[3] - closest) < abs(items[pick][3] - closest):
+                    pick = (start + step) % len(items)
+            elif item[3] <= limit:
+                pick = (start + step) % len(items)
+                break
+        if pick is None:
+            pick = start
+        if pick != start:
+            # keep the queue a permutation: swap the picked item to the front
+            items[start], items[pick] = items[pick], items[start]
+        item = items[start]
         rnd = q[2]
         q[1] += 1
-        if q[1] == len(q[0]):
+        if q[1] == len(items):
             q[1], q[2] = 0, q[2] + 1
         return item, rnd
 
     for i in range(files):
-        need = (size_bytes - total) / float(files - i)
-        (prefix, src, rel, size), rnd = take('big' if need > target_avg else 'small')
+        left = size_bytes - total
+        need = left / float(files - i)
+        last = i == files - 1
+        (prefix, src, rel, size), rnd = take('big' if need > target_avg else 'small', max(left, 1),
+                                             closest=left if last else None)
         dest = os.path.join(prefix, rel) if rnd == 0 else os.path.join('dup%d' % rnd, prefix, rel)
         chosen.append((dest, src, size))
         total += size
