@@ -15,7 +15,8 @@ VOLUME_NAME_RE = re.compile(r'^[a-zA-Z0-9][a-zA-Z0-9_.-]+$')
 
 def volume_name_error(name, what='volume name'):
     """None when ``name`` is a valid Docker volume name, else a message saying why not."""
-    if not isinstance(name, str) or not VOLUME_NAME_RE.match(name):
+    # fullmatch: with match(), `$` would accept a trailing newline ("data\n").
+    if not isinstance(name, str) or not VOLUME_NAME_RE.fullmatch(name):
         return ('Invalid %s %r: Docker volume names must match [a-zA-Z0-9][a-zA-Z0-9_.-]+ '
                 '(at least two characters, starting with a letter or digit).' % (what, name))
     return None
