@@ -16,7 +16,7 @@ author:
 description:
   - Ensures the owner, group and mode of the files inside a named Docker volume (or under a sub-path of it),
     the declarative replacement for C(docker run --rm -v vol:/data alpine chown -R 1000:1000 /data).
-  - Only entries that differ are changed; RV(changed) is V(false) when everything already matches. The tree is
+  - Only entries that differ are changed; C(changed) is V(false) when everything already matches. The tree is
     walked once; no process is started per file.
   - With O(like_container), owner and group are those of the user a container (or its image) is configured to
     run as, and user and group names are resolved through that container's own C(/etc/passwd) and
@@ -38,7 +38,7 @@ attributes:
       bounded sample (O(diff_sample)) of those paths with their old and new owner, group and mode.
   idempotent:
     support: full
-    description: A second run with the same parameters changes nothing and reports RV(changed=false).
+    description: A second run with the same parameters changes nothing and reports C(changed=false).
 options:
   volume:
     description:
@@ -318,7 +318,7 @@ def helper_script():
     ]
     for name, source in modules:
         lines.append('_register(%r, %r)' % (name, source))
-    lines.append('sys.exit(sys.modules[%r].helper_main())' % _permissions.__name__)
+    lines.append('sys.modules[%r].helper_main()' % _permissions.__name__)
     return '\n'.join(lines) + '\n'
 
 
@@ -350,7 +350,6 @@ class PermissionsParameters(object):
         error = volume_name_error(self.volume)
         if error:
             client.fail(error)
-
 
     @staticmethod
     def _id_param(client, name):
