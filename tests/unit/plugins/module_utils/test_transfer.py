@@ -1,0 +1,242 @@
+# -*- coding: utf-8 -*-
+# Copyright: volumeops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Pure logic of the transfer: walk order key, delta planning, framing, command quoting, receiver bundle,
+plus the receiver's untrusted-stream guards on a local directory."""
+
+from __future__ import annotations
+
+import io
+import os
+import shlex
+import subprocess
+import sys
+import tarfile
+
+import pytest
+
+from ansible_collections.volumeops.docker.plugins.module_utils import _archive, _transfer, _tree
+
+
+def _tree_at(root, spec):
+    for rel, kind in spec:
+        path = os.path.join(root, rel)
+        if kind == 'd':
+            os.makedirs(path, exist_ok=True)
+        else:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, 'w') as f:
+                f.write(kind)
+
+
+SPEC = [('a', 'd'), ('a/b', 'd'), ('a/b/c', 'x'), ('a/z', 'x'), ('a-b', 'd'), ('a-b/q', 'x'), ('b', 'x'),
+        ('a.b', 'd'), ('a.b/x', 'x'), ('z', 'd'), ('z/a', 'd'), ('z/a/a', 'x'), (u'\u00e9', 'x')]
+
+
+def test_walk_key_matches_walk_order(tmp_path):
+    _tree_at(str(tmp_path), SPEC)
+    paths = [e.relpath for e in _tree.walk(str(tmp_path))]
+    assert paths[0] == b'.'
+    assert sorted(paths, key=_transfer.walk_key) == paths
+
+
+def _records(root):
+    return [(p, d, c, e.st) for p, d, c, e in _transfer.iter_records(root)]
+
+
+def _dest(root):
+    return [(p, d, c) for p, d, c, _ in _transfer.iter_records(root)]
+
+
+def test_delta_identical_trees_sends_nothing(tmp_path):
+    src = tmp_path / 'src'
+    _tree_at(str(src), SPEC)
+    plan = _transfer.compute_delta(_records(str(src)), _dest(str(src)))
+    assert plan.send == [] and plan.delete == []
+    assert plan.unchanged == len(_dest(str(src)))
+
+
+def test_delta_changes_additions_deletions(tmp_path):
+    src = tmp_path / 'src'
+    dst = tmp_path / 'dst'
+    _tree_at(str(src), SPEC)
+    subprocess.run(['cp', '-a', str(src), str(dst)], check=True)
+    # modify a file (size changes), add a dir with a file, delete a subtree, change a file into a dir
+    with open(str(src / 'a' / 'z'), 'a') as f:
+        f.write('more')
+    os.makedirs(str(src / 'new' / 'deep'))
+    (src / 'new' / 'deep' / 'f').write_text('n')
+    subprocess.run(['rm', '-rf', str(src / 'z')], check=True)
+    os.unlink(str(src / 'b'))
+    os.mkdir(str(src / 'b'))
+    plan = _transfer.compute_delta(_records(str(src)), _dest(str(dst)))
+    send = set(plan.send)
+    assert {b'./a/z', b'./new', b'./new/deep', b'./new/deep/f', b'./b'} <= send
+    # parents of changed/deleted entries are re-sent for their mtimes
+    assert b'./a' in send and b'.' in send
+    # unchanged entries are not sent
+    assert b'./a/b/c' not in send and b'./a-b/q' not in send
+    # z/ is deleted once (top-most); the changed file and the retyped path are deleted first
+    assert b'./z' in plan.delete and b'./z/a' not in plan.delete and b'./z/a/a' not in plan.delete
+    assert b'./a/z' in plan.delete and b'./b' in plan.delete
+    assert plan.send == sorted(plan.send, key=_transfer.walk_key)
+    assert plan.send_bytes == len('xmore') + 1
+
+
+def test_delta_hardlink_group_sent_together(tmp_path):
+    src = tmp_path / 'src'
+    dst = tmp_path / 'dst'
+    _tree_at(str(src), [('d', 'd'), ('d/one', 'data')])
+    subprocess.run(['cp', '-a', str(src), str(dst)], check=True)
+    os.link(str(src / 'd' / 'one'), str(src / 'two'))  # a new link to an unchanged file
+    plan = _transfer.compute_delta(_records(str(src)), _dest(str(dst)))
+    assert b'./two' in plan.send and b'./d/one' in plan.send
+    assert b'./d/one' in plan.delete
+    assert plan.send_bytes == 4  # the data is counted once
+
+
+def test_delta_rejects_unordered_destination_records():
+    src = [(b'.', b'0' * 16, 'd', None)]
+    dst = [(b'.', b'0' * 16, 'd'), (b'./b', b'1' * 16, 'f'), (b'./a', b'1' * 16, 'f')]
+    with pytest.raises(_transfer.TransferError):
+        _transfer.compute_delta(iter(src), iter(dst))
+
+
+def test_topmost():
+    paths = [b'./a', b'./a/b', b'./a/b/c', b'./b', b'./c/d', b'./c/d/e']
+    assert _transfer._topmost(sorted(paths, key=_transfer.walk_key)) == [b'./a', b'./b', b'./c/d']
+
+
+def test_records_and_paths_roundtrip():
+    recs = [(b'./a\nb', b'\x00' * 16, 'f'), (b'./\xff\xfe', b'\x01' * 16, 'l'), (b'.', b'\x02' * 16, 'd')]
+    assert _transfer.decode_records(_transfer.encode_records(recs)) == recs
+    paths = [b'./x y', b'./\n', b'./-rf']
+    assert _transfer.decode_paths(_transfer.encode_paths(paths)) == paths
+
+
+def test_frames_roundtrip_and_eof():
+    buf = io.BytesIO()
+    w = _transfer.FrameIO(None, buf.write)
+    w.send_json(b'H', {'a': 1})
+    w.send(b'D', b'x' * 70000)
+    w.send(b'K')
+    w.send(b'!', b'{"msg": "boom"}')
+    r = _transfer.FrameIO(io.BytesIO(buf.getvalue()).read, None)
+    kind, payload = r.recv_expect(b'H')
+    assert _transfer._json(payload) == {'a': 1}
+    kind, payload = r.recv_expect(b'D')
+    assert payload == b'x' * 70000
+    with pytest.raises(_transfer.TransferError, match='boom'):
+        r.recv_expect(b'F')  # the keepalive is skipped, the error frame raises with its message
+    with pytest.raises(_transfer.ConnectionLost):
+        r.recv()
+
+
+def test_remote_command_is_fully_quoted():
+    cmd = _transfer.build_remote_command("/opt/my python/bin/python3; rm -rf /", 1234)
+    argv = shlex.split(cmd)
+    assert argv == ["/opt/my python/bin/python3; rm -rf /", '-c', _transfer.BOOTSTRAP, '1234', 'receiver']
+    with pytest.raises(ValueError):
+        _transfer.build_remote_command('/usr/bin/python3', '12; reboot')
+
+
+@pytest.mark.parametrize('mid,ok', [('pg-2025.01_x', True), ('', False), ('../x', False), ('-x', False),
+                                    ('a b', False), ('a' * 65, False), (u'\u00e9t\u00e9', False)])
+def test_migration_id(mid, ok):
+    assert (_transfer.check_migration_id(mid) is None) == ok
+
+
+def test_receiver_program_runs_standalone(tmp_path):
+    """The shipped bundle imports without Ansible or the collection installed (fresh interpreter, -I)."""
+    program = _transfer.receiver_program(entry='receiver_main')
+    program = program.replace(b"_install().receiver_main()", b"print(_install().walk_key(b'./a/b'))")
+    script = tmp_path / 'prog.py'
+    script.write_bytes(program)
+    out = subprocess.run([sys.executable, '-I', str(script)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                         cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == b"((b'a',), b'b')"
+
+
+def test_content_digest_sees_same_size_same_mtime_edit(tmp_path):
+    f = tmp_path / 'f'
+    f.write_bytes(b'aaaa')
+    st = os.stat(str(f))
+    dst = os.stat(str(tmp_path))
+    before = _transfer.content_digest(str(tmp_path))
+    fp_before = _tree.fingerprint(str(tmp_path)).fingerprint
+    f.write_bytes(b'bbbb')
+    os.utime(str(f), ns=(st.st_atime_ns, st.st_mtime_ns))
+    os.utime(str(tmp_path), ns=(dst.st_atime_ns, dst.st_mtime_ns))
+    assert _tree.fingerprint(str(tmp_path)).fingerprint == fp_before
+    assert _transfer.content_digest(str(tmp_path)) != before
+
+
+def _tar(members):
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode='w', format=tarfile.PAX_FORMAT) as tf:
+        for name, kind, target in members:
+            info = tarfile.TarInfo(name)
+            if kind == 'f':
+                info.size = 1
+                tf.addfile(info, io.BytesIO(b'x'))
+                continue
+            info.type = {'d': tarfile.DIRTYPE, 'l': tarfile.SYMTYPE, 'h': tarfile.LNKTYPE}[kind]
+            info.linkname = target or ''
+            tf.addfile(info)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize('members', [
+    [('.', 'd', None), ('../evil', 'f', None)],
+    [('.', 'd', None), ('/tmp/evil', 'f', None)],
+    [('.', 'd', None), ('l', 'l', '/tmp'), ('l/evil', 'f', None)],
+    [('.', 'd', None), ('h', 'h', '/etc/passwd')],
+])
+def test_extract_frames_refuses_hostile_streams(tmp_path, members):
+    dest = tmp_path / 'staging'
+    dest.mkdir()
+    with pytest.raises(_archive.StreamRejected):
+        _transfer.extract_frames(iter([_tar(members)]), 'none', str(dest))
+    assert not os.path.exists('/tmp/evil')
+
+
+def test_extract_frames_truncated_stream(tmp_path):
+    dest = tmp_path / 'staging'
+    dest.mkdir()
+    data = _tar([('.', 'd', None), ('a', 'f', None), ('b', 'f', None)])
+    cut = data[:512 * 6]  # stops at a member boundary, no end-of-archive marker
+    with pytest.raises(_archive.StreamRejected, match='truncated'):
+        _transfer.extract_frames(iter([cut]), 'none', str(dest))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='extraction keeps owners: needs root')
+def test_on_disk_guard_refuses_existing_symlink_parent(tmp_path):
+    """Delta onto an existing tree: a symlink already on disk must not be written through."""
+    dest = tmp_path / 'staging'
+    outside = tmp_path / 'outside'
+    dest.mkdir()
+    outside.mkdir()
+    os.symlink(str(outside), str(dest / 'link'))
+    data = _tar([('.', 'd', None), ('link/evil', 'f', None)])
+    with pytest.raises(_archive.StreamRejected, match='through the existing'):
+        _transfer.extract_frames(iter([data]), 'none', str(dest), on_member=_transfer.OnDiskGuard(str(dest)))
+    assert os.listdir(str(outside)) == []
+
+
+def test_safe_delete_never_follows_symlinks(tmp_path):
+    root = tmp_path / 'root'
+    outside = tmp_path / 'outside'
+    root.mkdir()
+    outside.mkdir()
+    (outside / 'keep').write_text('k')
+    os.symlink(str(outside), str(root / 'link'))
+    assert _transfer.safe_delete(str(root), b'./link/keep') is False
+    assert (outside / 'keep').exists()
+    assert _transfer.safe_delete(str(root), b'./link') is True  # removes the link itself, not the target
+    assert (outside / 'keep').exists() and not os.path.lexists(str(root / 'link'))
+    with pytest.raises(_archive.StreamRejected):
+        _transfer.safe_delete(str(root), b'../outside/keep')
+    with pytest.raises(_transfer.TransferError):
+        _transfer.safe_delete(str(root), b'.')
