@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: volumeops contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Migration benchmark (issue 5 section 4), measured in one run on the multi-host bench.
@@ -24,7 +23,7 @@ receiver and helper container of the host (containers run under the host dockerd
 
 Targets: P >= 5x faster than A; P <= 1.3x of B; final delta <= 10% of the full copy; < 200 MB per side.
 
-  python3 benchmarks/bench_migrate.py            # ~1 GB, several minutes
+  python3 benchmarks/bench_migrate.py            # ~1 GB, ~8 minutes
   python3 benchmarks/bench_migrate.py --quick    # ~60 MB smoke run
 Results: benchmarks/results/migrate-<timestamp>.json (gitignored).
 """
@@ -56,7 +55,7 @@ VENV_BIN = Path(os.environ.get('VOLUMEOPS_VENV', '/opt/volumeops/venv')) / 'bin'
 IMAGE = os.environ.get('VOLUMEOPS_TEST_IMAGE', 'volumeops-test/busybox:1')
 PLAYBOOK = REPO / 'playbooks' / 'migrate-volumes.yml'
 RESULTS = REPO / 'benchmarks' / 'results'
-MB = 1024 * 1024
+MB = 1000 * 1000  # as benchmarks/datagen.py
 
 # Full-fidelity GNU tar flags (see ../shared notes: pax keeps sub-second mtimes, xattrs incl. capabilities,
 # ACLs, sparse files, numeric owners).
@@ -104,7 +103,7 @@ def _fallback_generate(root, size_mb, seed):
     def text(size):
         out = bytearray()
         while len(out) < size:
-            out += b' '.join(rnd.choice(words) for _ in range(64)) + b'\n'
+            out += b' '.join(rnd.choice(words) for _i in range(64)) + b'\n'
         return bytes(out[:size])
 
     def binary(size):
@@ -175,7 +174,16 @@ def _fallback_generate(root, size_mb, seed):
 
 
 def modify_fraction(root, fraction, seed):
-    """Modify `fraction` of the regular files (new content at the end, new mtime); returns the count."""
+    """Modify `fraction` of the regular files (datagen.modify when present); returns (changed, total)."""
+    try:
+        import datagen
+    except ImportError:
+        datagen = None
+    if datagen is not None and hasattr(datagen, 'modify'):
+        total = sum(1 for dirpath, _d, names in os.walk(root) for n in names
+                    if os.path.isfile(os.path.join(dirpath, n)) and not os.path.islink(os.path.join(dirpath, n)))
+        res = datagen.modify(root, percent=fraction * 100.0, seed=seed)
+        return len(res['modified']), total
     files = []
     for dirpath, _dirs, names in os.walk(root):
         for name in names:
@@ -391,14 +399,15 @@ def collections_dir():
 def main(argv=None):
     ap = argparse.ArgumentParser(description='Migration benchmark on the multi-host bench (issue 5 section 4).')
     ap.add_argument('--quick', action='store_true', help='small smoke run (~60 MB)')
-    ap.add_argument('--size-mb', type=int, help='volume size (default 1024, --quick 60)')
+    ap.add_argument('--size-mb', type=int,
+                    help='volume size in MB of 10^6 bytes (default 1000 as the backup benchmark, --quick 60)')
     ap.add_argument('--state-dir', default='/var/lib/volumeops-bench-perf')
     ap.add_argument('--net', type=int, default=76, help='bench subnet 10.N.0.0/24 (default 76: apart from the test bench)')
     ap.add_argument('--keep', action='store_true', help='leave the bench up afterwards')
     ap.add_argument('--skip', action='append', default=[], choices=['A', 'B', 'P', 'T'], help='skip a method')
     ap.add_argument('--seed', type=int, default=20250)
     args = ap.parse_args(argv)
-    size_mb = args.size_mb or (60 if args.quick else 1024)
+    size_mb = args.size_mb or (60 if args.quick else 1000)
 
     bench = Bench(args.state_dir, net=args.net)
     started = datetime.datetime.now(datetime.timezone.utc)
@@ -447,7 +456,7 @@ def main(argv=None):
                 t = time.monotonic()
                 bench.exec('h1', ['mkdir', '-p', '/tmp/bench-a'])
                 r.run('h1', ['docker', 'run', '--rm', '--network', 'none', '-v', '%s:/data:ro' % src,
-                                  '-v', '/tmp/bench-a:/backup', IMAGE,
+                             '-v', '/tmp/bench-a:/backup', IMAGE,
                              '/bin/busybox', 'tar', 'czf', '/backup/vol.tgz', '-C', '/data', '.'])
                 steps['tar_czf'] = round(time.monotonic() - t, 2)
                 t = time.monotonic()
@@ -475,6 +484,7 @@ def main(argv=None):
             script = ("%s -C /var/lib/docker/volumes/%s/_data -cf - . | zstd -T0 -3 -q -c | "
                       "%s \"zstd -dcq | %s -xf - -C /var/lib/docker/volumes/%s/_data\""
                       % (TAR_CREATE, src, ssh, TAR_EXTRACT, dst))
+
             def baseline_b():
                 r.sh('h1', script)
                 return {'command': script}
@@ -489,14 +499,16 @@ def main(argv=None):
                     argv = [str(VENV_BIN / 'ansible-playbook'), str(PLAYBOOK), '-i', bench.inventory,
                             '-e', 'migrate_source=h1', '-e', 'migrate_destination=h2',
                             '-e', json.dumps({'migrate_volumes': [src]})]
-                    proc = subprocess.run(argv, env=env, cwd=str(REPO), text=True, stdout=subprocess.PIPE,
+                    proc = subprocess.run(argv, check=False, env=env, cwd=str(REPO), text=True, stdout=subprocess.PIPE,
                                           stderr=subprocess.STDOUT, timeout=7200)
-                    with open(os.path.join(args.state_dir, 'playbook.log'), 'w') as f:
+                    RESULTS.mkdir(parents=True, exist_ok=True)
+                    logfile = RESULTS / ('migrate-%s-playbook.log' % started.strftime('%Y%m%dT%H%M%SZ'))
+                    with open(logfile, 'w') as f:
                         f.write(proc.stdout)
                     if proc.returncode != 0:
                         raise RuntimeError('playbook failed rc=%d:\n%s' % (proc.returncode, proc.stdout[-4000:]))
                     recap = proc.stdout[proc.stdout.rfind('PLAY RECAP'):]
-                    return {'command': ' '.join(argv), 'recap': recap.strip()}
+                    return {'command': ' '.join(argv), 'recap': recap.strip(), 'log': str(logfile)}
                 try:
                     res = r.timed('P_playbook_full', playbook)
                     res.update(check_dest(src))
@@ -540,14 +552,15 @@ def run_two_phase(bench, r, env, src, src_fp, args):
         def go():
             argv = [str(VENV_BIN / 'ansible'), 'h1', '-i', bench.inventory, '-m', 'volumeops.docker.volume_transfer',
                     '-a', json.dumps(params)]
-            proc = subprocess.run(argv, env=env, cwd=str(REPO), text=True, stdout=subprocess.PIPE,
+            proc = subprocess.run(argv, check=False, env=env, cwd=str(REPO), text=True, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, timeout=7200)
             res = parse_adhoc(proc.stdout).get('h1')
             if proc.returncode != 0 or not res or res[0] not in ('SUCCESS', 'CHANGED'):
                 raise RuntimeError('volume_transfer failed rc=%d:\n%s' % (proc.returncode, proc.stdout[-3000:]))
             out = res[1]
-            return {'module': {k: out.get(k) for k in ('duration', 'bytes', 'bytes_sent', 'entries', 'sent_entries',
-                                                        'deleted', 'mb_per_s', 'verified', 'dest_state', 'changed')}}
+            keys = ('duration', 'bytes', 'bytes_sent', 'entries', 'sent_entries', 'deleted', 'mb_per_s',
+                    'verified', 'dest_state', 'changed')
+            return {'module': {k: out.get(k) for k in keys}}
         return go
 
     try:
@@ -560,8 +573,8 @@ def run_two_phase(bench, r, env, src, src_fp, args):
         res = r.timed('T_final_delta', transfer(dict(base, **{'pass': 'delta', 'finalize': True})))
         dest = r.fp('h2', dst)
         res.update({'dest': dest, 'identical': dest['fingerprint'] == new_fp['fingerprint']})
-        res_c = r.timed('T_final_delta_again_content', transfer(dict(base, **{'pass': 'delta', 'finalize': True,
-                                                                               'verify': 'content'})))
+        again = dict(base, **{'pass': 'delta', 'finalize': True, 'verify': 'content'})
+        res_c = r.timed('T_final_delta_again_content', transfer(again))
         res_c['note'] = 'rerun after completion: must send nothing (idempotency), verify=content'
     except Exception as exc:
         results['phases'].setdefault('T_error', {})['error'] = str(exc)[-4000:]

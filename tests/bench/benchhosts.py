@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: (c) 2025, volumeops contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 """Multi-host test bench: N isolated "hosts" on one machine.
@@ -131,7 +130,7 @@ def _run(argv, check=True, input=None, capture=True, timeout=120, env=None):
     """Run argv (a list; never through a shell)."""
     try:
         proc = subprocess.run(
-            argv, input=input, timeout=timeout, env=env,
+            argv, check=False, input=input, timeout=timeout, env=env,
             stdout=subprocess.PIPE if capture else None,
             stderr=subprocess.PIPE if capture else None)
     except subprocess.TimeoutExpired:
@@ -309,7 +308,7 @@ class Bench:
         _run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', 'volumeops-bench-controller',
               '-f', self.key])
         # Needed as mount points; harmless when they exist.
-        for _, target in PRIVATE_BINDS:
+        for _sub, target in PRIVATE_BINDS:
             os.makedirs(target, exist_ok=True)
 
         _run(['ip', 'link', 'add', self.bridge, 'type', 'bridge'])
@@ -363,7 +362,7 @@ class Bench:
         hdir = self.host_dir(host)
         ns = self.netns(host)
         ip = self.ip(host)
-        for sub, _ in PRIVATE_BINDS:
+        for sub, _target in PRIVATE_BINDS:
             os.makedirs(os.path.join(hdir, sub), exist_ok=True)
         os.chmod(os.path.join(hdir, 'tmp'), 0o1777)
         os.chmod(os.path.join(hdir, 'root'), 0o700)
@@ -638,7 +637,7 @@ def _zombie(pid):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n', maxsplit=1)[0])
     parser.add_argument('--state-dir', default=DEFAULT_STATE_DIR)
     parser.add_argument('--net', type=int, default=DEFAULT_NET,
                         help='second octet of the bench subnet (default 77: 10.77.0.0/24 on vobr0)')
@@ -667,15 +666,15 @@ def main(argv=None):
             for h in bench.hosts:
                 try:
                     pid = bench.init_pid(h)
-                    print('%s %s up init=%d sshd=%s' % (h, bench.ip(h), pid,
-                                                      'up' if Bench._tcp_ok(bench.ip(h), 22) else 'down'))
+                    sshd = 'up' if Bench._tcp_ok(bench.ip(h), 22) else 'down'
+                    print('%s %s up init=%d sshd=%s' % (h, bench.ip(h), pid, sshd))
                 except BenchError as exc:
                     print('%s %s %s' % (h, bench.ip(h), exc))
         elif args.cmd == 'exec':
             cmd = args.argv[1:] if args.argv[:1] == ['--'] else args.argv
             if not cmd:
                 parser.error('exec needs a command after --')
-            proc = subprocess.run(bench.enter_argv(args.host) + ['--'] + cmd, env=bench._env())
+            proc = subprocess.run(bench.enter_argv(args.host) + ['--'] + cmd, env=bench._env(), check=False)
             return proc.returncode
         elif args.cmd == 'sshd':
             (bench.sshd_stop if args.action == 'stop' else bench.sshd_start)(args.host)

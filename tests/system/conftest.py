@@ -86,7 +86,7 @@ def ansible_run(bench, ansible_env):
         argv = list(argv)
         argv[0] = str(VENV_BIN / argv[0]) if (VENV_BIN / argv[0]).exists() else argv[0]
         argv[1:1] = ['-i', bench.inventory]
-        proc = subprocess.run(argv, env=env or ansible_env, cwd=str(REPO_ROOT), text=True,
+        proc = subprocess.run(argv, check=False, env=env or ansible_env, cwd=str(REPO_ROOT), text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=timeout)
         if check and proc.returncode != 0:
             raise AssertionError('%s failed rc=%d:\n%s' % (' '.join(argv), proc.returncode, proc.stdout))
