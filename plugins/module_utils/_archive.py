@@ -44,7 +44,6 @@ import ctypes.util
 import datetime
 import errno
 import hashlib
-import io
 import json
 import os
 import re
@@ -296,7 +295,7 @@ def check_tools(compression, need_tar=True):
         if not tar:
             missing.append('GNU tar')
         else:
-            out = subprocess.run([tar, '--version'], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL).stdout
+            out = subprocess.run([tar, '--version'], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False).stdout
             if b'GNU tar' not in out:
                 missing.append('GNU tar (the tar on PATH is not GNU tar)')
     if compression == 'zstd' and not shutil.which('zstd'):
@@ -414,7 +413,7 @@ def write_compressed_stream(out, compression, level=None, head=b'', producer_arg
             result['compressor_rc'] = comp.wait()
             result['compressor_stderr'] = _stderr_text(comp_err)
             if result['compressor_rc'] != 0:
-                raise ArchiveError('%s failed (exit %d): %s' % (comp_argv[0], result['compressor_rc'],
+                raise ArchiveError('%s failed (exit %s): %s' % (comp_argv[0], result['compressor_rc'],
                                                                 result['compressor_stderr']))
         if feed_errors:
             raise feed_errors[0]
@@ -432,8 +431,7 @@ def write_compressed_stream(out, compression, level=None, head=b'', producer_arg
 
 def _chain(*iterables):
     for it in iterables:
-        for x in it:
-            yield x
+        yield from it
 
 
 def file_chunks(f, size=CHUNK):
@@ -791,8 +789,7 @@ def plain_stream(source_chunks, compression, hasher=None):
             feeder = threading.Thread(target=_feed, args=(source_chunks, dec.stdin, feed_errors, hasher))
             feeder.daemon = True
             feeder.start()
-            for chunk in file_chunks(dec.stdout):
-                yield chunk
+            yield from file_chunks(dec.stdout)
             feeder.join()
             rc = dec.wait()
             if feed_errors:

@@ -12,7 +12,7 @@ module: backup_info
 short_description: List volumeops backup archives in a directory, optionally verifying them
 version_added: 0.1.0
 author:
-  - volumeops contributors
+  - volumeops contributors (@volumeops)
 description:
   - Lists the archives written by M(volumeops.docker.volume_backup) in a directory on the managed host, newest
     last, with their manifest (read from the C(<archive>.manifest.json) sidecar, or from the start of the stream).

@@ -12,7 +12,7 @@ module: volume_backup
 short_description: Back up Docker volumes into full-fidelity, verifiable archives
 version_added: 0.1.0
 author:
-  - volumeops contributors
+  - volumeops contributors (@volumeops)
 description:
   - Writes one archive per volume, C(<volume>_<UTC timestamp>.tar.zst) (or C(.tar.gz), C(.tar)), in O(dest) on the
     managed host. The archive is a standard pax tar stream written by GNU tar with

@@ -12,7 +12,7 @@ module: volume_restore
 short_description: Restore a Docker volume from a volumeops archive, verified before anything changes
 version_added: 0.1.0
 author:
-  - volumeops contributors
+  - volumeops contributors (@volumeops)
 description:
   - Restores an archive written by M(volumeops.docker.volume_backup) into a volume, keeping every property the
     archive holds (numeric owners, all permission bits, sub-second mtimes, hard links, sparse files, FIFOs,
@@ -23,7 +23,7 @@ description:
     matches the manifest's entry count and tree fingerprint is the staging directory swapped in (atomically with
     C(renameat2(RENAME_EXCHANGE)) where available). On any failure the staging directory is removed and the volume
     is as it was.
-  - Refused archives: absolute paths, C(..), entries below a symlink or hard link, hard links to anything but an
+  - Refused archives are those with absolute paths, C(..), entries below a symlink or hard link, hard links to anything but an
     earlier member, device nodes (unless O(allow_devices=true)), unknown member types, truncated streams (also
     when cut at a file boundary), checksum or manifest mismatches.
 options:
@@ -183,7 +183,6 @@ changes:
 
 import os
 import stat
-import time
 import uuid
 
 from ansible_collections.volumeops.docker.plugins.module_utils._docker_client import AnsibleDockerClient

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Cut an uncompressed tar stream right after its N-th member (a clean file boundary, no end marker)
 and write it zstd-compressed with a matching .sha256, like a stream that simply stopped.
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 """Write hostile archives (manifest first, then one attack) with valid .sha256 sidecars.
 
 Usage: make_hostile.py DIR ESCAPE_TARGET

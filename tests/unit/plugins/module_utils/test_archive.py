@@ -1,0 +1,120 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Unit tests for the archive format pieces: naming, manifest, the untrusted-stream validator."""
+
+from __future__ import annotations
+
+import io
+import tarfile
+
+import pytest
+
+from ansible_collections.volumeops.docker.plugins.module_utils import _archive as A
+from ansible_collections.volumeops.docker.plugins.module_utils._tree import TreeSummary
+
+MANIFEST = A.build_manifest('vol', TreeSummary('sha256:x', 2, 1), compression='none')
+
+
+def _tar(build, manifest=True, end=True):
+    buf = io.BytesIO()
+    tf = tarfile.open(fileobj=buf, mode='w', format=tarfile.PAX_FORMAT)
+    if manifest:
+        data = A.manifest_bytes(MANIFEST)
+        info = tarfile.TarInfo(A.MANIFEST_MEMBER)
+        info.size = len(data)
+        tf.addfile(info, io.BytesIO(data))
+    root = tarfile.TarInfo('.')
+    root.type = tarfile.DIRTYPE
+    tf.addfile(root)
+    build(tf)
+    tf.close()
+    raw = buf.getvalue()
+    if not end:
+        raw = raw.rstrip(b'\0')
+        raw += b'\0' * (-len(raw) % 512)
+    return raw
+
+
+def _add(tf, name, kind=tarfile.REGTYPE, data=b'', link=''):
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.linkname = link
+    info.size = len(data) if kind == tarfile.REGTYPE else 0
+    tf.addfile(info, io.BytesIO(data) if data else None)
+
+
+def _run(raw, chunk=700, **kw):
+    v = A.TarStreamValidator(**kw)
+    out = b''.join(v.feed(raw[i:i + chunk]) for i in range(0, len(raw), chunk))
+    v.finish()
+    return v, out
+
+
+def test_names_round_trip():
+    name = A.archive_name('my_vol.1', 'zstd')
+    info = A.parse_archive_name(name)
+    assert info['volume'] == 'my_vol.1' and info['compression'] == 'zstd'
+    assert A.parse_archive_name('.x.volumeops-tmp-1') is None
+    assert A.parse_archive_name('vol_20250101T000000Z.tar')['compression'] == 'none'
+
+
+def test_manifest_parse_rejects_garbage():
+    assert A.parse_manifest(A.manifest_bytes(MANIFEST))['volume'] == 'vol'
+    with pytest.raises(A.ArchiveError):
+        A.parse_manifest(b'{"format": "other"}')
+    with pytest.raises(A.ArchiveError):
+        A.parse_manifest(b'not json')
+
+
+def test_good_stream_strips_manifest_and_counts():
+    raw = _tar(lambda tf: (_add(tf, './d', tarfile.DIRTYPE), _add(tf, './d/f', data=b'hello' * 300),
+                           _add(tf, './d/h', tarfile.LNKTYPE, link='./d/f'), _add(tf, './l', tarfile.SYMTYPE, link='/etc')))
+    v, out = _run(raw)
+    assert v.manifest['volume'] == 'vol'
+    assert v.entries == 5
+    names = [m.name for m in tarfile.open(fileobj=io.BytesIO(out))]
+    assert A.MANIFEST_MEMBER not in names and './d/f' in names
+
+
+@pytest.mark.parametrize('build, message', [
+    (lambda tf: _add(tf, '/etc/x', data=b'x'), 'absolute'),
+    (lambda tf: _add(tf, './a/../../x', data=b'x'), '..'),
+    (lambda tf: (_add(tf, './l', tarfile.SYMTYPE, link='/etc'), _add(tf, './l/passwd', data=b'x')), 'link'),
+    (lambda tf: _add(tf, './h', tarfile.LNKTYPE, link='/etc/passwd'), 'outside'),
+    (lambda tf: _add(tf, './h', tarfile.LNKTYPE, link='./nothing'), 'earlier member'),
+    (lambda tf: _add(tf, './dev', tarfile.CHRTYPE), 'device'),
+    (lambda tf: (_add(tf, './f', data=b'1'), _add(tf, './f', data=b'2')), 'duplicate'),
+])
+def test_hostile_streams_are_refused(build, message):
+    with pytest.raises(A.StreamRejected, match=message.replace('.', r'\.')):
+        _run(_tar(build))
+
+
+def test_devices_allowed_on_request():
+    v, _out = _run(_tar(lambda tf: _add(tf, './dev', tarfile.CHRTYPE)), allow_devices=True)
+    assert v.entries == 2
+
+
+def test_missing_end_marker_is_truncation():
+    with pytest.raises(A.StreamRejected, match='end-of-archive'):
+        _run(_tar(lambda tf: _add(tf, './f', data=b'x'), end=False))
+
+
+def test_stream_without_manifest_is_refused():
+    with pytest.raises(A.StreamRejected, match='manifest'):
+        _run(_tar(lambda tf: _add(tf, './f', data=b'x'), manifest=False))
+
+
+def test_corrupt_header_checksum():
+    raw = bytearray(_tar(lambda tf: _add(tf, './f', data=b'x')))
+    raw[1024 + 3] ^= 0xff  # inside a later header's name field
+    with pytest.raises(A.StreamRejected):
+        _run(bytes(raw))
+
+
+def test_argv_builders_never_use_a_shell():
+    argv = A.tar_create_argv('/v', exclude=['*.log', 'cache/*'])
+    assert argv[0] == 'tar' and '--numeric-owner' in argv and '--xattrs-include=*' in argv
+    assert argv[-3:] == ['--directory', '/v', '.']
+    assert '--exclude=./cache/*' in argv and '--exclude=*.log' in argv
+    assert A.compressor_argv('zstd', 3) == ['zstd', '-3', '-q', '-T0', '-c']
+    assert A.compressor_argv('none') is None
