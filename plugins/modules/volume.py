@@ -60,7 +60,7 @@ options:
     description:
       - Driver options, for example C(type), C(device) and C(o) of the C(local) driver.
       - When given, compared exactly with the volume's options (an option no longer listed is a difference).
-        When not given, the options of an existing volume are not compared.
+        When not given, the options of an existing volume are not compared (and are kept when it is recreated).
       - Values must be strings or integers; booleans and floats are refused (quote them in YAML).
     type: dict
     aliases: [options]
@@ -69,7 +69,7 @@ options:
       - Labels of the volume.
       - When given, compared exactly with the volume's labels - a label the volume has but that is not listed here
         is a difference (M(community.docker.docker_volume) ignores it). V({}) means "no labels". When not given,
-        the labels of an existing volume are not compared.
+        the labels of an existing volume are not compared (and are kept when it is recreated).
       - Values must be strings or integers; booleans and floats are refused (quote them in YAML), with a message
         naming the key and the value.
     type: dict
@@ -88,6 +88,9 @@ notes:
   - Docker returns C(Options) as null or an empty object for a local volume created without options; both
     mean "no options" for the comparison.
   - In check mode, RV(volume) is the volume as it is now (null when it would be created).
+  - Check mode fails exactly where the real run would refuse (volume in use, unavailable driver for a recreate).
+  - The C(CreatedAt) that Docker reports for C(local) volumes comes from the volume directory's timestamps, so it is
+    not a reliable "was it recreated" signal.
 seealso:
   - module: volumeops.docker.volume_info
   - module: volumeops.docker.volume_prune

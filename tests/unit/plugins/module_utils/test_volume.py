@@ -158,7 +158,7 @@ def test_prune_settings_old_engine():
     # all=true is what the old engine does anyway; it does not know the filter, so it is not sent
     api_filters, anonymous_only, error = v.prune_settings({'all': True}, '1.41')
     assert api_filters == {} and anonymous_only is False and error is None
-    _, _, error = v.prune_settings({'all': False}, '1.41')
+    error = v.prune_settings({'all': False}, '1.41')[2]
     assert 'cannot prune only anonymous volumes' in error
 
 
