@@ -69,12 +69,16 @@ def _excluded(relpath, patterns):
     return any(fnmatch.fnmatchcase(text, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
-def walk(root, exclude=None):
+def walk(root, exclude=None, descend=None):
     """Yield an Entry for the root (relpath b'.') and every entry below it, depth first, sorted.
 
     ``exclude`` is a list of glob patterns matched against the relative path
     (without the leading './') and against the entry's name. An excluded
     directory is not descended into.
+    ``descend``, if given, is called with the Entry of each directory below the
+    root (the root itself is always listed); when it returns False the
+    directory is yielded but not descended into. Callers use it to split a tree
+    into subtrees walked separately (volume_permissions' parallel workers).
     """
     root_b = os.fsencode(root)
     yield Entry(b'.', root_b, os.lstat(root_b))
@@ -99,8 +103,9 @@ def walk(root, exclude=None):
                 st = os.lstat(abs_path)
             except FileNotFoundError:
                 continue
-            yield Entry(rel, abs_path, st)
-            if stat.S_ISDIR(st.st_mode):
+            entry = Entry(rel, abs_path, st)
+            yield entry
+            if stat.S_ISDIR(st.st_mode) and (descend is None or descend(entry)):
                 subdirs.append((rel, abs_path))
         # Reverse so that popping visits subdirectories in sorted order.
         stack.extend(reversed(subdirs))
