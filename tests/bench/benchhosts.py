@@ -299,6 +299,7 @@ class Bench:
 
     def _up(self, n, load_image, image):
         hosts = self.host_names(n)
+        self._claim()
         os.makedirs(self.state_dir, mode=0o700, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
         with open(os.path.join(self.state_dir, MARKER), 'w') as f:
@@ -529,8 +530,26 @@ class Bench:
         except OSError:
             return []
 
+    @property
+    def _owner_file(self):
+        return '/run/volumeops-bench/net-%d' % self.net
+
+    def _check_owner(self):
+        """Refuse to touch a subnet that a live bench with another state dir uses."""
+        owner = (_read(self._owner_file) or '').strip()
+        if owner and owner != self.state_dir and self._netns_names():
+            raise BenchError('net %d (bridge %s, 10.%d.0.0/24) is in use by the bench in %s; '
+                             'use another --net (env VOLUMEOPS_BENCH_NET) or take that one down first'
+                             % (self.net, self.bridge, self.net, owner))
+
+    def _claim(self):
+        os.makedirs(os.path.dirname(self._owner_file), exist_ok=True)
+        with open(self._owner_file, 'w') as f:
+            f.write(self.state_dir + '\n')
+
     def _teardown(self):
         """Remove everything of this bench, including leftovers of an interrupted run."""
+        self._check_owner()
         victims = set(self._stray_pids())
         for ns in self._netns_names():
             host = ns[len(self.prefix):]
@@ -548,6 +567,11 @@ class Bench:
                     _run(['ip', 'link', 'delete', name], check=False)
         self._iptables_clean()
         self._cgroups_clean()
+        if (_read(self._owner_file) or '').strip() in ('', self.state_dir):
+            try:
+                os.unlink(self._owner_file)
+            except OSError:
+                pass
         if os.path.isdir(self.state_dir):
             if os.listdir(self.state_dir) and not os.path.exists(os.path.join(self.state_dir, MARKER)) \
                     and os.listdir(self.state_dir) != ['.lock']:

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from benchhosts import Bench
+from benchhosts import Bench, BenchError
 
 
 def _rand(prefix='vobt'):
@@ -249,3 +249,13 @@ def test_up_tolerates_an_interrupted_run_and_down_cleans_everything(tmp_path):
         b.down()
     left = _leftovers(b)
     assert left == {'links': [], 'netns': [], 'rules': [], 'procs': [], 'state': False}, left
+
+
+def test_a_second_bench_cannot_clobber_a_live_one(bench, tmp_path):
+    other = Bench(str(tmp_path / 'other'), net=bench.net)
+    with pytest.raises(BenchError, match='in use by the bench in %s' % bench.state_dir):
+        other.up(1, load_image=False)
+    with pytest.raises(BenchError, match='in use'):
+        other.down()
+    # The live bench is untouched.
+    assert _ssh(bench, 'h1', 'hostname').stdout.strip() == 'h1'
