@@ -162,7 +162,7 @@ def encode_paths(paths):
 
 
 def decode_paths(payload):
-    return [p for p in payload.split(b'\0')[:-1]]
+    return payload.split(b'\0')[:-1]
 
 
 def encode_records(records):
@@ -290,8 +290,8 @@ def compute_delta(source_records, dest_records):
         delete.add(dst[0])
         dst = advance_dst()
     for members in link_groups.values():
-        if any(p in send for p, _ in members):
-            for p, _ in members:
+        if any(p in send for p, dummy in members):
+            for p, dummy in members:
                 if p not in send:
                     send[p] = ('f', None)
                 delete.add(p)
@@ -453,7 +453,8 @@ def parse_host_key(line):
     if entry is None or entry.key is None:
         raise TransferError('dest_host_key %r is not a public host key in "<type> <base64>" form '
                             '(e.g. "ssh-ed25519 AAAA..."): %s' % (text[:60], err or 'unknown key type'))
-    assert isinstance(entry.key, paramiko.PKey)
+    if not isinstance(entry.key, paramiko.PKey):
+        raise TransferError('dest_host_key is not a public key.')
     return entry.key
 
 
@@ -651,7 +652,7 @@ class Sender(object):
         p = self.p
         io_ = self.io
         io_.send_json(b'H', self._hello(summary))
-        _, payload = io_.recv_expect(b'S')
+        dummy, payload = io_.recv_expect(b'S')
         state = _json(payload)
         result['dest_state_before'] = state.get('marker_state')
         result['dest_exists'] = state.get('exists')
@@ -670,7 +671,7 @@ class Sender(object):
         if pass_ == 'delta':
             io_.send_json(b'P', dict(pass_='delta', check_mode=self.check_mode))
             plan = compute_delta(self._source_records(exclude), self._dest_records())
-            _, payload = io_.recv_expect(b'R')
+            dummy, payload = io_.recv_expect(b'R')
             ready = _json(payload)
             if not ready.get('base'):
                 # Nothing of this migration on the destination: the delta is a full copy.
@@ -763,8 +764,7 @@ class Sender(object):
             kind, payload = self.io.recv_expect(b'E', b'e')
             if kind == b'e':
                 return
-            for rec in decode_records(payload):
-                yield rec
+            yield from decode_records(payload)
 
     def _stream(self, exclude, plan):
         """tar -> [zstd] -> frames on the channel. Returns dict(tar_rc, error, warning)."""
@@ -825,8 +825,8 @@ class Sender(object):
             info = dict(tar_rc=rc_tar, error=None, warning=None)
             tar_text = _archive._stderr_text(tar_err)
             if rc_comp != 0:
-                info['error'] = '%s failed on the source (exit %d): %s' % (comp_argv[0], rc_comp,
-                                                                          _archive._stderr_text(comp_err))
+                info['error'] = '%s failed on the source (exit %d): %s' % (
+                    comp_argv[0], rc_comp, _archive._stderr_text(comp_err))
             elif rc_tar == 1:
                 msg = ('Files changed on the source while they were read (tar exit 1): %s' % tar_text)
                 if p.get('finalize', True):
@@ -875,7 +875,7 @@ class DockerAccess(object):
 
     def _cli(self, args):
         proc = subprocess.run([self.cli, '--host', self.host] + args, stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE)
+                              stderr=subprocess.PIPE, check=False)
         return proc.returncode, proc.stdout, proc.stderr.decode('utf-8', 'replace').strip()
 
     def inspect(self, name):
@@ -916,7 +916,7 @@ class DockerAccess(object):
             raise TransferError('docker ps failed on the destination: %s' % err)
         names = []
         for line in out.decode('utf-8', 'replace').splitlines():
-            cname, _, mounts = line.partition('\t')
+            cname, dummy, mounts = line.partition('\t')
             if name in mounts.split(','):
                 names.append(cname)
         return names
@@ -1021,7 +1021,7 @@ class OnDiskGuard(object):
             if not stat.S_ISDIR(st.st_mode):
                 raise _archive.StreamRejected('Refusing stream: directory member %r exists on the destination as '
                                               'a non-directory that was not deleted first.' % path)
-            for name, _ in _tree.read_xattrs(abspath):
+            for name, dummy in _tree.read_xattrs(abspath):
                 try:
                     os.removexattr(abspath, name, follow_symlinks=False)
                 except OSError:
@@ -1273,7 +1273,7 @@ class Receiver(object):
             return
         try:
             while True:
-                kind, _ = self.io.recv()
+                kind, dummy = self.io.recv()
                 if kind == b'Z':
                     return
         except Exception:
@@ -1304,11 +1304,11 @@ class Receiver(object):
         if summary.entries != src.get('entries'):
             problems.append('%d entries on the destination, %d on the source' % (summary.entries, src.get('entries')))
         if summary.fingerprint != src.get('fingerprint'):
-            problems.append('tree fingerprint %s differs from the source\'s %s' % (summary.fingerprint,
-                                                                                 src.get('fingerprint')))
+            problems.append('tree fingerprint %s differs from the source\'s %s' % (
+                summary.fingerprint, src.get('fingerprint')))
         if dest_content is not None and dest_content != src.get('content_digest'):
-            problems.append('content digest %s differs from the source\'s %s' % (dest_content,
-                                                                                src.get('content_digest')))
+            problems.append('content digest %s differs from the source\'s %s' % (
+                dest_content, src.get('content_digest')))
         verified = not problems
         result = dict(ok=True, verified=verified, dest_fingerprint=summary.fingerprint, entries=summary.entries,
                       content_digest=dest_content, dest_state='staging', warnings=self.warnings)
@@ -1446,4 +1446,4 @@ def receiver_main():
     finally:
         rec.cleanup()
     sys.stdout.flush()
-    sys.exit(code)
+    raise SystemExit(code)

@@ -12,7 +12,7 @@ module: volume_transfer
 short_description: Stream a Docker volume's data straight to another Docker host over SSH, verified
 version_added: 0.1.0
 author:
-  - volumeops contributors
+  - volumeops contributors (@volumeops)
 description:
   - Runs on the B(source) Docker host and copies one local volume's data to a volume on a destination host over
     SSH (paramiko, opened from the source host). The data never passes through the Ansible controller and is
@@ -32,7 +32,7 @@ description:
     volume''s C(_data) (e.g. C(/var/lib/docker/volumes/<name>)). A destination is complete only when the marker
     says C(complete) for this O(migration_id).'
   - A two-phase migration runs a O(pass=full) transfer with O(finalize=false) while the application is still
-    running (warm copy), stops the application, then runs O(pass=delta) with O(finalize=true): only entries whose
+    running (warm copy), stops the application, then runs O(pass=delta) with O(finalize=true). Only entries whose
     metadata (type, size, mtime, mode, owner, link target, xattrs/ACLs) changed are sent, and what the source no
     longer has is deleted on the destination.
 options:
@@ -279,7 +279,8 @@ content_digest:
   returned: when O(verify=content) and data was sent
   type: str
 deleted:
-  description: Number of top-most paths deleted on the destination by a delta pass.
+  description: Number of top-most paths a delta pass removed on the destination before extracting (entries the
+    source no longer has, and changed non-directories, which are then sent again).
   returned: always
   type: int
 sent_entries:
@@ -317,9 +318,11 @@ from ansible_collections.volumeops.docker.plugins.module_utils import _archive
 from ansible_collections.volumeops.docker.plugins.module_utils import _transfer
 
 try:
-    import paramiko  # noqa: F401 (checked here for a clear message; used in _transfer)
+    import paramiko
+    PARAMIKO_VERSION = paramiko.__version__  # checked here for a clear message; used in _transfer
     HAS_PARAMIKO = True
 except ImportError:
+    PARAMIKO_VERSION = None
     HAS_PARAMIKO = False
 
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python3
 # Copyright: volumeops contributors
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
@@ -19,7 +18,7 @@ import time
 
 
 def free_port():
-    for _ in range(50):
+    for dummy in range(50):
         port = random.randint(20000, 60000)
         with socket.socket() as s:
             try:
@@ -51,7 +50,7 @@ def start(d):
             'PasswordAuthentication no', 'KbdInteractiveAuthentication no', 'UsePAM no', 'StrictModes no',
             'LogLevel VERBOSE', 'MaxSessions 20', 'MaxStartups 50', '']))
     subprocess.run(['/usr/sbin/sshd', '-f', cfg, '-E', os.path.join(d, 'sshd.log')], check=True)
-    for _ in range(100):
+    for dummy in range(100):
         try:
             socket.create_connection(('127.0.0.1', port), timeout=1).close()
             break
