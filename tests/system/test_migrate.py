@@ -191,10 +191,13 @@ def playbook_argv(extra_vars, check=False):
 
 
 @pytest.fixture
-def migrate(ansible_run):
+def migrate(ansible_run, ansible_env):
+    # Pipelining: fewer SSH round trips per task (the bench connects as root, no sudo/requiretty).
+    env = dict(ansible_env, ANSIBLE_PIPELINING='True')
+
     def run(extra_vars, check=False, timeout=600):
         started = time.time()
-        proc = ansible_run(playbook_argv(extra_vars, check), timeout=timeout)
+        proc = ansible_run(playbook_argv(extra_vars, check), timeout=timeout, env=env)
         proc.seconds = time.time() - started
         proc.recap = recap(proc.stdout)
         return proc

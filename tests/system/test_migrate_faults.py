@@ -165,6 +165,7 @@ def test_connection_cut_mid_transfer(bench, ansible_env):
                'migrate_compression': 'none'}
         argv = [os.path.join(os.environ.get('VOLUMEOPS_VENV', '/opt/volumeops/venv'), 'bin', 'ansible-playbook'),
                 '-i', bench.inventory] + playbook_argv(one)[1:]
+        ansible_env = dict(ansible_env, ANSIBLE_PIPELINING='True')
         proc = subprocess.Popen(argv, env=ansible_env, cwd=str(_repo_root()), stdout=subprocess.PIPE,
                                 stderr=subprocess.STDOUT, text=True)
         # Wait until data is arriving in the destination's staging directory, then cut.
