@@ -852,6 +852,149 @@ def _show(path):
     return text[2:] if text.startswith('./') else text
 
 
+# --- relay through the controller ----------------------------------------------------------------
+
+class Relay(object):
+    """Relay mode: the module runs on the controller, the SAME sender code runs on the source.
+
+    The controller opens SSH to the source (its host key pinned too), asks the source's sshd
+    for a remote port forward on the source's 127.0.0.1 (``request_port_forward``), and runs
+    ``sender_main`` there (shipped like the receiver). The sender connects to that forwarded
+    port as if it were the destination: every connection is relayed by the controller to
+    ``dest_host:dest_port``. The destination's host key is still pinned by the sender end to end
+    (the controller only relays the encrypted SSH session). Slower: the data crosses the
+    controller's network twice.
+    """
+
+    def __init__(self, params, check_mode=False, diff=False):
+        self.p = params
+        self.check_mode = check_mode
+        self.diff = diff
+        self.errors = []
+
+    def _forward(self, channel, origin, server):
+        p = self.p
+
+        def pump(src_recv, dst_send, closer):
+            try:
+                while True:
+                    data = src_recv(CHUNK)
+                    if not data:
+                        break
+                    dst_send(data)
+            except Exception:
+                pass
+            finally:
+                closer()
+
+        try:
+            sock = socket.create_connection((p['dest_host'], int(p.get('dest_port') or 22)),
+                                            timeout=p.get('timeout') or 30)
+            sock.settimeout(None)
+        except OSError as exc:
+            self.errors.append('the controller cannot reach the destination %s:%s: %s'
+                               % (p['dest_host'], p.get('dest_port') or 22, exc))
+            channel.close()
+            return
+
+        def close_both():
+            for obj in (channel, sock):
+                try:
+                    obj.close()
+                except Exception:
+                    pass
+        for args in ((channel.recv, sock.sendall, close_both), (sock.recv, channel.sendall, close_both)):
+            t = threading.Thread(target=pump, args=args)
+            t.daemon = True
+            t.start()
+
+    def run(self):
+        p = self.p
+        host_key = parse_host_key(p['relay_source_host_key'])
+        pkey = load_private_key(p.get('relay_source_private_key'), p.get('relay_source_private_key_content'))
+        timeout = p.get('timeout') or 30
+        client = ssh_connect(p['relay_source_host'], p.get('relay_source_port') or 22,
+                             p.get('relay_source_user') or 'root', host_key, pkey, timeout)
+        try:
+            transport = client.get_transport()
+            try:
+                port = transport.request_port_forward('127.0.0.1', 0, handler=self._forward)
+            except Exception as exc:
+                raise TransferError('The source host refused a remote port forward for the relay (%s); its sshd '
+                                    'needs AllowTcpForwarding yes (or remote).' % exc)
+            program = receiver_program(entry='sender_main')
+            chan = transport.open_session(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET)
+            chan.exec_command(build_remote_command(p.get('relay_source_python') or '/usr/bin/python3',
+                                                   len(program), mode='sender'))
+            chan.sendall(program)
+            sender_params = dict((k, v) for k, v in p.items() if not k.startswith('relay_'))
+            sender_params.update(dest_host='127.0.0.1', dest_port=port, _check_mode=self.check_mode,
+                                 _diff=self.diff)
+            payload = json.dumps(sender_params).encode('utf-8')
+            chan.sendall(b'%d\n' % len(payload) + payload)
+            chan.shutdown_write()
+            out = []
+            while True:
+                data = chan.recv(65536)
+                if not data:
+                    break
+                out.append(data)
+            err = b''
+            while chan.recv_stderr_ready():
+                err += chan.recv_stderr(65536)
+            status = chan.recv_exit_status()
+        finally:
+            client.close()
+        text = b''.join(out).decode('utf-8', 'replace').strip()
+        try:
+            answer = json.loads(text.splitlines()[-1]) if text else None
+        except ValueError:
+            answer = None
+        if answer is None:
+            raise TransferError('The relayed sender on the source %s failed (exit %s): %s'
+                                % (p['relay_source_host'], status, (err.decode('utf-8', 'replace') or text)[-1500:]))
+        if not answer.get('ok'):
+            msg = answer.get('msg') or 'the relayed sender failed'
+            if self.errors:
+                msg += ' (relay: %s)' % '; '.join(self.errors)
+            raise TransferError(msg)
+        return answer['result']
+
+
+def sender_main():
+    """Entry point on the source host in relay mode: parameters on stdin, one JSON answer line on stdout."""
+    stdin = sys.stdin.buffer
+    length = int(stdin.readline())
+    params = json.loads(stdin.read(length).decode('utf-8'))
+    warnings = []
+    try:
+        docker_access = DockerAccess(params.get('docker_host'))
+        info = docker_access.inspect(params['volume'])
+        if info is None:
+            raise TransferError('Source volume %s does not exist on the source host (it is never created by '
+                                'volume_transfer).' % params['volume'])
+        root = info.get('Mountpoint')
+        if not root or not os.path.isdir(root):
+            raise TransferError('The mountpoint %r of source volume %s is not a directory on the source host; only '
+                                'local volumes can be transferred.' % (root, params['volume']))
+        try:
+            import paramiko  # noqa: F401 (the sender needs it on the source)
+        except ImportError:
+            raise TransferError('paramiko is not importable by the Python on the source host (relay_source_python).')
+        result = Sender(params, root, volume_info=info, check_mode=params.get('_check_mode'),
+                        diff=params.get('_diff'), warn=warnings.append).run()
+        result['warnings'] = warnings
+        answer = dict(ok=True, result=result)
+    except TransferError as exc:
+        answer = dict(ok=False, msg=str(exc))
+    except Exception as exc:
+        import traceback
+        answer = dict(ok=False, msg='Unexpected error in the relayed sender on the source: %s: %s\n%s'
+                      % (exc.__class__.__name__, exc, traceback.format_exc()))
+    sys.stdout.write(json.dumps(answer) + '\n')
+    sys.stdout.flush()
+
+
 # --- receiver (destination host; standard library only) ------------------------------------------
 
 class DockerAccess(object):

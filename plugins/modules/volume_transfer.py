@@ -159,6 +159,33 @@ options:
         Data transfer stalls longer than twice this value (at least 60 seconds) abort the transfer.
     type: int
     default: 60
+  relay_source_host:
+    description:
+      - Relay mode (see notes). Address of the source host as reachable from the controller; the module then runs
+        on the controller and relays the stream.
+    type: str
+  relay_source_port:
+    description: SSH port of the source host in relay mode.
+    type: int
+    default: 22
+  relay_source_user:
+    description: SSH user on the source host in relay mode (root, to read the volume).
+    type: str
+    default: root
+  relay_source_host_key:
+    description: The source's public SSH host key C(<type> <base64>), pinned like O(dest_host_key). Required with
+      O(relay_source_host).
+    type: str
+  relay_source_private_key:
+    description: Path on the controller of the private key that authenticates to the source in relay mode.
+    type: path
+  relay_source_private_key_content:
+    description: The private key that authenticates to the source in relay mode. Never logged.
+    type: str
+  relay_source_python:
+    description: Python on the source host that runs the sender in relay mode (needs paramiko).
+    type: str
+    default: /usr/bin/python3
 extends_documentation_fragment:
   - volumeops.docker.docker
 attributes:
@@ -181,11 +208,14 @@ notes:
     Docker host, as root).
   - For the final pass of a migration the writers of the source volume must be stopped; with O(finalize=true)
     a file changing while being read fails the transfer.
-  - 'Relay mode (hosts that cannot reach each other, documented as slower): let the source reach the
-    destination through the controller with an SSH reverse tunnel, for example run this module with
-    C(dest_host: 127.0.0.1) and C(dest_port: <P>) while the controller holds C(ssh -N -R 127.0.0.1:<P>:<dest>:22
-    <source>). The destination host key stays pinned end to end (the tunnel only carries the encrypted SSH
-    session), and the same code runs. The data then crosses the controller twice.'
+  - Relay mode, for hosts that cannot reach each other (slower, the data crosses the controller twice). Run the
+    module on the controller (C(delegate_to: localhost)) with O(relay_source_host) and O(relay_source_host_key).
+    The module opens SSH to the source (host key pinned), asks the source's sshd for a remote port forward on the
+    source's 127.0.0.1 (the source's sshd needs C(AllowTcpForwarding) yes or remote), and runs the same sender
+    code there under O(relay_source_python) (which needs paramiko and the docker SDK or CLI). The sender connects
+    through that forward, relayed by the controller to O(dest_host):O(dest_port) as the controller reaches it; it
+    still pins O(dest_host_key) end to end. O(private_key) is then a path on the source host; O(docker_host) is
+    the source's daemon as seen from the source.
   - Peak memory is bounded by fixed buffers (1 MiB data frames) plus, for O(pass=delta), the list of changed
     paths; the receiver's stream validator keeps one set entry per path of the stream.
 seealso:
@@ -301,6 +331,10 @@ sample_sent:
   returned: in check mode with O(pass=delta)
   type: list
   elements: str
+relayed:
+  description: True when the transfer ran in relay mode.
+  returned: in relay mode
+  type: bool
 sample_deleted:
   description: Up to 20 paths a delta would delete on the destination.
   returned: in check mode with O(pass=delta)
@@ -310,7 +344,11 @@ sample_deleted:
 
 import os
 
-from ansible_collections.volumeops.docker.plugins.module_utils._docker_client import AnsibleDockerClient
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+
+from ansible_collections.volumeops.docker.plugins.module_utils._docker_client import (
+    AnsibleDockerClient, DOCKER_IMPORT_ERROR, HAS_DOCKER, docker_argument_spec,
+)
 from ansible_collections.volumeops.docker.plugins.module_utils._validation import (
     stringify_labels, volume_name_error,
 )
@@ -332,14 +370,25 @@ class TransferParameters(object):
         self.raw['dest_volume'] = params['dest_volume'] or params['volume']
 
 
+class _DockerClient(AnsibleDockerClient):
+    """The shared Docker client on an AnsibleModule built here (relay mode needs no Docker on the controller)."""
+
+    def __init__(self, module):  # pylint: disable=super-init-not-called
+        self.module = module
+        if not HAS_DOCKER:
+            module.fail_json(msg=missing_required_lib('docker (the Docker SDK for Python)'), exception=DOCKER_IMPORT_ERROR)
+        self.params = module.params
+        self.api = self._connect()
+
+
 class VolumeTransferManager(object):
-    def __init__(self, client):
+    def __init__(self, module, client=None):
         self.client = client
-        self.module = client.module
-        self.params = TransferParameters(client.params).raw
+        self.module = module
+        self.params = TransferParameters(module.params).raw
 
     def fail(self, msg):
-        self.client.fail(msg)
+        self.module.fail_json(msg=msg)
 
     def validate(self):
         p = self.params
@@ -358,11 +407,29 @@ class VolumeTransferManager(object):
         if not 1 <= p['compression_level'] <= 19:
             self.fail('compression_level must be between 1 and 19.')
         if not HAS_PARAMIKO:
-            self.fail('paramiko is required on the source host for volume_transfer (pip install paramiko, or '
-                      'apt install python3-paramiko).')
-        missing = _archive.check_tools(p['compression'])
-        if missing:
-            self.fail('Missing on the source host: %s.' % ', '.join(missing))
+            self.fail(missing_required_lib('paramiko (pip install paramiko, or apt install python3-paramiko)'))
+        if not p.get('relay_source_host'):
+            missing = _archive.check_tools(p['compression'])
+            if missing:
+                self.fail('Missing on the source host: %s.' % ', '.join(missing))
+
+    def run_relay(self):
+        """Relay mode: this module runs on the controller; the sender runs on the source over SSH."""
+        self.validate()
+        p = self.params
+        if not (p['relay_source_private_key'] or p['relay_source_private_key_content']):
+            self.fail('relay_source_host needs relay_source_private_key or relay_source_private_key_content.')
+        relay = _transfer.Relay(p, check_mode=self.module.check_mode, diff=self.module._diff)
+        try:
+            result = relay.run()
+        except _transfer.TransferError as exc:
+            self.fail('%s (relay %s:%s -> %s:%s)' % (exc, p['relay_source_host'], p['volume'], p['dest_host'],
+                                                    p['dest_volume']))
+        for w in result.pop('warnings', None) or []:
+            self.module.warn(w)
+        result.pop('dest_state_before', None)
+        result['relayed'] = True
+        self.module.exit_json(**result)
 
     def run(self):
         self.validate()
@@ -418,13 +485,29 @@ def main():
         verify=dict(type='str', choices=['metadata', 'content'], default='metadata'),
     )
     argument_spec['pass'] = dict(type='str', choices=['full', 'delta'], default='full', no_log=False)
-    client = AnsibleDockerClient(
-        argument_spec,
-        supports_check_mode=True,
-        mutually_exclusive=[('private_key', 'private_key_content')],
-        required_one_of=[('private_key', 'private_key_content')],
+    argument_spec.update(
+        relay_source_host=dict(type='str'),
+        relay_source_port=dict(type='int', default=22),
+        relay_source_user=dict(type='str', default='root'),
+        relay_source_host_key=dict(type='str', no_log=False),
+        relay_source_private_key=dict(type='path', no_log=False),
+        relay_source_private_key_content=dict(type='str', no_log=True),
+        relay_source_python=dict(type='str', default='/usr/bin/python3'),
     )
-    VolumeTransferManager(client).run()
+    spec = docker_argument_spec()
+    spec.update(argument_spec)
+    module = AnsibleModule(
+        argument_spec=spec,
+        supports_check_mode=True,
+        mutually_exclusive=[('private_key', 'private_key_content'),
+                            ('relay_source_private_key', 'relay_source_private_key_content')],
+        required_one_of=[('private_key', 'private_key_content')],
+        required_by=dict(relay_source_host=('relay_source_host_key',)),
+    )
+    if module.params['relay_source_host']:
+        VolumeTransferManager(module).run_relay()
+    else:
+        VolumeTransferManager(module, _DockerClient(module)).run()
 
 
 if __name__ == '__main__':
