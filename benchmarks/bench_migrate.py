@@ -406,6 +406,7 @@ def main(argv=None):
     ap.add_argument('--keep', action='store_true', help='leave the bench up afterwards')
     ap.add_argument('--skip', action='append', default=[], choices=['A', 'B', 'P', 'T'], help='skip a method')
     ap.add_argument('--seed', type=int, default=20250)
+    ap.add_argument('--output', help='results JSON path (default benchmarks/results/migrate-<time>.json)')
     args = ap.parse_args(argv)
     size_mb = args.size_mb or (60 if args.quick else 1000)
 
@@ -525,7 +526,8 @@ def main(argv=None):
     finally:
         results['finished'] = datetime.datetime.now(datetime.timezone.utc).isoformat()
         RESULTS.mkdir(parents=True, exist_ok=True)
-        out = RESULTS / ('migrate-%s%s.json' % (started.strftime('%Y%m%dT%H%M%SZ'), '-quick' if args.quick else ''))
+        out = args.output or RESULTS / ('migrate-%s%s.json' % (started.strftime('%Y%m%dT%H%M%SZ'),
+                                                                '-quick' if args.quick else ''))
         with open(out, 'w') as f:
             json.dump(results, f, indent=2, sort_keys=True)
         log('results written to %s' % out)
@@ -533,6 +535,10 @@ def main(argv=None):
             bench.down()
         if coll.startswith(tempfile.gettempdir()):
             shutil.rmtree(coll, ignore_errors=True)
+    failed = sorted(k for k, v in results['phases'].items() if 'error' in v)
+    if failed:
+        log('phases that failed: %s' % ', '.join(failed))
+        return 1
     return 0
 
 

@@ -8,6 +8,7 @@ import random
 import re
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -259,3 +260,31 @@ def test_a_second_bench_cannot_clobber_a_live_one(bench, tmp_path):
         other.down()
     # The live bench is untouched.
     assert _ssh(bench, 'h1', 'hostname').stdout.strip() == 'h1'
+
+
+def test_migration_benchmark_quick_run(repo_root, tmp_path):
+    """benchmarks/bench_migrate.py --quick runs end to end on its own bench; every method's result is checked."""
+    if os.geteuid() != 0:
+        pytest.skip('needs root')
+    out = tmp_path / 'migrate.json'
+    proc = subprocess.run([sys.executable, str(repo_root / 'benchmarks' / 'bench_migrate.py'), '--quick',
+                           '--size-mb', '30', '--net', '75', '--state-dir', str(tmp_path / 'perf'),
+                           '--output', str(out)],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=1200, check=False)
+    assert proc.returncode == 0, proc.stdout[-6000:]
+    res = json.loads(out.read_text())
+    ph = res['phases']
+    assert res['source']['entries'] > 100
+    assert ph['A_tar_gzip_scp']['seconds'] > 0
+    assert ph['A_tar_gzip_scp']['identical'] is False  # busybox tar drops sub-second mtimes
+    assert ph['B_tar_zstd_ssh']['identical'] is True
+    assert ph['P_playbook_full']['identical'] is True
+    assert ph['T_full_warm']['module']['dest_state'] == 'staging'
+    assert ph['T_final_delta']['identical'] is True
+    assert ph['T_final_delta']['module']['dest_state'] == 'complete'
+    assert 0 < ph['T_final_delta']['module']['bytes_sent'] < ph['T_full_warm']['module']['bytes_sent']
+    again = ph['T_final_delta_again_content']['module']
+    assert again['changed'] is False and again['bytes_sent'] == 0 and again['verified'] is True
+    peak = res['targets']['peak_memory_mb_per_side']['value']
+    assert set(peak) == {'h1', 'h2'} and all(0 < v < 200 for v in peak.values()), peak
+    assert not os.path.exists(str(tmp_path / 'perf' / 'inventory.ini'))  # its bench was taken down
