@@ -526,8 +526,8 @@ def main(argv=None):
     finally:
         results['finished'] = datetime.datetime.now(datetime.timezone.utc).isoformat()
         RESULTS.mkdir(parents=True, exist_ok=True)
-        out = args.output or RESULTS / ('migrate-%s%s.json' % (started.strftime('%Y%m%dT%H%M%SZ'),
-                                                                '-quick' if args.quick else ''))
+        name = 'migrate-%s%s.json' % (started.strftime('%Y%m%dT%H%M%SZ'), '-quick' if args.quick else '')
+        out = args.output or RESULTS / name
         with open(out, 'w') as f:
             json.dump(results, f, indent=2, sort_keys=True)
         log('results written to %s' % out)
