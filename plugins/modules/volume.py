@@ -252,7 +252,13 @@ class VolumeManager(object):
         self.changed = True
         if not self.check_mode:
             with self.client.errors('Removing volume %s' % self.p.name):
-                self.client.api.remove_volume(self.p.name)
+                try:
+                    self.client.api.remove_volume(self.p.name)
+                except Exception as exc:
+                    # A container started using it since the check above: name it, like the check does.
+                    if getattr(getattr(exc, 'response', None), 'status_code', None) == 409:
+                        self._refuse_if_in_use(what)
+                    raise
 
     def _create(self, wanted, after_removal=False):
         p = self.p
