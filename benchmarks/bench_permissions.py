@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -46,10 +47,21 @@ def sh(argv, **kw):
     return subprocess.run(argv, check=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
-def timed(argv, **kw):
-    start = time.perf_counter()
+def _children_cpu():
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+CPU = {}
+
+
+def timed(argv, label=None, **kw):
+    """Wall seconds and stdout of ``argv``; its CPU seconds (user+sys, with all its descendants) go to CPU[label]."""
+    start, cpu = time.perf_counter(), _children_cpu()
     proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, check=False, **kw)
     elapsed = time.perf_counter() - start
+    if label:
+        CPU.setdefault(label, []).append(_children_cpu() - cpu)
     if proc.returncode != 0:
         raise SystemExit('%s failed (%d): %s %s' % (argv[:3], proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:]))
     return elapsed, proc.stdout
@@ -92,6 +104,7 @@ def main():
     ap.add_argument('--files', type=int, default=200000)
     ap.add_argument('--repeat', type=int, default=3)
     ap.add_argument('--playbook', action='store_true', help='also time ansible-playbook runs')
+    ap.add_argument('--workers', type=int, default=0, help='workers option of the module (0: automatic)')
     opts = ap.parse_args()
 
     work = tempfile.mkdtemp(prefix='vo-bench-perm-')
@@ -108,9 +121,9 @@ def main():
         entries = int(sh(['find', mp, '-printf', '.']).stdout.count('.'))
         print('volume %s: %d entries created in %.1fs' % (volume, entries, time.perf_counter() - t0))
 
-        noop_args = dict(volume=volume, owner=0, group=0, recurse=True,
+        noop_args = dict(volume=volume, owner=0, group=0, recurse=True, workers=opts.workers,
                          dir_mode='u=rwX,g=rX,o=rX', file_mode='u=rw,g=r,o=r')
-        reown_args = dict(volume=volume, owner=1000, group=1000, recurse=True,
+        reown_args = dict(volume=volume, owner=1000, group=1000, recurse=True, workers=opts.workers,
                           dir_mode='u=rwX,g=rX,o=', file_mode='u=rwX,g=rX,o=')
         find_cmd = ['sh', '-c', 'find "$1" -printf \'%U %G %m\\n\' >/dev/null', 'find', mp]
         base_reown = ['sh', '-c', 'chown -R 1000:1000 "$1" && chmod -R u=rwX,g=rX,o= "$1"', 'base', mp]
@@ -120,16 +133,16 @@ def main():
         res = dict(noop_module=[], noop_find=[], reown_module=[], reown_base=[], noop_playbook=[],
                    reown_playbook=[])
         for r in range(opts.repeat):
-            res['noop_find'].append(timed(find_cmd)[0])
-            t, out = timed(module_runner(work, noop_args), env=env, cwd=work)
+            res['noop_find'].append(timed(find_cmd, 'noop_find')[0])
+            t, out = timed(module_runner(work, noop_args), 'noop_module', env=env, cwd=work)
             result = json.loads(out)
             assert result['changed'] is False and result['examined'] == entries, result
             res['noop_module'].append(t)
 
             reset(mp)
-            res['reown_base'].append(timed(base_reown)[0])
+            res['reown_base'].append(timed(base_reown, 'reown_base')[0])
             reset(mp)
-            t, out = timed(module_runner(work, reown_args), env=env, cwd=work)
+            t, out = timed(module_runner(work, reown_args), 'reown_module', env=env, cwd=work)
             result = json.loads(out)
             assert result['changed'] is True and result['changed_entries'] == entries, \
                 {k: result.get(k) for k in ('msg', 'changed_entries', 'examined')}
@@ -153,11 +166,17 @@ def main():
               % (med['noop_module'], med['noop_find'], med['noop_module'] / med['noop_find']))
         print('re-own: module %.2fs  vs chown -R + chmod -R %.2fs  ratio %.2fx (target <= 2x)'
               % (med['reown_module'], med['reown_base'], med['reown_module'] / med['reown_base']))
+        cpu = {k: statistics.median(v) for k, v in CPU.items()}
+        print('CPU seconds (user+sys, median; less sensitive to other load on the machine):')
+        print('  no-op : module %.2f vs find %.2f  ratio %.2fx' % (cpu['noop_module'], cpu['noop_find'],
+                                                                cpu['noop_module'] / cpu['noop_find']))
+        print('  re-own: module %.2f vs chown+chmod %.2f  ratio %.2fx' % (cpu['reown_module'], cpu['reown_base'],
+                                                                        cpu['reown_module'] / cpu['reown_base']))
         if opts.playbook:
             print('ansible-playbook: no-op %.2fs (%.2fx), re-own %.2fs (%.2fx)'
                   % (med['noop_playbook'], med['noop_playbook'] / med['noop_find'],
                      med['reown_playbook'], med['reown_playbook'] / med['reown_base']))
-        print(json.dumps(dict(entries=entries, rounds=res, median=med)))
+        print(json.dumps(dict(entries=entries, rounds=res, median=med, cpu=CPU)))
     finally:
         subprocess.run(['docker', 'volume', 'rm', '-f', volume], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        check=False)

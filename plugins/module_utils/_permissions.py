@@ -368,73 +368,253 @@ class Plan(object):
         return uid, gid, mode
 
 
-def run(root, path, plan, check_mode=False):
-    """Walk ``path`` inside ``root`` once; fix (unless check_mode) every entry that differs from ``plan``.
+class _Tally(object):
+    """Counts and the bounded sample of one walk (or one worker's share of it); mergeable."""
 
-    Returns a JSON-serialisable dict: examined, changed (count), changes
-    (owner/group/mode counts and a bounded sample), root (resulting uid/gid/mode).
+    def __init__(self, sample_size):
+        self.sample_size = sample_size
+        self.examined = 0
+        self.changed = 0
+        self.owner = 0
+        self.group = 0
+        self.mode = 0
+        self.sample = []
+        self.root = None
+
+    def as_dict(self):
+        return dict(examined=self.examined, changed=self.changed, owner=self.owner, group=self.group,
+                    mode=self.mode, sample=self.sample, root=self.root)
+
+    def merge(self, data):
+        for key in ('examined', 'changed', 'owner', 'group', 'mode'):
+            setattr(self, key, getattr(self, key) + data[key])
+        room = self.sample_size - len(self.sample)
+        if room > 0:
+            self.sample.extend(data['sample'][:room])
+        if data.get('root') is not None:
+            self.root = data['root']
+
+
+def _never(entry):
+    return False
+
+
+def _process(entries, plan, check_mode, tally, target_b, prefix=b'.', expect_top=None, subdirs=None):
+    """Compare (and fix) every entry an iterator from walk() yields.
+
+    ``prefix`` is the relative path (from the target) of the directory the
+    walk started at; its own entry (relpath b'.') was already handled by
+    whoever listed it, so it is only checked against ``expect_top`` (the
+    device/inode seen then) and skipped. Directories are appended to
+    ``subdirs`` (when given) as (relpath, abspath, (dev, ino)).
     """
-    target = resolve_target(root, path)
-    counts = dict(owner=0, group=0, mode=0)
-    sample = []
-    examined = 0
-    changed = 0
-    dirs_seen = {}
     handles = _DirHandles()
-    target_b = os.fsencode(target)
-    root_state = None
+    dirs_seen = {}
+    wanted = plan.wanted
+    sample_size = plan.sample_size
+    top = prefix == b'.' and expect_top is None
     try:
-        entries = walk(target) if plan.recurse else iter([_root_entry(target_b)])
         for entry in entries:
             st = entry.st
-            examined += 1
-            is_root = entry.relpath == b'.'
-            if stat.S_ISDIR(st.st_mode):
-                dirs_seen[entry.relpath] = (st.st_dev, st.st_ino)
-            uid, gid, mode = plan.wanted(st, is_root)
+            rel = entry.relpath
+            is_dir = stat.S_ISDIR(st.st_mode)
+            if rel == b'.' and not top:
+                if (st.st_dev, st.st_ino) != expect_top:
+                    raise PermissionsError('Directory %s changed while it was being processed (replaced or moved); '
+                                           'nothing below it was changed. Stop the containers writing to the volume '
+                                           'and run again.' % display_path(entry.abspath))
+                dirs_seen[rel] = expect_top
+                continue
+            if is_dir:
+                dirs_seen[rel] = (st.st_dev, st.st_ino)
+                if subdirs is not None and rel != b'.':
+                    subdirs.append((prefix + rel[1:], entry.abspath, (st.st_dev, st.st_ino)))
+            tally.examined += 1
+            is_root = top and rel == b'.'
+            uid, gid, mode = wanted(st, is_root)
             cur_mode = stat.S_IMODE(st.st_mode)
+            if is_root:
+                tally.root = dict(uid=uid, gid=gid, mode=format_mode(mode if mode is not None else cur_mode))
             chown_needed = uid != st.st_uid or gid != st.st_gid
             chmod_needed = mode is not None and mode != cur_mode
-            if is_root:
-                root_state = dict(uid=uid, gid=gid, mode=format_mode(mode if mode is not None else cur_mode))
             if not (chown_needed or chmod_needed):
                 continue
-            changed += 1
-            counts['owner'] += uid != st.st_uid
-            counts['group'] += gid != st.st_gid
-            counts['mode'] += chmod_needed
-            if len(sample) < plan.sample_size:
-                sample.append(dict(
-                    path=display_path(entry.relpath),
+            tally.changed += 1
+            tally.owner += uid != st.st_uid
+            tally.group += gid != st.st_gid
+            tally.mode += chmod_needed
+            if len(tally.sample) < sample_size:
+                full = rel if prefix == b'.' else prefix + rel[1:]
+                tally.sample.append(dict(
+                    path=display_path(full),
                     before=dict(uid=st.st_uid, gid=st.st_gid, mode=format_mode(cur_mode)),
                     after=dict(uid=uid, gid=gid, mode=format_mode(mode if mode is not None else cur_mode))))
             if check_mode:
                 continue
             if is_root:
-                parent_rel, parent_abs, name, expect = None, os.path.dirname(target_b) or b'/', \
+                parent_rel, parent_abs, name, expect = b'\0root-parent', os.path.dirname(target_b) or b'/', \
                     os.path.basename(target_b), None
             else:
-                parent_rel, name = entry.relpath.rsplit(b'/', 1)
+                parent_rel, name = rel.rsplit(b'/', 1)
                 parent_abs = entry.abspath[:-(len(name) + 1)]
                 expect = dirs_seen.get(parent_rel)
-            fd = handles.get(parent_rel if not is_root else b'\0root-parent', parent_abs, expect)
+            fd = handles.get(parent_rel, parent_abs, expect)
             _fix(fd, name, entry.abspath, st, uid, gid, mode, chown_needed, chmod_needed)
     except OSError as exc:
-        raise PermissionsError('Changing %s failed: %s' % (display_path(exc.filename or target), exc.strerror or exc))
+        raise PermissionsError('Changing %s failed: %s' % (display_path(exc.filename or target_b),
+                                                           exc.strerror or exc))
     finally:
         handles.close()
-    if root_state is None:  # pragma: no cover - walk always yields the root
-        st = os.lstat(target)
-        root_state = dict(uid=st.st_uid, gid=st.st_gid, mode=format_mode(st.st_mode))
+
+
+def default_workers():
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 4))
+
+
+def run(root, path, plan, check_mode=False, workers=1):
+    """Walk ``path`` inside ``root`` once; fix (unless check_mode) every entry that differs from ``plan``.
+
+    With ``workers`` > 1 and ``plan.recurse``, the top levels of the tree are
+    listed here and the subtrees below them are walked by that many forked
+    worker processes (each entry is still visited exactly once).
+
+    Returns a JSON-serialisable dict: examined, changed_entries, changes
+    (owner/group/mode counts and a bounded sample), root (resulting uid/gid/mode).
+    """
+    target = resolve_target(root, path)
+    target_b = os.fsencode(target)
+    tally = _Tally(plan.sample_size)
+    if not plan.recurse:
+        _process(iter([_root_entry(target_b)]), plan, check_mode, tally, target_b)
+    elif workers <= 1:
+        _process(walk(target_b), plan, check_mode, tally, target_b)
+    else:
+        jobs = []
+        _process(walk(target_b, descend=_never), plan, check_mode, tally, target_b, subdirs=jobs)
+        # Go down level by level until there are enough subtrees to share out.
+        depth = 1
+        while jobs and len(jobs) < 4 * workers and depth < 4:
+            deeper = []
+            for rel, abspath, expect in jobs:
+                _process(walk(abspath, descend=_never), plan, check_mode, tally, target_b, prefix=rel,
+                         expect_top=expect, subdirs=deeper)
+            jobs = deeper
+            depth += 1
+        if len(jobs) < 2:
+            for rel, abspath, expect in jobs:
+                _process(walk(abspath), plan, check_mode, tally, target_b, prefix=rel, expect_top=expect)
+        else:
+            _run_workers(jobs, min(workers, len(jobs)), plan, check_mode, tally, target_b)
+    if tally.root is None:  # pragma: no cover - the root is always processed first
+        st = os.lstat(target_b)
+        tally.root = dict(uid=st.st_uid, gid=st.st_gid, mode=format_mode(st.st_mode))
     rel_target = os.path.relpath(target, os.path.realpath(root))
     return dict(
         target_path=rel_target,
-        examined=examined,
-        changed_entries=changed,
-        changes=dict(owner=counts['owner'], group=counts['group'], mode=counts['mode'],
-                     sample=sample, sample_truncated=changed > len(sample)),
-        root=root_state,
+        examined=tally.examined,
+        changed_entries=tally.changed,
+        changes=dict(owner=tally.owner, group=tally.group, mode=tally.mode,
+                     sample=tally.sample, sample_truncated=tally.changed > len(tally.sample)),
+        root=tally.root,
     )
+
+
+def _run_workers(jobs, count, plan, check_mode, tally, target_b):
+    """Share ``jobs`` (subtrees) out to ``count`` forked workers, one job at a time each, in order.
+
+    Protocol on pipes, one line each way per job: the parent writes a job
+    index, the worker answers with a JSON tally (or an error message).
+    Results are merged in job order so the sample does not depend on timing.
+    """
+    import select
+    workers = []
+    try:
+        for _i in range(count):
+            job_r, job_w = os.pipe()
+            res_r, res_w = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # pragma: no cover - runs in the child
+                os.close(job_w)
+                os.close(res_r)
+                for other in workers:
+                    os.close(other['job'])
+                    os.close(other['res'])
+                _worker_loop(job_r, res_w, jobs, plan, check_mode, target_b)
+            os.close(job_r)
+            os.close(res_w)
+            workers.append(dict(pid=pid, job=job_w, res=res_r, buf=b'', busy=None))
+        results = {}
+        error = None
+        next_job = 0
+        for w in workers:
+            if next_job < len(jobs):
+                os.write(w['job'], b'%d\n' % next_job)
+                w['busy'] = next_job
+                next_job += 1
+        while any(w['busy'] is not None for w in workers):
+            ready, _w, _x = select.select([w['res'] for w in workers if w['busy'] is not None], [], [])
+            for w in workers:
+                if w['res'] not in ready:
+                    continue
+                chunk = os.read(w['res'], 65536)
+                if not chunk:
+                    error = error or 'A worker process ended unexpectedly.'
+                    w['busy'] = None
+                    continue
+                w['buf'] += chunk
+                while b'\n' in w['buf']:
+                    line, w['buf'] = w['buf'].split(b'\n', 1)
+                    answer = json.loads(line.decode('utf-8'))
+                    if 'error' in answer:
+                        error = error or answer['error']
+                    else:
+                        results[w['busy']] = answer
+                    w['busy'] = None
+                    if error is None and next_job < len(jobs):
+                        os.write(w['job'], b'%d\n' % next_job)
+                        w['busy'] = next_job
+                        next_job += 1
+        if error is not None:
+            raise PermissionsError(error)
+        for index in range(len(jobs)):
+            tally.merge(results[index])
+    finally:
+        for w in workers:
+            for fd in (w['job'], w['res']):
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+        for w in workers:
+            try:
+                os.waitpid(w['pid'], 0)
+            except OSError:
+                pass
+
+
+def _worker_loop(job_r, res_w, jobs, plan, check_mode, target_b):  # pragma: no cover - runs in the child
+    status = 0
+    try:
+        with os.fdopen(job_r, 'rb') as job_in, os.fdopen(res_w, 'wb') as res_out:
+            for line in job_in:
+                rel, abspath, expect = jobs[int(line)]
+                part = _Tally(plan.sample_size)
+                try:
+                    _process(walk(abspath), plan, check_mode, part, target_b, prefix=rel, expect_top=expect)
+                    answer = part.as_dict()
+                except PermissionsError as exc:
+                    answer = dict(error=str(exc))
+                except Exception as exc:  # anything else must still reach the parent as a message
+                    answer = dict(error='%s while processing %s: %s' % (type(exc).__name__, display_path(abspath), exc))
+                res_out.write(json.dumps(answer).encode('utf-8') + b'\n')
+                res_out.flush()
+    except BaseException:
+        status = 1
+    os._exit(status)
 
 
 def _root_entry(target_b):
@@ -551,7 +731,7 @@ def helper_main(argv=None):
     try:
         request = json.loads(argv[1])
         result = run(request['root'], request['path'], plan_from_dict(request['plan']),
-                     check_mode=request['check_mode'])
+                     check_mode=request['check_mode'], workers=request.get('workers', 1))
         out = dict(ok=True, result=result)
     except PermissionsError as exc:
         out = dict(ok=False, msg=str(exc))

@@ -119,6 +119,13 @@ options:
       - The image must already be present on the Docker host; it is never pulled.
       - Required only when a helper container is used.
     type: str
+  workers:
+    description:
+      - Number of processes that walk the tree in parallel (the top levels are listed first, then the
+        subtrees below them are shared out; every entry is still visited once). V(0) means one per CPU,
+        at most 4. Inside a helper container the same number is used.
+    type: int
+    default: 0
   diff_sample:
     description:
       - Maximum number of changed paths reported in the diff and in RV(changes.sample).
@@ -270,8 +277,8 @@ from ansible_collections.volumeops.docker.plugins.module_utils._validation impor
 from ansible_collections.volumeops.docker.plugins.module_utils import _permissions
 from ansible_collections.volumeops.docker.plugins.module_utils import _tree
 from ansible_collections.volumeops.docker.plugins.module_utils._permissions import (
-    Plan, PermissionsError, parse_group, parse_mode, parse_passwd, plan_to_dict, resolve_container_user,
-    resolve_group, resolve_owner, run,
+    Plan, PermissionsError, default_workers, parse_group, parse_mode, parse_passwd, plan_to_dict,
+    resolve_container_user, resolve_group, resolve_owner, run,
 )
 
 try:
@@ -334,6 +341,7 @@ class PermissionsParameters(object):
         self.data_path = p['data_path']
         self.helper_image = p['helper_image']
         self.diff_sample = p['diff_sample']
+        self.workers = p['workers'] or default_workers()
         self.check_mode = client.module.check_mode
         self.diff = client.module._diff
         try:
@@ -347,6 +355,8 @@ class PermissionsParameters(object):
                         '(or use mode for the entry at path alone).')
         if self.diff_sample < 0:
             client.fail('diff_sample must be 0 or more.')
+        if p['workers'] < 0:
+            client.fail('workers must be 0 (automatic) or more.')
         error = volume_name_error(self.volume)
         if error:
             client.fail(error)
@@ -453,7 +463,7 @@ class PermissionsManager(object):
     def run_direct(self, mountpoint, plan):
         p = self.params
         try:
-            return run(mountpoint, p.path, plan, check_mode=p.check_mode)
+            return run(mountpoint, p.path, plan, check_mode=p.check_mode, workers=p.workers)
         except PermissionsError as exc:
             self.client.fail('Volume %s: %s' % (p.volume, exc))
 
@@ -463,7 +473,8 @@ class PermissionsManager(object):
             self.client.fail('Volume %s needs a helper container (%s) but helper_image is not set: give a local '
                              'image that has python3.' % (p.volume, self._helper_reason))
         self.client.require_local_image(p.helper_image)
-        request = dict(root=HELPER_MOUNT, path=p.path, plan=plan_to_dict(plan), check_mode=p.check_mode)
+        request = dict(root=HELPER_MOUNT, path=p.path, plan=plan_to_dict(plan), check_mode=p.check_mode,
+                       workers=p.workers)
         api = self.client.api
         container = None
         with self.client.errors('Running the helper container (%s) for volume %s' % (p.helper_image, p.volume)):
@@ -554,6 +565,7 @@ def main():
         data_path=dict(type='str', choices=['auto', 'direct', 'helper'], default='auto'),
         helper_image=dict(type='str'),
         diff_sample=dict(type='int', default=20),
+        workers=dict(type='int', default=0),
     )
     client = AnsibleDockerClient(
         argument_spec,

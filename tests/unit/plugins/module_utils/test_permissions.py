@@ -224,3 +224,65 @@ def test_helper_main_reports_errors_as_json(tmp_path, capsys):
     assert perm.helper_main(['x', json.dumps(request)]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out == dict(ok=False, msg="path 'nope' does not exist in the volume.")
+
+
+# --- the parallel split ---------------------------------------------------------------------------
+
+def _wide_tree(root, dirs=12, files=5, depth=3):
+    os.makedirs(str(root))
+    count = 1
+    for d in range(dirs):
+        path = root
+        for level in range(depth):
+            path = path / ('l%d_%d' % (level, d))
+            path.mkdir()
+            count += 1
+            for f in range(files):
+                (path / ('f%d' % f)).write_text('x')
+                count += 1
+    (root / 'top').write_text('y')
+    (root / 'lnk').symlink_to('/etc/passwd')
+    return count + 2
+
+
+@pytest.mark.parametrize('workers', [2, 3])
+def test_parallel_walk_visits_every_entry_once_and_matches_sequential(tmp_path, workers):
+    seq_root, par_root = tmp_path / 'seq', tmp_path / 'par'
+    total = _wide_tree(seq_root)
+    assert _wide_tree(par_root) == total
+    plan = Plan(mode=parse_mode('0711'), dir_mode=parse_mode('u=rwx,g=rx,o='), file_mode=parse_mode('0600'),
+                recurse=True, sample_size=1000)
+    check = run(str(par_root), '.', plan, check_mode=True, workers=workers)
+    assert _modes(par_root) == _modes(seq_root), 'check mode changed something'
+    seq = run(str(seq_root), '.', plan, workers=1)
+    par = run(str(par_root), '.', plan, workers=workers)
+    for result in (check, seq, par):
+        assert result['examined'] == total
+        assert result['changed_entries'] == total - 1       # all but the symlink
+        assert result['changes']['mode'] == total - 1
+        assert result['root'] == seq['root']
+    assert sorted(s['path'] for s in par['changes']['sample']) == sorted(s['path'] for s in seq['changes']['sample'])
+    assert len(set(s['path'] for s in par['changes']['sample'])) == total - 1, 'an entry was visited twice'
+    assert _modes(par_root) == _modes(seq_root)
+    assert run(str(par_root), '.', plan, workers=workers)['changed_entries'] == 0
+
+
+def test_parallel_sample_is_bounded_and_deterministic(tmp_path):
+    root = tmp_path / 'vol'
+    _wide_tree(root)
+    plan = Plan(file_mode=parse_mode('0600'), recurse=True, sample_size=7)
+    first = run(str(root), '.', plan, check_mode=True, workers=3)
+    second = run(str(root), '.', plan, check_mode=True, workers=3)
+    assert len(first['changes']['sample']) == 7 and first['changes']['sample_truncated']
+    assert first['changes']['sample'] == second['changes']['sample']
+
+
+def test_walk_descend_callback_stops_descending(tmp_path):
+    from ansible_collections.volumeops.docker.plugins.module_utils._tree import walk
+    root = tmp_path / 'vol'
+    (root / 'a' / 'b').mkdir(parents=True)
+    (root / 'a' / 'f').write_text('x')
+    (root / 'c').mkdir()
+    names = [e.relpath for e in walk(str(root), descend=lambda e: e.relpath != b'./a')]
+    assert names == [b'.', b'./a', b'./c']
+    assert [e.relpath for e in walk(str(root))] == [b'.', b'./a', b'./c', b'./a/b', b'./a/f']
