@@ -209,7 +209,7 @@ notes:
   - For the final pass of a migration the writers of the source volume must be stopped; with O(finalize=true)
     a file changing while being read fails the transfer.
   - Relay mode, for hosts that cannot reach each other (slower, the data crosses the controller twice). Run the
-    module on the controller (C(delegate_to: localhost)) with O(relay_source_host) and O(relay_source_host_key).
+    module on the controller (C(delegate_to) set to C(localhost)) with O(relay_source_host) and O(relay_source_host_key).
     The module opens SSH to the source (host key pinned), asks the source's sshd for a remote port forward on the
     source's 127.0.0.1 (the source's sshd needs C(AllowTcpForwarding) yes or remote), and runs the same sender
     code there under O(relay_source_python) (which needs paramiko and the docker SDK or CLI). The sender connects
@@ -423,8 +423,8 @@ class VolumeTransferManager(object):
         try:
             result = relay.run()
         except _transfer.TransferError as exc:
-            self.fail('%s (relay %s:%s -> %s:%s)' % (exc, p['relay_source_host'], p['volume'], p['dest_host'],
-                                                    p['dest_volume']))
+            self.fail('%s (relay %s:%s -> %s:%s)' % (
+                exc, p['relay_source_host'], p['volume'], p['dest_host'], p['dest_volume']))
         for w in result.pop('warnings', None) or []:
             self.module.warn(w)
         result.pop('dest_state_before', None)
