@@ -488,7 +488,8 @@ def run(root, path, plan, check_mode=False, workers=1):
     target = resolve_target(root, path)
     target_b = os.fsencode(target)
     tally = _Tally(plan.sample_size)
-    if not plan.recurse:
+    if not plan.recurse or not stat.S_ISDIR(os.lstat(target_b).st_mode):
+        # A file (or anything but a directory) at ``path`` is a tree of one entry.
         _process(iter([_root_entry(target_b)]), plan, check_mode, tally, target_b)
     elif workers <= 1:
         _process(walk(target_b), plan, check_mode, tally, target_b)

@@ -286,3 +286,11 @@ def test_walk_descend_callback_stops_descending(tmp_path):
     names = [e.relpath for e in walk(str(root), descend=lambda e: e.relpath != b'./a')]
     assert names == [b'.', b'./a', b'./c']
     assert [e.relpath for e in walk(str(root))] == [b'.', b'./a', b'./c', b'./a/b', b'./a/f']
+
+
+def test_recurse_on_a_file_target(tmp_path):
+    root, _outside = _tree(tmp_path)
+    plan = Plan(mode=parse_mode('0600'), file_mode=parse_mode('0640'), recurse=True)
+    result = run(str(root), 'd/g', plan, workers=2)
+    assert result['examined'] == 1 and result['target_path'] == 'd/g'
+    assert stat.S_IMODE(os.lstat(str(root / 'd' / 'g')).st_mode) == 0o600
