@@ -31,6 +31,8 @@ import stat
 
 FINGERPRINT_VERSION = 1
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, 'O_CLOEXEC', 0)
+
 TYPE_CODES = (
     (stat.S_ISREG, 'f'), (stat.S_ISDIR, 'd'), (stat.S_ISLNK, 'l'), (stat.S_ISFIFO, 'p'),
     (stat.S_ISCHR, 'c'), (stat.S_ISBLK, 'b'), (stat.S_ISSOCK, 's'),
@@ -83,30 +85,40 @@ def walk(root, exclude=None, descend=None):
     root_b = os.fsencode(root)
     yield Entry(b'.', root_b, os.lstat(root_b))
     stack = [(b'.', root_b)]
+    lstat = os.lstat
+    isdir = stat.S_ISDIR
     while stack:
         rel_dir, abs_dir = stack.pop()
+        # Each directory is listed and its entries lstat-ed relative to one descriptor of it (fstatat):
+        # no per-entry lookup of the whole absolute path, which is most of the cost on big trees.
         try:
-            with os.scandir(abs_dir) as it:
-                names = sorted(e.name for e in it)
+            dir_fd = os.open(abs_dir, _DIR_FLAGS)
         except OSError as exc:
             if exc.errno == errno.ENOENT:  # vanished while walking; the caller's fingerprint will differ
                 continue
             raise
+        batch = []
+        try:
+            names = sorted(os.fsencode(n) for n in os.listdir(dir_fd))
+            prefix = b'./' if rel_dir == b'.' else rel_dir + b'/'
+            for name in names:
+                rel = prefix + name
+                if exclude and _excluded(rel, exclude):
+                    continue
+                try:
+                    st = lstat(name, dir_fd=dir_fd)
+                except FileNotFoundError:
+                    continue
+                batch.append((rel, name, st))
+        finally:
+            os.close(dir_fd)
+        abs_prefix = abs_dir + b'/'
         subdirs = []
-        for name in names:
-            rel = name if rel_dir == b'.' else rel_dir + b'/' + name
-            rel = b'./' + rel if rel_dir == b'.' else rel
-            if _excluded(rel, exclude):
-                continue
-            abs_path = abs_dir + b'/' + name
-            try:
-                st = os.lstat(abs_path)
-            except FileNotFoundError:
-                continue
-            entry = Entry(rel, abs_path, st)
+        for rel, name, st in batch:
+            entry = Entry(rel, abs_prefix + name, st)
             yield entry
-            if stat.S_ISDIR(st.st_mode) and (descend is None or descend(entry)):
-                subdirs.append((rel, abs_path))
+            if isdir(st.st_mode) and (descend is None or descend(entry)):
+                subdirs.append((rel, entry.abspath))
         # Reverse so that popping visits subdirectories in sorted order.
         stack.extend(reversed(subdirs))
 
