@@ -410,31 +410,52 @@ def _process(entries, plan, check_mode, tally, target_b, prefix=b'.', expect_top
     """
     handles = _DirHandles()
     dirs_seen = {}
-    wanted = plan.wanted
     sample_size = plan.sample_size
     top = prefix == b'.' and expect_top is None
+    want_uid, want_gid = plan.uid, plan.gid
+    # The wanted mode of a non-root entry depends only on its st_mode: computed once per distinct value
+    # (-1: leave the mode alone). This keeps the common "already correct" case to a few comparisons.
+    mode_memo = {}
+    examined = 0
+    isdir = stat.S_ISDIR
     try:
         for entry in entries:
             st = entry.st
+            st_mode = st.st_mode
             rel = entry.relpath
-            is_dir = stat.S_ISDIR(st.st_mode)
-            if rel == b'.' and not top:
-                if (st.st_dev, st.st_ino) != expect_top:
-                    raise PermissionsError('Directory %s changed while it was being processed (replaced or moved); '
-                                           'nothing below it was changed. Stop the containers writing to the volume '
-                                           'and run again.' % display_path(entry.abspath))
-                dirs_seen[rel] = expect_top
-                continue
-            if is_dir:
-                dirs_seen[rel] = (st.st_dev, st.st_ino)
-                if subdirs is not None and rel != b'.':
-                    subdirs.append((prefix + rel[1:], entry.abspath, (st.st_dev, st.st_ino)))
-            tally.examined += 1
+            if isdir(st_mode):
+                if rel == b'.':
+                    if not top:
+                        if (st.st_dev, st.st_ino) != expect_top:
+                            raise PermissionsError(
+                                'Directory %s changed while it was being processed (replaced or moved); nothing '
+                                'below it was changed. Stop the containers writing to the volume and run again.'
+                                % display_path(entry.abspath))
+                        dirs_seen[rel] = expect_top
+                        continue
+                    dirs_seen[rel] = (st.st_dev, st.st_ino)
+                else:
+                    dirs_seen[rel] = (st.st_dev, st.st_ino)
+                    if subdirs is not None:
+                        subdirs.append((prefix + rel[1:], entry.abspath, (st.st_dev, st.st_ino)))
+            examined += 1
             is_root = top and rel == b'.'
-            uid, gid, mode = wanted(st, is_root)
-            cur_mode = stat.S_IMODE(st.st_mode)
             if is_root:
+                uid, gid, mode = plan.wanted(st, True)
+                cur_mode = stat.S_IMODE(st_mode)
                 tally.root = dict(uid=uid, gid=gid, mode=format_mode(mode if mode is not None else cur_mode))
+            else:
+                mode = mode_memo.get(st_mode)
+                if mode is None:
+                    mode = plan.wanted(st, False)[2]
+                    mode = mode_memo[st_mode] = -1 if mode is None else mode
+                uid = st.st_uid if want_uid is None else want_uid
+                gid = st.st_gid if want_gid is None else want_gid
+                if uid == st.st_uid and gid == st.st_gid and (mode == -1 or mode == st_mode & 0o7777):
+                    continue
+                if mode == -1:
+                    mode = None
+                cur_mode = st_mode & 0o7777
             chown_needed = uid != st.st_uid or gid != st.st_gid
             chmod_needed = mode is not None and mode != cur_mode
             if not (chown_needed or chmod_needed):
@@ -465,6 +486,7 @@ def _process(entries, plan, check_mode, tally, target_b, prefix=b'.', expect_top
                                                            exc.strerror or exc))
     finally:
         handles.close()
+        tally.examined += examined
 
 
 def default_workers():
