@@ -55,7 +55,8 @@ def test_built_collection_installs_and_runs(collection_root):
         try:
             # Run from a directory outside the source tree, with only the installed copy on the path.
             # Only the installed copy is visible: no sys.path scan, no default collection paths.
-            env = {'ANSIBLE_COLLECTIONS_PATH': tmp + '/installed', 'ANSIBLE_COLLECTIONS_SCAN_SYS_PATH': 'false'}
+            env = {'ANSIBLE_COLLECTIONS_PATH': tmp + '/installed', 'ANSIBLE_COLLECTIONS_SCAN_SYS_PATH': 'false',
+                   'PYTHONPATH': ''}
             proc = run(['ansible', 'localhost', '-m', 'volumeops.docker.volume_info', '-a', 'name=%s' % name],
                        cwd=tmp, env=env)
             assert_ok(proc, 'running volume_info from the installed collection')
