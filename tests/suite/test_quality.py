@@ -46,7 +46,11 @@ def test_built_collection_installs_and_runs(collection_root):
         listing = subprocess.run(['tar', '-tzf', tarball], stdout=subprocess.PIPE, text=True, check=True).stdout
         assert 'plugins/modules/volume.py' in listing
         assert 'tests/output' not in listing and '__pycache__' not in listing
-        proc = run(['ansible-galaxy', 'collection', 'install', '-p', tmp + '/installed', tarball], cwd=tmp)
+        # Only the installed copy is visible: no sys.path scan (the suite's PYTHONPATH holds the
+        # source tree), no default collection paths.
+        env = {'ANSIBLE_COLLECTIONS_PATH': tmp + '/installed', 'ANSIBLE_COLLECTIONS_SCAN_SYS_PATH': 'false',
+               'PYTHONPATH': ''}
+        proc = run(['ansible-galaxy', 'collection', 'install', '-p', tmp + '/installed', tarball], cwd=tmp, env=env)
         assert_ok(proc, 'ansible-galaxy collection install')
 
         name = 'vobuild%s' % uuid.uuid4().hex[:8]
@@ -54,9 +58,6 @@ def test_built_collection_installs_and_runs(collection_root):
                        stdout=subprocess.DEVNULL)
         try:
             # Run from a directory outside the source tree, with only the installed copy on the path.
-            # Only the installed copy is visible: no sys.path scan, no default collection paths.
-            env = {'ANSIBLE_COLLECTIONS_PATH': tmp + '/installed', 'ANSIBLE_COLLECTIONS_SCAN_SYS_PATH': 'false',
-                   'PYTHONPATH': ''}
             proc = run(['ansible', 'localhost', '-m', 'volumeops.docker.volume_info', '-a', 'name=%s' % name],
                        cwd=tmp, env=env)
             assert_ok(proc, 'running volume_info from the installed collection')
