@@ -168,10 +168,10 @@ def main():
               % (med['reown_module'], med['reown_base'], med['reown_module'] / med['reown_base']))
         cpu = {k: statistics.median(v) for k, v in CPU.items()}
         print('CPU seconds (user+sys, median; less sensitive to other load on the machine):')
-        print('  no-op : module %.2f vs find %.2f  ratio %.2fx' % (cpu['noop_module'], cpu['noop_find'],
-                                                                cpu['noop_module'] / cpu['noop_find']))
-        print('  re-own: module %.2f vs chown+chmod %.2f  ratio %.2fx' % (cpu['reown_module'], cpu['reown_base'],
-                                                                        cpu['reown_module'] / cpu['reown_base']))
+        print('  no-op : module %.2f vs find %.2f  ratio %.2fx'
+              % (cpu['noop_module'], cpu['noop_find'], cpu['noop_module'] / cpu['noop_find']))
+        print('  re-own: module %.2f vs chown+chmod %.2f  ratio %.2fx'
+              % (cpu['reown_module'], cpu['reown_base'], cpu['reown_module'] / cpu['reown_base']))
         if opts.playbook:
             print('ansible-playbook: no-op %.2fs (%.2fx), re-own %.2fs (%.2fx)'
                   % (med['noop_playbook'], med['noop_playbook'] / med['noop_find'],
