@@ -115,7 +115,7 @@ options:
   helper_image:
     description:
       - Image of the helper container, which runs the same Python code as the direct path with C(python3)
-        (3.6 or newer, standard library only) with the volume mounted at C(/volume), as root, without network.
+        (3.7 or newer, standard library only) with the volume mounted at C(/volume), as root, without network.
       - The image must already be present on the Docker host; it is never pulled.
       - Required only when a helper container is used.
     type: str
