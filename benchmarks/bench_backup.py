@@ -99,8 +99,8 @@ class Bench(object):
         # the reported figure is the fastest run; its details (module duration, ...) go with it
         fastest = min(entry['runs'], key=lambda run: run['seconds'])
         entry.update(fastest)
-        log('%-28s %8.3f s %s' % (key, seconds, ' '.join('%s=%s' % kv for kv in sorted(extra.items())
-                                                            if not isinstance(kv[1], (dict, list)))))
+        shown = ' '.join('%s=%s' % kv for kv in sorted(extra.items()) if not isinstance(kv[1], (dict, list)))
+        log('%-28s %8.3f s %s' % (key, seconds, shown))
 
     def restore_timed(self, key, target_mp, action, **extra):
         """Time a restore twice over: until the command returns, and until its data is written back
@@ -207,11 +207,11 @@ class Bench(object):
         out = os.path.join(self.work, 'baseline')
         os.makedirs(out)
         lib.warm(src_mp)
-        for _ in range(self.args.repeat):
+        for dummy in range(self.args.repeat):
             self.timed('raw_tar', 'tar -C %s -cf - . | cat > /dev/null' % lib.q(src_mp))
         for level in (3, 1):
             archive = os.path.join(out, 'base%d.tar.zst' % level)
-            for _ in range(self.args.repeat):
+            for dummy in range(self.args.repeat):
                 self.timed('tar_zstd%d' % level, '%s -C %s -cf - . | zstd -T0 -%d -q -c > %s' % (
                     TAR_CREATE, lib.q(src_mp), level, lib.q(archive)))
             self.results['tar_zstd%d' % level]['archive_bytes'] = os.path.getsize(archive)
@@ -253,7 +253,7 @@ class Bench(object):
             params = {'volume': src_vol, 'dest': dest_play}
             if i:
                 params['force'] = True
-            seconds, res, _ = self.playbook('volume_backup', params)
+            seconds, res, dummy = self.playbook('volume_backup', params)
             entry = res['backups'][0]
             assert res['changed'] and not entry.get('skipped'), res
             archive = entry['archive']
@@ -263,24 +263,24 @@ class Bench(object):
             params = {'volume': src_vol, 'dest': dest_direct}
             if i:
                 params['force'] = True
-            seconds, res, _ = self.direct('volume_backup', params)
+            seconds, res, dummy = self.direct('volume_backup', params)
             entry = res['backups'][0]
             assert res['changed'] and not entry.get('skipped'), res
             self.record('backup_direct', seconds, module_duration=entry.get('duration'))
         # idempotent no-op on the unchanged volume
-        for _ in range(self.args.repeat):
-            seconds, res, _ = self.playbook('volume_backup', {'volume': src_vol, 'dest': dest_play})
+        for dummy in range(self.args.repeat):
+            seconds, res, dummy = self.playbook('volume_backup', {'volume': src_vol, 'dest': dest_play})
             entry = res['backups'][0]
             assert not res['changed'] and entry.get('skipped'), res
             self.record('noop_play', seconds, module_duration=entry.get('duration'), reason=entry.get('reason'))
-            seconds, res, _ = self.direct('volume_backup', {'volume': src_vol, 'dest': dest_direct})
+            seconds, res, dummy = self.direct('volume_backup', {'volume': src_vol, 'dest': dest_direct})
             entry = res['backups'][0]
             assert not res['changed'] and entry.get('skipped'), res
             self.record('noop_direct', seconds, module_duration=entry.get('duration'))
         # level 1
-        for _ in range(self.args.repeat):
-            seconds, res, _ = self.playbook('volume_backup', {'volume': src_vol, 'dest': dest_play, 'force': True,
-                                                              'compression_level': 1})
+        for dummy in range(self.args.repeat):
+            params = {'volume': src_vol, 'dest': dest_play, 'force': True, 'compression_level': 1}
+            seconds, res, dummy = self.playbook('volume_backup', params)
             self.record('backup_level1_play', seconds, module_duration=res['backups'][0].get('duration'),
                         archive_bytes=res['backups'][0]['size'])
         for path in os.listdir(dest_direct):
@@ -303,14 +303,14 @@ class Bench(object):
                 continue
             name = '%s_mrestore%d' % (self.prefix, i)
             self.volumes.append(name)
-            _, res, _ = self.restore_timed('restore_play', lambda name=name: lib.volume_mountpoint(name),
-                                           lambda name=name: self.playbook('volume_restore',
-                                                                           {'volume': name, 'archive': archive},
-                                                                           settle=False))
+            params = {'volume': name, 'archive': archive}
+            dummy, res, dummy = self.restore_timed(
+                'restore_play', lambda name=name: lib.volume_mountpoint(name),
+                lambda params=params: self.playbook('volume_restore', params, settle=False))
             assert res['changed'], res
             if i == 0:
-                seconds, res, _ = self.playbook('volume_restore', {'volume': name, 'archive': archive,
-                                                                   'existing': 'replace'})
+                params = {'volume': name, 'archive': archive, 'existing': 'replace'}
+                seconds, res, dummy = self.playbook('volume_restore', params)
                 assert not res['changed'], res
                 self.record('restore_noop_play', seconds)
                 if not self.args.no_verify:
@@ -318,10 +318,10 @@ class Bench(object):
             self.remove_volume(name)
             name = '%s_mrestored%d' % (self.prefix, i)
             self.volumes.append(name)
-            _, res, _ = self.restore_timed('restore_direct', lambda name=name: lib.volume_mountpoint(name),
-                                           lambda name=name: self.direct('volume_restore',
-                                                                         {'volume': name, 'archive': archive},
-                                                                         settle=False))
+            params = {'volume': name, 'archive': archive}
+            dummy, res, dummy = self.restore_timed(
+                'restore_direct', lambda name=name: lib.volume_mountpoint(name),
+                lambda params=params: self.direct('volume_restore', params, settle=False))
             assert res['changed'], res
             self.remove_volume(name)
 
@@ -345,15 +345,15 @@ class Bench(object):
             datagen.small_files(mp, count=10, file_size=100, per_dir=10)
             names.append(name)
         dest = os.path.join(self.work, 'archives-many')
-        seconds, res, _ = self.playbook('volume_backup', {'volumes': names, 'dest': dest})
+        seconds, res, dummy = self.playbook('volume_backup', {'volumes': names, 'dest': dest})
         assert res['changed'] and len(res['backups']) == count, res
         self.record('many_full_play', seconds, volumes=count)
-        for _ in range(self.args.repeat):
+        for dummy in range(self.args.repeat):
             for label, vols in (('many', names), ('one', names[:1])):
-                seconds, res, _ = self.playbook('volume_backup', {'volumes': vols, 'dest': dest})
+                seconds, res, dummy = self.playbook('volume_backup', {'volumes': vols, 'dest': dest})
                 assert not res['changed'] and all(b.get('skipped') for b in res['backups']), res
                 self.record('%s_noop_play' % label, seconds, volumes=len(vols))
-                seconds, res, _ = self.direct('volume_backup', {'volumes': vols, 'dest': dest})
+                seconds, res, dummy = self.direct('volume_backup', {'volumes': vols, 'dest': dest})
                 assert not res['changed'], res
                 self.record('%s_noop_direct' % label, seconds, volumes=len(vols))
         for name in names:
@@ -511,8 +511,8 @@ def render(report):
         if entry.get('volumes'):
             extra.append('%d volumes' % entry['volumes'])
         if entry.get('module_hwm'):
-            extra.append('module peak RSS %.1f MB, tree %.1f MB' % (entry['module_hwm'] / 1e6,
-                                                                  entry['tree_hwm_sum'] / 1e6))
+            extra.append('module peak RSS %.1f MB, tree %.1f MB' % (
+                entry['module_hwm'] / 1e6, entry['tree_hwm_sum'] / 1e6))
         if key in report['issue_figures']:
             extra.append('issue: %.2f s' % report['issue_figures'][key])
         samples = entry['samples']
@@ -565,8 +565,12 @@ def main(argv=None):
     path = os.path.join(args.output, 'backup-%s%s.json' % (time.strftime('%Y%m%dT%H%M%S'), '-quick' if args.quick else ''))
     with open(path, 'w') as handle:
         json.dump(report, handle, indent=1, sort_keys=True)
-    print(render(report))
-    print('\nJSON: %s' % path)
+    text = render(report)
+    with open(path[:-len('.json')] + '.txt', 'w') as handle:
+        handle.write(text + '\n')
+    print(text)
+    print('\nJSON: %s (table: .txt next to it)' % path)
+    sys.stdout.flush()
     return 0
 
 

@@ -69,7 +69,7 @@ def plan(size_bytes, files, seed=0, candidates=None):
     """Choose ``files`` source files totalling about ``size_bytes``. Returns [(dest relpath, source path, size)]."""
     pool = list(candidates if candidates is not None else _candidates())
     if not pool:
-        raise RuntimeError('no source files found under %s' % ', '.join(r for _, r in SOURCES))
+        raise RuntimeError('no source files found under %s' % ', '.join(r for dummy, r in SOURCES))
     rng = random.Random(seed)
     rng.shuffle(pool)
     target_avg = size_bytes / float(files)

@@ -41,8 +41,8 @@ def sh(script, check=True, capture=True, env=None, cwd=None):
     proc = subprocess.run(['bash', '-c', 'set -euo pipefail\n' + script], capture_output=capture, text=True,
                           env=env, cwd=cwd, check=False)
     if check and proc.returncode != 0:
-        raise CommandFailed('command failed (rc=%s): %s\n%s' % (proc.returncode, script,
-                                                                 (proc.stderr or '')[-2000:]))
+        raise CommandFailed('command failed (rc=%s): %s\n%s' % (
+            proc.returncode, script, (proc.stderr or '')[-2000:]))
     return proc
 
 
@@ -68,11 +68,6 @@ def volume_mountpoint(name):
     return json.loads(docker('volume', 'inspect', name))[0]['Mountpoint']
 
 
-def drop_page_cache_of(path):
-    """Not used by default (the issue's figures are warm cache); kept for cold-cache experiments."""
-    sh('sync; echo 1 > /proc/sys/vm/drop_caches')
-
-
 def warm(path):
     """Read a tree once so that measurements run warm-cache, as in the issue's figures."""
     sh('tar -C %s -cf - . | cat > /dev/null' % q(path))
@@ -88,7 +83,7 @@ def _read_status(pid):
     try:
         with open('/proc/%d/status' % pid) as handle:
             for line in handle:
-                key, _, value = line.partition(':')
+                key, dummy, value = line.partition(':')
                 if key in ('Name', 'VmHWM', 'VmRSS', 'PPid'):
                     out[key] = value.strip()
     except (OSError, ValueError):
@@ -161,7 +156,7 @@ class _Cgroup(object):
     def remove(self):
         if not self.path:
             return
-        for _ in range(50):
+        for dummy in range(50):
             try:
                 os.rmdir(self.path)
                 return
