@@ -1,9 +1,13 @@
 """Role volumeops.docker.migrate / playbooks/migrate-volumes.yml on the two-host bench.
 
 Real ansible-playbook runs against bench hosts h1 and h2 (own sshd + dockerd each); data moves
-only over the network. Fidelity: a digest of every preserved property (type, mode incl. special
-bits, owner, size, sub-second mtime, link target, xattrs, hard-link groups, content hash) of the
-volume tree, computed inside each host, must be equal on both sides.
+only over the network. Scenarios are combined into few playbook runs with many pairs each (pairs
+of one source run one after the other, sources in parallel), so the whole file stays fast.
+
+Fidelity: the independent oracle tests/support/fidelity.py builds its hard-case tree (owners incl.
+ids >= 2**24, every mode bit, sub-second mtimes, hard links, sparse files, FIFOs, xattrs, POSIX ACLs,
+file capabilities, non-UTF-8 names, long paths) in the source volume INSIDE the source bench host,
+digests the tree inside each host, and the digests are compared property by property.
 """
 
 from __future__ import annotations
@@ -12,99 +16,22 @@ import json
 import os
 import random
 import re
-import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
+REPO_ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(REPO_ROOT / 'tests' / 'support'))
+
+import fidelity  # noqa: E402  (path set just above)
+
 PLAYBOOK = 'playbooks/migrate-volumes.yml'
 IMAGE = os.environ.get('VOLUMEOPS_TEST_IMAGE', 'volumeops-test/busybox:1')
-VENV_PYTHON = os.environ.get('VOLUMEOPS_VENV', '/opt/volumeops/venv') + '/bin/python'
-
-# Runs inside a helper container on a bench host: fills /data with a tree that exercises what a
-# migration must keep. argv: size of the random payload in KiB, seed.
-GEN_TREE = r'''
-import os, sys, random
-kib, seed = int(sys.argv[1]), int(sys.argv[2])
-rnd = random.Random(seed)
-root = '/data'
-os.chown(root, 999, 999); os.chmod(root, 0o700)
-os.makedirs(root + '/base/16384', exist_ok=True)
-for i in range(20):
-    p = '%s/base/16384/%d' % (root, 1000 + i)
-    with open(p, 'wb') as f:
-        f.write(bytes(rnd.getrandbits(8) for _ in range(rnd.randint(0, 3000))))
-    os.chown(p, 999, 999); os.chmod(p, 0o600)
-    os.utime(p, ns=(1700000000123456789 + i, 1700000000123456789 + i * 1000003))
-with open(root + '/payload.bin', 'wb') as f:
-    left = kib * 1024
-    while left > 0:
-        n = min(left, 1 << 20)
-        f.write(os.urandom(n)); left -= n
-with open(root + '/sparse.img', 'wb') as f:
-    f.seek(8 << 20); f.write(b'end')
-os.link(root + '/base/16384/1000', root + '/hardlink')
-os.symlink('/nonexistent/target', root + '/dangling')
-os.symlink('base/16384', root + '/rel')
-os.mkfifo(root + '/fifo')
-os.makedirs(root + '/empty/dir', exist_ok=True)
-os.makedirs(root + '/shared', exist_ok=True); os.chmod(root + '/shared', 0o3777)
-with open(root + '/setuid', 'wb') as f:
-    f.write(b'#!/bin/sh\n')
-os.chown(root + '/setuid', 1000, 1000); os.chmod(root + '/setuid', 0o4755)
-name = root + '/name with\nnewline \xe9'
-with open(name, 'w') as f:
-    f.write('x')
-big = root + '/uid-big'
-with open(big, 'w') as f:
-    f.write('y')
-os.chown(big, 1000480000, 1000480000)
-try:
-    os.setxattr(root + '/payload.bin', 'user.volumeops', b'kept')
-except OSError:
-    pass
-'''
-
-# Digest of a tree (stdin script, argv[1] = root). Everything a faithful copy keeps.
-DIGEST = r'''
-import hashlib, os, stat, sys
-root = sys.argv[1].encode()
-h = hashlib.sha256()
-inodes = {}
-count = 0
-def rec(rel):
-    global count
-    p = os.path.join(root, rel) if rel != b'.' else root
-    st = os.lstat(p)
-    fields = [rel, b'%o' % st.st_mode, b'%d:%d' % (st.st_uid, st.st_gid), b'%d' % st.st_mtime_ns]
-    if stat.S_ISREG(st.st_mode):
-        fields.append(b'%d' % st.st_size)
-        key = (st.st_dev, st.st_ino)
-        if st.st_nlink > 1 and key in inodes:
-            fields.append(b'link=' + inodes[key])
-        else:
-            inodes[key] = rel
-            c = hashlib.sha256()
-            with open(p, 'rb') as f:
-                for block in iter(lambda: f.read(1 << 20), b''):
-                    c.update(block)
-            fields.append(c.hexdigest().encode())
-            fields.append(b'blocks' if st.st_blocks * 512 < st.st_size else b'')
-    elif stat.S_ISLNK(st.st_mode):
-        fields.append(os.readlink(p))
-    try:
-        for name in sorted(os.listxattr(p, follow_symlinks=False)):
-            fields.append(name.encode() + b'=' + os.getxattr(p, name, follow_symlinks=False))
-    except OSError:
-        pass
-    h.update(b'\0'.join(fields) + b'\n')
-    count += 1
-    if stat.S_ISDIR(st.st_mode):
-        for name in sorted(os.listdir(p)):
-            rec(name if rel == b'.' else rel + b'/' + name)
-rec(b'.')
-print('%s %d' % (h.hexdigest(), count))
-'''
+# The oracle runs inside the bench hosts from stdin (the checkout may not be visible there).
+FIDELITY_SOURCE = (REPO_ROOT / 'tests' / 'support' / 'fidelity.py').read_bytes()
+HOST_PYTHON = '/usr/bin/python3'
 
 
 def rand(prefix='vomig'):
@@ -119,28 +46,51 @@ def sh(bench, host, argv, check=True, timeout=300):
     return proc.stdout.decode(errors='replace').strip()
 
 
-def volume_mountpoint(bench, host, name):
+def volume_inspect(bench, host, name):
     out = sh(bench, host, ['docker', 'volume', 'inspect', name], check=False)
     data = json.loads(out) if out.startswith('[') else []
-    return data[0]['Mountpoint'] if data else None
+    return data[0] if data else None
 
 
-def make_volume(bench, host, name, kib=256, seed=1, labels=None):
+def volume_mountpoint(bench, host, name):
+    info = volume_inspect(bench, host, name)
+    return info['Mountpoint'] if info else None
+
+
+def make_volume(bench, host, name, labels=None, payload_kib=0, skip=()):
+    """Create a volume on host and build the oracle's hard-case tree in it (inside the host).
+
+    payload_kib adds an incompressible file of that size (to fill a small disk or to make a
+    transfer last long enough to be cut)."""
     argv = ['docker', 'volume', 'create']
     for k, v in (labels or {}).items():
         argv += ['--label', '%s=%s' % (k, v)]
     sh(bench, host, argv + [name])
-    sh(bench, host, ['docker', 'run', '--rm', '-v', '%s:/data' % name, IMAGE,
-                     '/usr/bin/python3', '-c', GEN_TREE, str(kib), str(seed)])
+    mp = volume_mountpoint(bench, host, name)
+    argv = [HOST_PYTHON, '-', 'build', mp] + (['--skip', ','.join(skip)] if skip else [])
+    proc = bench.exec(host, argv, input=FIDELITY_SOURCE, check=False)
+    assert proc.returncode == 0, proc.stderr.decode(errors='replace')
+    if payload_kib:
+        sh(bench, host, ['dd', 'if=/dev/urandom', 'of=%s/payload.bin' % mp, 'bs=1024', 'count=%d' % payload_kib])
+    return mp
 
 
 def digest(bench, host, name):
-    """Digest of the volume's tree computed inside the host, or None when it does not exist."""
+    """The oracle's digest (dict) of the volume's tree computed inside host, None when no such volume."""
     mp = volume_mountpoint(bench, host, name)
     if mp is None:
         return None
-    proc = bench.exec(host, [VENV_PYTHON, '-', mp], input=DIGEST.encode(), check=True)
-    return proc.stdout.decode().strip()
+    proc = bench.exec(host, [HOST_PYTHON, '-', 'digest', mp], input=FIDELITY_SOURCE, check=False)
+    assert proc.returncode == 0, proc.stderr.decode(errors='replace')
+    return json.loads(proc.stdout.decode())
+
+
+def assert_same_tree(a, b, what='destination'):
+    """Every preserved property of every entry equal (the oracle's compare, one line per difference)."""
+    assert a is not None and b is not None, '%s: volume missing' % what
+    diffs = fidelity.compare(a, b)
+    assert not diffs, '%s differs from the source:\n%s' % (what, '\n'.join(diffs[:40]))
+    assert a['count'] == b['count'] and a['count'] > 50
 
 
 def marker(bench, host, name):
@@ -151,9 +101,12 @@ def marker(bench, host, name):
     return json.loads(proc.stdout.decode()) if proc.returncode == 0 else None
 
 
-def run_container(bench, host, name, volume, script='trap "exit 0" TERM; while :; do sleep 0.2; done', start=True):
-    sh(bench, host, ['docker', 'create', '--name', name, '-v', '%s:/var/lib/app' % volume, IMAGE,
-                     '/bin/sh', '-c', script])
+def run_container(bench, host, name, volume, script='trap "exit 0" TERM; while :; do sleep 0.2; done', start=True,
+                  labels=None):
+    argv = ['docker', 'create', '--name', name]
+    for k, v in (labels or {}).items():
+        argv += ['--label', '%s=%s' % (k, v)]
+    sh(bench, host, argv + ['-v', '%s:/var/lib/app' % volume, IMAGE, '/bin/sh', '-c', script])
     if start:
         sh(bench, host, ['docker', 'start', name])
 
@@ -168,10 +121,10 @@ def authorized_keys(bench, host):
 
 def cleanup(bench, containers=(), volumes=()):
     for host in ('h1', 'h2'):
-        for c in containers:
-            bench.exec(host, ['docker', 'rm', '-f', c], check=False)
-        for v in volumes:
-            bench.exec(host, ['docker', 'volume', 'rm', '-f', v], check=False)
+        if containers:
+            bench.exec(host, ['docker', 'rm', '-f'] + list(containers), check=False)
+        if volumes:
+            bench.exec(host, ['docker', 'volume', 'rm', '-f'] + list(volumes), check=False)
 
 
 def recap(output):
@@ -183,8 +136,10 @@ def recap(output):
     return out
 
 
-def playbook_argv(extra_vars, check=False):
+def playbook_argv(extra_vars, check=False, inventories=()):
     argv = ['ansible-playbook', PLAYBOOK, '-e', json.dumps(extra_vars)]
+    for inv in inventories:
+        argv += ['-i', str(inv)]
     if check:
         argv.append('--check')
     return argv
@@ -195,9 +150,10 @@ def migrate(ansible_run, ansible_env):
     # Pipelining: fewer SSH round trips per task (the bench connects as root, no sudo/requiretty).
     env = dict(ansible_env, ANSIBLE_PIPELINING='True')
 
-    def run(extra_vars, check=False, timeout=600):
+    def run(extra_vars, check=False, timeout=600, inventories=(), extra_env=None):
         started = time.time()
-        proc = ansible_run(playbook_argv(extra_vars, check), timeout=timeout, env=env)
+        proc = ansible_run(playbook_argv(extra_vars, check, inventories), timeout=timeout,
+                           env=dict(env, **(extra_env or {})))
         proc.seconds = time.time() - started
         proc.recap = recap(proc.stdout)
         return proc
@@ -214,81 +170,159 @@ def assert_unchanged(proc):
     assert all(r['changed'] == 0 for r in proc.recap.values()), proc.stdout[-8000:]
 
 
-def test_cold_migration_check_mode_and_rerun(bench, migrate):
-    vol, app = rand(), rand('voapp')
-    try:
-        make_volume(bench, 'h1', vol, kib=512, labels={'app': 'db'})
-        run_container(bench, 'h1', app, vol)
-        # The same-named container exists (stopped) on the destination; it is started after success.
-        # Its mount creates an empty destination volume, as `docker compose create` would.
-        run_container(bench, 'h2', app, vol, start=False)
-        before = digest(bench, 'h1', vol)
-        one_pair = {'migrate_source': 'h1', 'migrate_destination': 'h2', 'migrate_volumes': [vol]}
-
-        # --check: reports what would move and which containers would stop/start, changes nothing.
-        proc = migrate(one_pair, check=True)
-        assert_unchanged(proc)
-        assert 'Would migrate 1 volume(s) from h1 to h2' in proc.stdout
-        assert re.search(r'Containers that would stop on h1: %s' % app, proc.stdout), proc.stdout[-4000:]
-        assert re.search(r'Containers that would start on h2: %s' % app, proc.stdout), proc.stdout[-4000:]
-        assert running(bench, 'h1', app) and not running(bench, 'h2', app)
-        assert marker(bench, 'h2', vol) is None
-        assert digest(bench, 'h1', vol) == before
-        assert 'volumeops-migrate-' not in authorized_keys(bench, 'h2')
-
-        proc = migrate(one_pair)
-        assert_ok(proc)
-        assert proc.recap['h1']['changed'] > 0
-        after = digest(bench, 'h2', vol)
-        assert after == before, 'destination differs from the source'
-        assert digest(bench, 'h1', vol) == before, 'source was modified'
-        assert marker(bench, 'h2', vol)['state'] == 'complete'
-        assert running(bench, 'h2', app) and not running(bench, 'h1', app)
-        # The summary, printed once, per volume.
-        assert len(re.findall(r'h1:%s -> h2:%s  OK' % (vol, vol), proc.stdout)) == 1, proc.stdout[-4000:]
-        assert re.search(r'downtime [0-9.]+s  verified=True \(metadata\)', proc.stdout)
-        # The temporary key is gone from the destination.
-        assert 'volumeops-migrate-' not in authorized_keys(bench, 'h2')
-
-        # Rerun after success: nothing changes anywhere.
-        proc = migrate(one_pair)
-        assert_unchanged(proc)
-        assert digest(bench, 'h2', vol) == before
-        assert running(bench, 'h2', app) and not running(bench, 'h1', app)
-    finally:
-        cleanup(bench, [app], [vol])
+def summary_ok(proc, src, vol, dst, dest_vol=None):
+    """The play's summary has exactly one OK line for this volume."""
+    pattern = r'%s:%s -> %s:%s  OK' % (src, re.escape(vol), dst, re.escape(dest_vol or vol))
+    assert len(re.findall(pattern, proc.stdout)) == 1, 'no summary line %r:\n%s' % (pattern, proc.stdout[-6000:])
 
 
-def test_two_phase_migration_while_the_app_writes(bench, migrate):
-    """Warm copy while the app writes, stop, delta pass, content verification; two pairs in
-    parallel (h1 -> h2 and h2 -> h1), volumes selected by label and by container."""
-    vol_a, vol_b, app_a, app_b = rand(), rand(), rand('voapp'), rand('voapp')
+def test_many_pairs_selections_options_relay_and_rerun(bench, migrate, tmp_path):
+    """One --check run, one real run, one rerun, covering in parallel (h1 -> h2 pairs one after the
+    other, h2 -> h1 and an unreachable source beside them):
+
+    - cold, by name, running app stopped on h1 and its same-named container started on h2, a user
+      post_tasks hook, a second volume whose destination name holds other data (existing=replace);
+    - by Compose project (only the labelled volumes move) plus a per-volume dest_name/labels override;
+    - h2 -> h1: migrate_remove_source (source volume gone only after a verified copy), relay through
+      the controller (transfer=controller) selected by container, two_phase while the app writes
+      selected by label with verify=content;
+    - a source host that is unreachable: clear message, every other pair unaffected.
+    """
+    t = rand('vo')
+    v = dict(fid=t + 'fid', rep=t + 'rep', db=t + 'db', cache=t + 'cache', decoy=t + 'decoy', ren=t + 'ren',
+             rm=t + 'rm', rel=t + 'rel', tp=t + 'tp')
+    c = dict(app=t + 'app', web=t + 'web', relapp=t + 'relapp', tpapp=t + 'tpapp')
+    project = t + 'proj'
+    ren_dest = v['ren'] + '-v2'
+    post_file = '/root/%s-post.json' % t
     writer = 'trap "exit 0" TERM; i=0; while :; do i=$((i+1)); echo $i > /var/lib/app/counter; sleep 0.1; done'
     try:
-        make_volume(bench, 'h1', vol_a, kib=1024, seed=2, labels={'team': vol_a})
-        make_volume(bench, 'h2', vol_b, kib=256, seed=3)
-        run_container(bench, 'h1', app_a, vol_a, script=writer)
-        run_container(bench, 'h2', app_b, vol_b, script=writer)
-        pairs = {'migrate_pairs': [
-            {'source': 'h1', 'destination': 'h2', 'volume_labels': ['team=%s' % vol_a]},
-            {'source': 'h2', 'destination': 'h1', 'containers': [app_b]},
-        ], 'migrate_strategy': 'two_phase', 'migrate_verify': 'content'}
-        proc = migrate(pairs)
-        assert_ok(proc)
-        # The apps were stopped for the final pass: the sources are now frozen; the copies equal them.
-        assert not running(bench, 'h1', app_a) and not running(bench, 'h2', app_b)
-        assert digest(bench, 'h2', vol_a) == digest(bench, 'h1', vol_a)
-        assert digest(bench, 'h1', vol_b) == digest(bench, 'h2', vol_b)
-        assert marker(bench, 'h2', vol_a)['state'] == 'complete'
-        assert marker(bench, 'h1', vol_b)['state'] == 'complete'
-        # Created by the migration: the destination volume carries the source's labels.
-        labels = json.loads(sh(bench, 'h2', ['docker', 'volume', 'inspect', '-f', '{{json .Labels}}', vol_a]))
-        assert labels == {'team': vol_a}
-        for src, dst, vol in (('h1', 'h2', vol_a), ('h2', 'h1', vol_b)):
-            assert len(re.findall(r'%s:%s -> %s:%s  OK' % (src, vol, dst, vol), proc.stdout)) == 1, proc.stdout[-4000:]
-        assert 'verified=True (content)' in proc.stdout
+        # --- source data -------------------------------------------------------------------
+        for name in ('fid', 'rep'):
+            make_volume(bench, 'h1', v[name])
+        for name in ('rm', 'rel'):
+            make_volume(bench, 'h2', v[name])
+        make_volume(bench, 'h1', v['db'], labels={'com.docker.compose.project': project})
+        make_volume(bench, 'h1', v['cache'], labels={'com.docker.compose.project': project}, skip=('sparse',))
+        make_volume(bench, 'h1', v['decoy'], labels={'com.docker.compose.project': project + 'x'}, skip=('sparse',))
+        make_volume(bench, 'h1', v['ren'], labels={'tier': 'bronze'}, skip=('sparse',))
+        make_volume(bench, 'h2', v['tp'], labels={'team': t})
+        run_container(bench, 'h1', c['app'], v['fid'])
+        run_container(bench, 'h2', c['app'], v['fid'], start=False)  # waits for the data on h2
+        run_container(bench, 'h1', c['web'], v['db'], labels={'com.docker.compose.project': project})
+        run_container(bench, 'h2', c['relapp'], v['rel'])
+        run_container(bench, 'h2', c['tpapp'], v['tp'], script=writer)
+        # The destination name of "rep" holds other data.
+        sh(bench, 'h2', ['docker', 'volume', 'create', v['rep']])
+        sh(bench, 'h2', ['sh', '-c', 'echo other > "$1/precious"', 'sh', volume_mountpoint(bench, 'h2', v['rep'])])
+        before = {k: digest(bench, 'h1', v[k]) for k in ('fid', 'rep', 'db', 'cache', 'decoy', 'ren')}
+        before.update({k: digest(bench, 'h2', v[k]) for k in ('rm', 'rel')})
 
-        proc = migrate(pairs)
+        post_tasks = tmp_path / 'post.yml'
+        post_tasks.write_text(
+            '- name: Record what moved\n'
+            '  ansible.builtin.copy:\n'
+            '    dest: %s\n'
+            '    mode: "0600"\n'
+            '    content: "{{ {\'destination\': migrate_result_pair.destination,'
+            ' \'volumes\': migrate_result_volumes | map(attribute=\'volume\') | list,'
+            ' \'verified\': migrate_result_volumes | map(attribute=\'verified\') | list} | to_json }}"\n' % post_file)
+        ghost_inventory = tmp_path / 'ghost.ini'
+        # A source host nobody can reach (nothing listens on port 1): connection refused at once.
+        ghost_inventory.write_text('ghost ansible_host=127.0.0.1 ansible_port=1 ansible_user=root\n')
+
+        pairs = [
+            {'source': 'h1', 'destination': 'h2', 'volumes': [v['fid'], v['rep']], 'existing': 'replace',
+             'post_tasks': str(post_tasks)},
+            {'source': 'h1', 'destination': 'h2', 'compose_project': project,
+             'volumes': [{'name': v['ren'], 'dest_name': ren_dest, 'labels': {'tier': 'gold', 'moved': 'yes'}}]},
+            {'source': 'h2', 'destination': 'h1', 'volumes': [v['rm']], 'remove_source': True},
+            {'source': 'h2', 'destination': 'h1', 'containers': [c['relapp']], 'transfer': 'controller'},
+            {'source': 'h2', 'destination': 'h1', 'volume_labels': ['team=%s' % t], 'strategy': 'two_phase',
+             'verify': 'content'},
+        ]
+        ghost_pair = {'source': 'ghost', 'destination': 'h2', 'volumes': [v['fid']]}
+
+        # --- --check: reports, changes nothing -------------------------------------------------
+        proc = migrate({'migrate_pairs': pairs}, check=True)
         assert_unchanged(proc)
+        out = proc.stdout
+        assert 'Would migrate 2 volume(s) from h1 to h2' in out, out[-6000:]
+        assert re.search(r'Containers that would stop on h1: %s\.' % c['app'], out), out[-6000:]
+        assert re.search(r'Containers that would start on h2: %s\.' % c['app'], out), out[-6000:]
+        assert re.search(r'Would migrate 3 volume\(s\) from h1 to h2 .*%s -> h2:%s' % (v['ren'], ren_dest), out), out[-6000:]
+        assert v['decoy'] not in out
+        assert 'Would migrate 1 volume(s) from h2 to h1 (two_phase, verify=content)' in out
+        print('check run: %.1fs' % proc.seconds)
+        assert running(bench, 'h1', c['app']) and not running(bench, 'h2', c['app'])
+        for host, name in (('h2', 'fid'), ('h2', 'db'), ('h1', 'rm'), ('h1', 'rel')):
+            assert volume_inspect(bench, host, v[name]) is None or marker(bench, host, v[name]) is None
+        assert marker(bench, 'h2', v['rep']) is None
+        assert volume_inspect(bench, 'h1', v['tp']) is None
+        assert 'volumeops-migrate-' not in authorized_keys(bench, 'h2') + authorized_keys(bench, 'h1')
+
+        # --- the real run, with the unreachable source beside --------------------------------
+        proc = migrate({'migrate_pairs': pairs + [ghost_pair]}, inventories=[ghost_inventory])
+        out = proc.stdout
+        print('real run: %.1fs' % proc.seconds)
+        assert proc.returncode != 0, out[-6000:]
+        # The unreachable source fails clearly; nothing else does.
+        assert re.search(r'ghost:%s -> h2  FAILED .*Source ghost is unreachable' % v['fid'], out), out[-6000:]
+        assert proc.recap['h1']['failed'] == 0 and proc.recap['h2']['failed'] == 0, out[-6000:]
+        for src, dst, name, dest_name in (('h1', 'h2', 'fid', None), ('h1', 'h2', 'rep', None),
+                                          ('h1', 'h2', 'db', None), ('h1', 'h2', 'cache', None),
+                                          ('h1', 'h2', 'ren', ren_dest), ('h2', 'h1', 'rm', None),
+                                          ('h2', 'h1', 'rel', None), ('h2', 'h1', 'tp', None)):
+            summary_ok(proc, src, v[name], dst, dest_name)
+        assert re.search(r'h2:%s -> h1:%s  OK .*relayed by the controller' % (v['rel'], v['rel']), out), out[-6000:]
+        assert 'verified=True (content)' in out
+
+        # Every volume: the destination equals the source in every preserved property.
+        for src, dst, name in (('h1', 'h2', 'fid'), ('h1', 'h2', 'rep'), ('h1', 'h2', 'db'), ('h1', 'h2', 'cache'),
+                               ('h2', 'h1', 'rel')):
+            assert_same_tree(before[name], digest(bench, dst, v[name]), '%s:%s' % (dst, v[name]))
+            assert_same_tree(before[name], digest(bench, src, v[name]), 'source %s:%s' % (src, v[name]))
+            assert marker(bench, dst, v[name])['state'] == 'complete'
+        # existing=replace: the other data is gone, replaced by the source's.
+        assert 'precious' not in digest(bench, 'h2', v['rep'])['entries']
+        # Compose project: only the project's volumes moved.
+        assert volume_inspect(bench, 'h2', v['decoy']) is None
+        assert_same_tree(before['decoy'], digest(bench, 'h1', v['decoy']), 'decoy')
+        labels = volume_inspect(bench, 'h2', v['db'])['Labels']
+        assert labels == {'com.docker.compose.project': project}, labels
+        assert not running(bench, 'h1', c['web'])
+        # Per-volume dest_name and labels override.
+        assert volume_inspect(bench, 'h2', v['ren']) is None
+        assert volume_inspect(bench, 'h2', ren_dest)['Labels'] == {'tier': 'gold', 'moved': 'yes'}
+        assert_same_tree(before['ren'], digest(bench, 'h2', ren_dest), 'h2:' + ren_dest)
+        assert marker(bench, 'h2', ren_dest)['state'] == 'complete'
+        # remove_source: verified copy on h1, source volume on h2 gone.
+        assert volume_inspect(bench, 'h2', v['rm']) is None
+        assert_same_tree(before['rm'], digest(bench, 'h1', v['rm']), 'h1:' + v['rm'])
+        assert marker(bench, 'h1', v['rm'])['state'] == 'complete'
+        # Containers: stopped on the source, the same-named one started on the destination.
+        assert running(bench, 'h2', c['app']) and not running(bench, 'h1', c['app'])
+        assert not running(bench, 'h2', c['relapp'])
+        # The post_tasks hook ran on the source with the results of its (verified) pair only.
+        post = json.loads(sh(bench, 'h1', ['cat', post_file]))
+        assert post == {'destination': 'h2', 'volumes': [v['fid'], v['rep']], 'verified': [True, True]}, post
+        # two_phase h2 -> h1 while writing: the app was stopped for the final delta; copy == frozen source.
+        assert not running(bench, 'h2', c['tpapp'])
+        tp_src = digest(bench, 'h2', v['tp'])
+        assert 'counter' in tp_src['entries']
+        assert_same_tree(tp_src, digest(bench, 'h1', v['tp']), 'h1:' + v['tp'])
+        assert marker(bench, 'h1', v['tp'])['state'] == 'complete'
+        assert volume_inspect(bench, 'h1', v['tp'])['Labels'] == {'team': t}
+        # The temporary keys are gone from both destinations.
+        assert 'volumeops-migrate-' not in authorized_keys(bench, 'h2') + authorized_keys(bench, 'h1')
+
+        # --- rerun after success: nothing changes (the removed source counts as done) ---------
+        proc = migrate({'migrate_pairs': pairs})
+        print('rerun: %.1fs' % proc.seconds)
+        assert_unchanged(proc)
+        assert len(re.findall(r'  OK \(unchanged', proc.stdout)) == 8, proc.stdout[-6000:]
+        assert_same_tree(before['fid'], digest(bench, 'h2', v['fid']), 'h2:' + v['fid'] + ' after the rerun')
+        assert running(bench, 'h2', c['app']) and not running(bench, 'h1', c['app'])
     finally:
-        cleanup(bench, [app_a, app_b], [vol_a, vol_b])
+        sh(bench, 'h1', ['rm', '-f', post_file], check=False)
+        cleanup(bench, list(c.values()), list(v.values()) + [ren_dest])
