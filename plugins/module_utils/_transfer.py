@@ -31,15 +31,23 @@ source's, and only then swaps the staging tree into ``_data`` (atomic
 ``renameat2(RENAME_EXCHANGE)``) and marks the marker ``complete``.
 
 Protocol (each frame: 1 byte kind, 4 bytes big-endian length, payload):
-  S->D  H hello(json)         D->S  S state(json)
-  S->D  P prepare(json)       D->S  E records batch (delta) ... e end, R ready(json)
-  S->D  X deletions batch, D data chunk ..., Z end of data(json), V source content digest(json)
+  S->D  H hello(json, sent as soon as the receiver is started)
+  D->S  S state(json), then at once E records batch (delta) ..., e end(json: fingerprint summary of
+        the delta's base or of the complete volume, running containers using the volume)
+  S->D  P prepare(json: source summary) or Q quit (nothing to do, check mode, refusal)
+  D->S  R ready(json)
+  S->D  X deletions batch, D data chunk ..., Z end of data(json), V source verification(json)
   D->S  K keepalive (while verifying), F final result(json), ! error(json)
-  S->D  Q quit (nothing more to do)
+
+Each tree is walked once to compare and once to verify: the sender walks the source (records and
+fingerprint in the same walk, ``TreeScan``) while the SSH connection opens and the receiver walks
+the destination, so both walks overlap; after the data, the source re-check and the destination's
+verification walk run in parallel too.
 """
 
 from __future__ import annotations
 
+import collections
 import errno
 import hashlib
 import io
@@ -59,10 +67,11 @@ import time
 from ansible_collections.volumeops.docker.plugins.module_utils import _tree
 from ansible_collections.volumeops.docker.plugins.module_utils import _archive
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 CHUNK = 1024 * 1024          # bytes read from the compressor per data frame
 MAX_FRAME = 16 * 1024 * 1024
-RECORD_BATCH = 256 * 1024    # bytes of path records per frame
+RECORD_BATCH = 128 * 1024    # bytes of path records per frame (small enough to overlap walk, transfer and merge)
+PREFETCH_ENTRIES = 65536     # source records walked ahead while waiting for the destination (~30 MB at most)
 MARKER_NAME = '.volumeops-migration.json'
 INCOMING_PREFIX = '.volumeops-incoming-'
 SKIP_TYPES = _archive.SKIP_TYPES
@@ -204,13 +213,133 @@ def record_digest(entry):
     return hashlib.sha256(_tree.entry_record(entry)).digest()[:16]
 
 
+_TYPE_BY_FMT = {stat.S_IFREG: 'f', stat.S_IFDIR: 'd', stat.S_IFLNK: 'l', stat.S_IFIFO: 'p',
+                stat.S_IFCHR: 'c', stat.S_IFBLK: 'b', stat.S_IFSOCK: 's'}
+_XATTR_NONE = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOENT)
+
+
+def fast_entry_record(entry, code):
+    """Exactly ``_tree.entry_record(entry)`` (a unit test holds them equal), with less per-entry overhead.
+
+    One bytes formatting instead of a list of fields, and one listxattr: entries without extended
+    attributes (nearly all) skip ``_tree.read_xattrs``; entries with some are read by it, so names,
+    order, encoding and error handling stay those of ``_tree``.
+    """
+    st = entry.st
+    if code == 'l':
+        extra = os.readlink(entry.abspath)
+    elif code == 'c' or code == 'b':
+        extra = b'%d,%d' % (os.major(st.st_rdev), os.minor(st.st_rdev))
+    else:
+        extra = b''
+    record = b'%s\0%s\0%d\0%d\0%o\0%d\0%d\0%s' % (
+        entry.relpath, code.encode(), st.st_size if code == 'f' else 0, st.st_mtime_ns, st.st_mode & 0o7777,
+        st.st_uid, st.st_gid, extra)
+    try:
+        names = os.listxattr(entry.abspath, follow_symlinks=False)
+    except OSError as exc:
+        if exc.errno in _XATTR_NONE:
+            return record
+        names = True  # let _tree.read_xattrs raise (or handle) it exactly as the fingerprint does
+    if names:
+        record += b''.join(b'\0' + os.fsencode(name) + b'=' + value.hex().encode()
+                           for name, value in _tree.read_xattrs(entry.abspath))
+    return record
+
+
+class TreeScan(object):
+    """ONE walk of a tree (``_tree.walk``) giving both its per-entry records and its fingerprint.
+
+    Iterating yields ``(relpath, digest16, type code, entry)`` in walk order (sockets skipped, as
+    archives cannot hold them); once exhausted, ``summary`` equals ``_archive.tree_summary(root,
+    exclude)`` (same records, same hash, same counts) and, with ``content=True``, ``content``
+    equals ``content_digest(root, exclude)``. A delta pass used to walk each tree two or three times
+    (records, then fingerprint, then content digest); this walks it once per use.
+    """
+
+    def __init__(self, root, exclude=None, content=False):
+        self.root = root
+        self.exclude = exclude
+        self.content = None
+        self.summary = None
+        self._want_content = content
+
+    def __iter__(self):
+        digest = hashlib.sha256(b'volumeops-tree-v%d\n' % _tree.FINGERPRINT_VERSION)
+        pending = []
+        entries = 0
+        total = 0
+        seen_inodes = set()
+        content = hashlib.sha256(b'volumeops-content-v1\n') if self._want_content else None
+        content_cache = {}
+        buf = bytearray(CHUNK) if content is not None else None
+        type_by_fmt = _TYPE_BY_FMT
+        sha256 = hashlib.sha256
+        for entry in _tree.walk(self.root, self.exclude):
+            st = entry.st
+            code = type_by_fmt.get(stat.S_IFMT(st.st_mode), '?')
+            if code == 'f':
+                if content is not None:
+                    content.update(entry.relpath + b'\0' + _file_hash(entry, content_cache, buf) + b'\n')
+                if st.st_nlink > 1:
+                    key = (st.st_dev, st.st_ino)
+                    if key not in seen_inodes:
+                        seen_inodes.add(key)
+                        total += st.st_size
+                else:
+                    total += st.st_size
+            elif code in SKIP_TYPES:
+                continue
+            record = fast_entry_record(entry, code)
+            pending.append(record)
+            entries += 1
+            if len(pending) >= 512:
+                # Hash the fingerprint in batches: one update per 512 records, not two per record.
+                pending.append(b'')
+                digest.update(b'\n'.join(pending))
+                pending = []
+            yield entry.relpath, sha256(record).digest()[:16], code, entry
+        if pending:
+            pending.append(b'')
+            digest.update(b'\n'.join(pending))
+        self.summary = _tree.TreeSummary('sha256:' + digest.hexdigest(), entries, total)
+        if content is not None:
+            self.content = 'sha256:' + content.hexdigest()
+
+    def run(self):
+        """Walk to the end; returns the summary."""
+        for dummy in self:
+            pass
+        return self.summary
+
+
+def _file_hash(entry, cache, buf):
+    """Hex sha256 of a regular file's content (hard-linked inodes hashed once)."""
+    st = entry.st
+    key = (st.st_dev, st.st_ino)
+    hexd = cache.get(key)
+    if hexd is not None:
+        return hexd
+    h = hashlib.sha256()
+    view = memoryview(buf)
+    fd = os.open(entry.abspath, os.O_RDONLY | getattr(os, 'O_NOFOLLOW', 0))
+    try:
+        while True:
+            n = os.readv(fd, [buf])
+            if not n:
+                break
+            h.update(view[:n])
+    finally:
+        os.close(fd)
+    hexd = h.hexdigest().encode()
+    if st.st_nlink > 1:
+        cache[key] = hexd
+    return hexd
+
+
 def iter_records(root, exclude=None):
     """(relpath, digest, type code, entry) for every entry of the tree, in walk order, sockets skipped."""
-    for entry in _tree.walk(root, exclude):
-        code = _tree.type_code(entry.st.st_mode)
-        if code in SKIP_TYPES:
-            continue
-        yield entry.relpath, record_digest(entry), code, entry
+    return iter(TreeScan(root, exclude))
 
 
 def parent_of(relpath):
@@ -225,7 +354,9 @@ class DeltaPlan(object):
 
     def __init__(self):
         self.send = []        # entries to archive (--no-recursion), walk order
-        self.delete = []      # paths the destination removes before extracting
+        self.delete = []      # paths the destination removes before extracting (top-most only)
+        self.removed = []     # of those, the ones the source no longer has (not sent again), walk order
+        self.replaced = 0     # entries the destination holds in another version that are sent again
         self.send_bytes = 0   # apparent size of the regular files to send
         self.unchanged = 0
 
@@ -235,13 +366,13 @@ def compute_delta(source_records, dest_records):
 
     ``source_records`` yields (relpath, digest, type_code, st or None);
     ``dest_records`` yields (relpath, digest, type_code).
-    Memory is proportional to what changed, not to the tree size: both streams
-    are in walk order (``walk_key``), so one pass suffices. Rules:
-    - only on the source, or digest differs: send it;
-    - changed and not a directory on both sides: delete on the destination first
-      (GNU tar then creates it fresh; also covers type changes);
-    - a directory that became something else (or vice versa): delete first;
-    - only on the destination: delete;
+    Memory is proportional to what changed (plus the source's directory paths), not to the tree
+    size: both streams are in walk order (``walk_key``), so one pass suffices. Rules:
+    - only on the source: send it;
+    - on both sides with another digest: send it again (``replaced``); when it is not a directory
+      on both sides, delete it on the destination first (GNU tar then creates it fresh; also
+      covers type changes);
+    - only on the destination: delete (``removed``);
     - the parent directory of anything sent or deleted is sent too, so its
       mtime (which the destination's changes disturb) is set again by tar;
     - every path of a hard-link group with a member to send is sent (and
@@ -250,55 +381,64 @@ def compute_delta(source_records, dest_records):
     plan = DeltaPlan()
     send = {}
     delete = set()
-    src_types = {}
+    replaced = set()
+    src_dirs = set()
     link_groups = {}  # (dev, ino) -> [relpath] for regular files with nlink > 1
     dst_iter = iter(dest_records)
     dst = next(dst_iter, None)
-    last_dst_key = None
+    dst_key = walk_key(dst[0]) if dst is not None else None
 
     def advance_dst():
-        nonlocal last_dst_key
+        nonlocal dst_key
         item = next(dst_iter, None)
         if item is not None:
             key = walk_key(item[0])
-            if last_dst_key is not None and key <= last_dst_key:
+            if key <= dst_key:
                 raise TransferError('protocol error: destination records are not in walk order')
-            last_dst_key = key
+            dst_key = key
         return item
 
-    if dst is not None:
-        last_dst_key = walk_key(dst[0])
+    unchanged = 0
     for relpath, digest, code, st in source_records:
-        key = walk_key(relpath)
-        src_types[relpath] = code if code == 'd' else None
-        if code == 'f' and st is not None and st.st_nlink > 1:
-            link_groups.setdefault((st.st_dev, st.st_ino), []).append((relpath, st.st_size))
-        while dst is not None and walk_key(dst[0]) < key:
-            delete.add(dst[0])
-            dst = advance_dst()
+        if code == 'd':
+            src_dirs.add(relpath)
+        elif code == 'f' and st is not None and st.st_nlink > 1:
+            link_groups.setdefault((st.st_dev, st.st_ino), []).append(relpath)
+        if dst is not None and dst[0] != relpath:
+            # Only computed when the streams are not aligned (an addition or a deletion): the
+            # common case, the same path on both sides, costs one comparison.
+            key = walk_key(relpath)
+            while dst is not None and dst_key < key:
+                delete.add(dst[0])
+                dst = advance_dst()
         if dst is not None and dst[0] == relpath:
             if dst[1] != digest:
                 send[relpath] = (code, st)
+                replaced.add(relpath)
                 if code != 'd' or dst[2] != 'd':
                     delete.add(relpath)
             else:
-                plan.unchanged += 1
+                unchanged += 1
             dst = advance_dst()
         else:
             send[relpath] = (code, st)
+    plan.unchanged = unchanged
     while dst is not None:
         delete.add(dst[0])
         dst = advance_dst()
+    # Entries only on the destination: everything deleted that is not sent again.
+    removed = [p for p in delete if p not in send]
     for members in link_groups.values():
-        if any(p in send for p, dummy in members):
-            for p, dummy in members:
+        if any(p in send for p in members):
+            for p in members:
                 if p not in send:
                     send[p] = ('f', None)
+                    replaced.add(p)
                 delete.add(p)
     # Parents of whatever changes on the destination, when they exist on the source.
     for relpath in list(send) + list(delete):
         parent = parent_of(relpath)
-        if parent is not None and parent not in send and src_types.get(parent) == 'd':
+        if parent is not None and parent not in send and parent in src_dirs:
             send[parent] = ('d', None)
     seen_inodes = set()
     for relpath, (code, st) in send.items():
@@ -310,6 +450,9 @@ def compute_delta(source_records, dest_records):
             plan.send_bytes += st.st_size
     # A deleted directory removes its subtree: only the top-most deletions are needed.
     plan.delete = _topmost(sorted(delete, key=walk_key))
+    top = set(plan.delete)
+    plan.removed = [p for p in sorted(removed, key=walk_key) if p in top]
+    plan.replaced = len(replaced)
     plan.send = sorted(send, key=walk_key)
     return plan
 
@@ -536,6 +679,87 @@ def ssh_connect(host, port, user, host_key, pkey, timeout):
 
 # --- sender ---------------------------------------------------------------------------------------
 
+class _Connector(threading.Thread):
+    """Opens the connection and sends the hello in the background (``Sender._open``).
+
+    ``ready`` is set once the hello is sent or the attempt failed; ``wait()`` re-raises its error.
+    """
+
+    def __init__(self, sender):
+        threading.Thread.__init__(self)
+        self.daemon = True
+        self.sender = sender
+        self.ready = threading.Event()
+        self.error = None
+
+    def run(self):
+        try:
+            self.sender._open()
+            self.sender.io.send_json(b'H', self.sender._hello())
+        except BaseException as exc:  # handed to the main thread by wait()
+            self.error = exc
+        finally:
+            self.ready.set()
+
+    def wait(self):
+        self.ready.wait()
+        if self.error is not None:
+            error = self.error
+            if isinstance(error, TransferError):
+                raise error
+            if isinstance(error, (ConnectionLost, socket.timeout, EOFError, OSError)):
+                raise TransferError(self.sender._remote_failure(error))
+            raise error
+
+
+class _Prefetch(object):
+    """Iterate ``iterator`` in order, letting the caller walk it ahead into a buffer while it waits.
+
+    The source walk feeds the merge with the destination's records, which arrive over the network:
+    whenever the destination has nothing ready yet (connection being opened, receiver starting,
+    walking), ``pull`` advances the source walk instead of blocking, so the two walks overlap. The
+    buffer holds at most ``cap`` entries (bounded memory).
+    """
+
+    def __init__(self, iterator, cap):
+        self.iterator = iter(iterator)
+        self.buffer = collections.deque()
+        self.cap = cap
+        self.done = False
+
+    def pull(self, count=256):
+        """Walk up to ``count`` entries ahead. False when there is nothing more to do (end or buffer full)."""
+        buffer = self.buffer
+        count = min(count, self.cap - len(buffer))
+        if self.done or count <= 0:
+            return False
+        for dummy in range(count):
+            item = next(self.iterator, _END)
+            if item is _END:
+                self.done = True
+                return False
+            buffer.append(item)
+        return True
+
+    def __iter__(self):
+        buffer = self.buffer
+        iterator = self.iterator
+        while True:
+            if buffer:
+                yield buffer.popleft()
+            elif self.done:
+                return
+            else:
+                item = next(iterator, _END)
+                if item is _END:
+                    self.done = True
+                    return
+                yield item
+
+
+_END = object()
+
+
 class Sender(object):
     """Runs on the source host. ``params`` is the module's parameter dict."""
 
@@ -550,6 +774,7 @@ class Sender(object):
         self.channel = None
         self.io = None
         self.stderr_chunks = []
+        self.prefetch = None
 
     # connection -------------------------------------------------------------
     def _open(self):
@@ -613,15 +838,26 @@ class Sender(object):
         started = time.time()
         p = self.p
         exclude = p.get('exclude') or []
-        summary = _archive.tree_summary(self.root, exclude=exclude)
-        result = dict(changed=False, bytes=summary.bytes, entries=summary.entries, bytes_sent=0,
-                      source_fingerprint=summary.fingerprint, dest_fingerprint=None, verified=False,
-                      deleted=0, sent_entries=0, dest_state=None, dest_volume=p['dest_volume'],
-                      migration_id=p['migration_id'], mb_per_s=0.0, duration=0.0)
+        # The connection (SSH handshake, shipping and starting the receiver, which then inspects the
+        # destination and starts walking it) is opened in a thread while this thread walks the source:
+        # the two walks run at the same time on their two hosts instead of one after the other.
+        connector = _Connector(self)
+        connector.start()
         try:
-            self._open()
+            scan = TreeScan(self.root, exclude)
+            source = None
+            if (p.get('pass') or 'full') == 'delta':
+                # Records are consumed by the merge with the destination's records, which needs the
+                # connection: walk ahead into a bounded buffer until it is up.
+                source = _Prefetch(self._source_records(scan), PREFETCH_ENTRIES)
+                while not connector.ready.is_set() and source.pull():
+                    pass
+            else:
+                scan.run()
+            connector.wait()
+            self.prefetch = source
             try:
-                return self._run(summary, result, exclude, started)
+                return self._run(scan, source, exclude, started)
             except (ConnectionLost, socket.timeout, EOFError, OSError) as exc:
                 raise TransferError(self._remote_failure(exc))
             except TransferError:
@@ -631,9 +867,10 @@ class Sender(object):
                     raise TransferError(self._remote_failure(exc))
                 raise
         finally:
+            connector.join()
             self.close()
 
-    def _hello(self, summary):
+    def _hello(self):
         p = self.p
         return dict(
             protocol=PROTOCOL_VERSION, migration_id=p['migration_id'], dest_volume=p['dest_volume'],
@@ -642,48 +879,62 @@ class Sender(object):
             existing=p.get('existing') or 'fail', check_mode=self.check_mode, pass_=p.get('pass') or 'full',
             finalize=bool(p.get('finalize', True)), verify=p.get('verify') or 'metadata',
             compression=p.get('compression') or 'zstd', allow_devices=bool(p.get('allow_devices')),
-            source=dict(fingerprint=summary.fingerprint, entries=summary.entries, bytes=summary.bytes,
-                        volume=p.get('volume'), host=os.uname()[1]),
+            source=dict(volume=p.get('volume'), host=os.uname()[1]),
             source_volume=dict(driver=self.volume_info.get('Driver'), labels=self.volume_info.get('Labels') or {},
                                options=self.volume_info.get('Options') or {}),
         )
 
-    def _run(self, summary, result, exclude, started):
+    def _run(self, scan, source, exclude, started):
         p = self.p
         io_ = self.io
-        io_.send_json(b'H', self._hello(summary))
+        pass_ = p.get('pass') or 'full'
+        self._idle()
         dummy, payload = io_.recv_expect(b'S')
         state = _json(payload)
-        result['dest_state_before'] = state.get('marker_state')
-        result['dest_exists'] = state.get('exists')
         if state.get('conflict'):
             io_.send(b'Q')
             raise TransferError(state['conflict'])
-        if state.get('complete_match'):
+        plan = None
+        self.dest_end = None
+        if pass_ == 'delta':
+            # One streaming merge of both walks; the destination's records arrive while it walks.
+            plan = compute_delta(source, self._dest_records())
+        else:
+            dummy, payload = io_.recv_expect(b'e')
+            self.dest_end = _json(payload)
+        end = self.dest_end or {}
+        summary = scan.summary
+        result = dict(changed=False, bytes=summary.bytes, entries=summary.entries, bytes_sent=0,
+                      source_fingerprint=summary.fingerprint, dest_fingerprint=None, verified=False,
+                      deleted=0, replaced=0, sent_entries=0, dest_state=None, dest_volume=p['dest_volume'],
+                      migration_id=p['migration_id'], mb_per_s=0.0, duration=0.0)
+        result['dest_state_before'] = state.get('marker_state')
+        result['dest_exists'] = state.get('exists')
+        dest_summary = end.get('summary')
+        complete_match = bool(state.get('complete') and dest_summary
+                              and dest_summary.get('fingerprint') == summary.fingerprint
+                              and dest_summary.get('entries') == summary.entries)
+        if complete_match:
             io_.send(b'Q')
-            result.update(dest_fingerprint=state.get('dest_fingerprint'), verified=True, dest_state='complete')
+            result.update(dest_fingerprint=dest_summary['fingerprint'], verified=True, dest_state='complete')
             result['duration'] = round(time.time() - started, 3)
             if self.diff:
                 result['diff'] = dict(before=self._diff_text(state), after=self._diff_text(state))
             return result
-        pass_ = p.get('pass') or 'full'
-        plan = None
-        if pass_ == 'delta':
-            io_.send_json(b'P', dict(pass_='delta', check_mode=self.check_mode))
-            plan = compute_delta(self._source_records(exclude), self._dest_records())
-            dummy, payload = io_.recv_expect(b'R')
-            ready = _json(payload)
-            if not ready.get('base'):
-                # Nothing of this migration on the destination: the delta is a full copy.
-                pass
+        if end.get('in_use'):
+            io_.send(b'Q')
+            raise TransferError('Destination volume %s is in use by running container(s) %s on the destination; '
+                                'stop them first.' % (p['dest_volume'], ', '.join(sorted(end['in_use']))))
+        if plan is not None:
             send_bytes = plan.send_bytes
             result['sent_entries'] = len(plan.send)
-            result['deleted'] = len(plan.delete)
+            result['deleted'] = len(plan.removed)
+            result['replaced'] = plan.replaced
         else:
             send_bytes = summary.bytes
             result['sent_entries'] = summary.entries
         free = state.get('free_bytes')
-        if free is not None and free < int(send_bytes * 1.1) and not state.get('complete_match'):
+        if free is not None and free < int(send_bytes * 1.1):
             io_.send(b'Q')
             raise TransferError('Not enough free space on the destination: %d bytes free in %s, %d needed '
                                 '(1.1 x %d bytes to send). Nothing was changed on the destination.'
@@ -700,12 +951,11 @@ class Sender(object):
             result['duration'] = round(time.time() - started, 3)
             if plan is not None:
                 result['sample_sent'] = [_show(x) for x in plan.send[:20]]
-                result['sample_deleted'] = [_show(x) for x in plan.delete[:20]]
+                result['sample_deleted'] = [_show(x) for x in plan.removed[:20]]
             return result
-        if pass_ == 'full':
-            io_.send_json(b'P', dict(pass_='full', check_mode=False))
-            io_.recv_expect(b'R')
-        else:
+        io_.send_json(b'P', dict(pass_=pass_, source=summary.as_dict()))
+        io_.recv_expect(b'R')
+        if plan is not None:
             for i in range(0, len(plan.delete), 4096):
                 io_.send(b'X', encode_paths(plan.delete[i:i + 4096]))
         tar_info = self._stream(exclude, plan)
@@ -714,12 +964,14 @@ class Sender(object):
             # The destination discards the stream and keeps the volume not complete.
             self._final(allow_error=True)
             raise TransferError(tar_info['error'])
-        source_content = None
-        if (p.get('verify') or 'metadata') == 'content':
-            source_content = content_digest(self.root, exclude)
+        # Re-check the source after streaming (in parallel with the destination's verification walk):
+        # a source changed during the pass must not be declared verified. One walk gives the
+        # fingerprint and, with verify=content, the content digest.
+        after_scan = TreeScan(self.root, exclude, content=(p.get('verify') or 'metadata') == 'content')
+        after = after_scan.run()
+        source_content = after_scan.content
+        if source_content is not None:
             result['content_digest'] = source_content
-        # Re-check the source after streaming: a changed source must not be declared verified.
-        after = _archive.tree_summary(self.root, exclude=exclude)
         io_.send_json(b'V', dict(content_digest=source_content, fingerprint=after.fingerprint,
                                  entries=after.entries, bytes=after.bytes))
         final = self._final()
@@ -750,19 +1002,33 @@ class Sender(object):
                  'state: %s' % (state.get('marker_state') or '-')]
         if plan is not None:
             lines.append('send: %d entries, %d bytes' % (len(plan.send), plan.send_bytes))
-            lines.append('delete: %d paths' % len(plan.delete))
+            lines.append('delete: %d paths' % len(plan.removed))
+            lines.append('replace: %d entries' % plan.replaced)
         elif summary is not None:
             lines.append('send: %d entries, %d bytes' % (summary.entries, summary.bytes))
         return '\n'.join(lines) + '\n'
 
-    def _source_records(self, exclude):
-        for relpath, digest, code, entry in iter_records(self.root, exclude):
+    @staticmethod
+    def _source_records(scan):
+        for relpath, digest, code, entry in scan:
             yield relpath, digest, code, entry.st
 
+    def _idle(self):
+        """Until the destination has sent something, walk the source ahead (delta) instead of blocking."""
+        source = self.prefetch
+        if source is None:
+            return
+        ready = self.channel.recv_ready
+        while not ready() and source.pull():
+            pass
+
     def _dest_records(self):
+        """The destination's records (E frames) until its end frame, whose JSON is kept in ``dest_end``."""
         while True:
+            self._idle()
             kind, payload = self.io.recv_expect(b'E', b'e')
             if kind == b'e':
+                self.dest_end = _json(payload)
                 return
             yield from decode_records(payload)
 
@@ -1194,6 +1460,8 @@ class Receiver(object):
         self.staging = None
         self.data_dir = None
         self.warnings = []
+        self.base = None
+        self.walk_root = None
 
     # helpers ---------------------------------------------------------------
     def _marker(self, state, **extra):
@@ -1206,6 +1474,12 @@ class Receiver(object):
         write_marker(self.marker_path, data)
 
     def _state(self):
+        """Inspect the destination (read-only) and choose what a delta would build on (``self.base``).
+
+        ``self.base`` is 'staging' (this migration's staged tree), 'data' (this migration's
+        completed ``_data``, or an empty ``_data``) or None (nothing usable: a delta sends everything).
+        ``self.walk_root`` is the directory whose records/fingerprint the sender needs, if any.
+        """
         h = self.hello
         mid_err = check_migration_id(h.get('migration_id'))
         if mid_err:
@@ -1216,7 +1490,9 @@ class Receiver(object):
         self.docker = DockerAccess(h.get('dest_docker_host'))
         vol = self.docker.inspect(h['dest_volume'])
         state = dict(exists=vol is not None, docker_access=self.docker.kind, marker_state=None,
-                     marker_migration_id=None, complete_match=False, conflict=None, free_bytes=None)
+                     marker_migration_id=None, complete=False, conflict=None, free_bytes=None, base=None)
+        self.base = None
+        self.walk_root = None
         if vol is None:
             parent = '/var/lib/docker/volumes'
             try:
@@ -1235,21 +1511,31 @@ class Receiver(object):
         if marker is not None:
             state['marker_state'] = marker.get('state')
             state['marker_migration_id'] = marker.get('migration_id')
-        if ours and marker.get('state') == 'complete' and os.path.isdir(self.data_dir):
-            summary = _archive.tree_summary(self.data_dir)
-            state['dest_fingerprint'] = summary.fingerprint
-            state['complete_match'] = (summary.fingerprint == h['source']['fingerprint']
-                                       and summary.entries == h['source']['entries'])
+        # Whether this migration already completed here: the sender compares the fingerprint of _data
+        # (computed below, in the same walk as the delta's records) with the source's.
+        state['complete'] = bool(ours and marker.get('state') == 'complete' and os.path.isdir(self.data_dir))
+        if ours and marker.get('state') == 'staging' and os.path.isdir(self.staging):
+            self.base = 'staging'
+        elif ours or _is_empty_dir(self.data_dir):
+            # Our complete (or interrupted 'swapping': the staging path is then not trustworthy)
+            # data, or nothing: _data becomes the base.
+            self.base = 'data'
         if not ours and not _is_empty_dir(self.data_dir) and h.get('existing') != 'replace':
             other = ('migration %r' % marker.get('migration_id')) if marker and marker.get('migration_id') \
                 else 'data that is not from this migration'
             state['conflict'] = ('Destination volume %s already exists and holds %s. Refusing to overwrite it; use '
                                  "existing: replace to replace its content (explicit opt-in), or another dest_volume."
                                  % (h['dest_volume'], other))
-        users = self.docker.running_users(h['dest_volume'])
-        if users and not state['complete_match']:
-            state['conflict'] = ('Destination volume %s is in use by running container(s) %s on the destination; '
-                                 'stop them first.' % (h['dest_volume'], ', '.join(sorted(users))))
+            users = self.docker.running_users(h['dest_volume'])
+            if users:
+                state['conflict'] = ('Destination volume %s is in use by running container(s) %s on the '
+                                     'destination; stop them first.' % (h['dest_volume'], ', '.join(sorted(users))))
+            return state, vol
+        state['base'] = self.base
+        if h.get('pass_') == 'delta':
+            self.walk_root = {'staging': self.staging, 'data': self.data_dir}.get(self.base)
+        elif state['complete']:
+            self.walk_root = self.data_dir
         return state, vol
 
     def _set_paths(self, vol):
@@ -1290,20 +1576,47 @@ class Receiver(object):
         if marker and marker.get('state') == 'swapping' and marker.get('migration_id') == self.hello['migration_id']:
             _archive.remove_tree(self.staging)
 
-    def _send_records(self, root):
-        batch = []
-        size = 0
-        if root is not None:
-            for relpath, digest, code, entry in iter_records(root):
-                batch.append((relpath, digest, code))
-                size += len(relpath) + 17
-                if size >= RECORD_BATCH:
+    def _send_records(self, root, records):
+        """Walk ``root`` once: its records as E frames (``records``), then the end frame with its summary.
+
+        The destination's running containers are listed (docker) in parallel with the walk.
+        """
+        users = []
+
+        def list_users():
+            try:
+                users.extend(self.docker.running_users(self.hello['dest_volume']))
+            except Exception as exc:  # reported by the end frame
+                users_error.append(exc)
+        users_error = []
+        lister = None
+        if self.data_dir is not None:
+            lister = threading.Thread(target=list_users)
+            lister.daemon = True
+            lister.start()
+        summary = None
+        if root is not None and os.path.isdir(root):
+            scan = TreeScan(root)
+            if records:
+                batch = []
+                size = 0
+                for relpath, digest, code, dummy in scan:
+                    batch.append((relpath, digest, code))
+                    size += len(relpath) + 18
+                    if size >= RECORD_BATCH:
+                        self.io.send(b'E', encode_records(batch))
+                        batch = []
+                        size = 0
+                if batch:
                     self.io.send(b'E', encode_records(batch))
-                    batch = []
-                    size = 0
-        if batch:
-            self.io.send(b'E', encode_records(batch))
-        self.io.send(b'e')
+            else:
+                scan.run()
+            summary = scan.summary.as_dict()
+        if lister is not None:
+            lister.join()
+        if users_error:
+            raise users_error[0]
+        self.io.send_json(b'e', dict(summary=summary, in_use=users))
 
     # main ------------------------------------------------------------------
     def run(self):
@@ -1314,53 +1627,42 @@ class Receiver(object):
                                 % (h.get('protocol'), PROTOCOL_VERSION))
         state, vol = self._state()
         self.io.send_json(b'S', state)
+        if state.get('conflict'):
+            self.io.recv_expect(b'Q')
+            return
+        # Right away, while the sender walks the source: the records of the delta's base (or, for a
+        # complete destination, only its fingerprint), read-only, also in check mode.
+        self._send_records(self.walk_root, h.get('pass_') == 'delta')
         kind, payload = self.io.recv_expect(b'P', b'Q')
         if kind == b'Q':
             return
+        if h.get('check_mode'):
+            raise TransferError('protocol error: prepare frame in check mode')
         prep = _json(payload)
-        check = bool(prep.get('check_mode'))
-        if check:
-            # Delta in check mode: only list the base read-only.
-            base = None
-            if vol is not None:
-                marker = read_marker(self.marker_path)
-                if os.path.isdir(self.staging) and marker and marker.get('migration_id') == h['migration_id'] \
-                        and marker.get('state') == 'staging':
-                    base = self.staging
-                elif marker and marker.get('migration_id') == h['migration_id'] or _is_empty_dir(self.data_dir):
-                    base = self.data_dir
-            self._send_records(base)
-            self.io.send_json(b'R', dict(base=bool(base)))
-            self.io.recv_expect(b'Q')
-            return
+        src = prep.get('source') or {}
+        h['source'].update(fingerprint=src.get('fingerprint'), entries=src.get('entries'), bytes=src.get('bytes'))
         vol = self._ensure_volume(vol)
         self._recover_swap()
-        marker = read_marker(self.marker_path)
-        ours = marker is not None and marker.get('migration_id') == h['migration_id']
-        if prep.get('pass_') == 'delta':
-            if not (os.path.isdir(self.staging) and ours and marker.get('state') == 'staging'):
+        if h.get('pass_') == 'delta':
+            if self.base == 'staging':
+                self._marker('staging')
+            else:
                 _archive.remove_tree(self.staging)
-                if ours or _is_empty_dir(self.data_dir):
-                    # Our complete data (or nothing): it becomes the base. The volume stops looking complete
-                    # before anything moves.
-                    self._marker('staging')
+                self._marker('staging')
+                if self.base == 'data':
+                    # The records sent describe _data: it becomes the staging tree. The volume stops
+                    # looking complete before anything moves.
                     os.rename(self.data_dir, self.staging)
                     os.mkdir(self.data_dir, 0o755)
                 else:
-                    self._marker('staging')
                     os.mkdir(self.staging, 0o700)
-            else:
-                self._marker('staging')
-            self._send_records(self.staging)
-            self.io.send_json(b'R', dict(base=True))
-            deletions = 0
+            self.io.send_json(b'R', dict(base=self.base is not None))
             while True:
                 kind, payload = self.io.recv_expect(b'X', b'D', b'Z')
                 if kind != b'X':
                     break
                 for rel in decode_paths(payload):
-                    if safe_delete(self.staging, rel):
-                        deletions += 1
+                    safe_delete(self.staging, rel)
             first = (kind, payload)
             guard = OnDiskGuard(self.staging)
         else:
@@ -1436,8 +1738,10 @@ class Receiver(object):
         t.daemon = True
         t.start()
         try:
-            summary = _archive.tree_summary(self.staging)
-            dest_content = content_digest(self.staging) if h.get('verify') == 'content' else None
+            # The one re-walk of the extracted tree: fingerprint and (verify=content) content digest together.
+            scan = TreeScan(self.staging, content=h.get('verify') == 'content')
+            summary = scan.run()
+            dest_content = scan.content
         finally:
             stop.set()
             t.join()

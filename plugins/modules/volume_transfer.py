@@ -217,7 +217,11 @@ notes:
     still pins O(dest_host_key) end to end. O(private_key) is then a path on the source host; O(docker_host) is
     the source's daemon as seen from the source.
   - Peak memory is bounded by fixed buffers (1 MiB data frames) plus, for O(pass=delta), the list of changed
-    paths; the receiver's stream validator keeps one set entry per path of the stream.
+    paths, the source's directory paths and at most 65,536 source entries walked ahead while the destination
+    is still connecting or walking; the receiver's stream validator keeps one set entry per path of the stream.
+  - Each tree is walked once to compare (the source while the connection opens, the destination as soon as the
+    receiver starts, at the same time), and once more after the data was sent to verify (both sides in
+    parallel); a rerun with nothing to send costs about one walk of the larger tree plus the SSH connection.
 seealso:
   - module: volumeops.docker.volume_backup
   - module: volumeops.docker.volume_restore
@@ -309,12 +313,19 @@ content_digest:
   returned: when O(verify=content) and data was sent
   type: str
 deleted:
-  description: Number of top-most paths a delta pass removed on the destination before extracting (entries the
-    source no longer has, and changed non-directories, which are then sent again).
+  description: Number of paths a delta pass removed on the destination because the source no longer has them
+    (top-most paths only; a removed directory counts once). In check mode, how many would be removed.
+  returned: always
+  type: int
+replaced:
+  description: Number of entries a delta pass sent again because the destination held another version of them
+    (changed content or metadata, or another type; also the other names of a re-sent hard-link group). Changed
+    non-directories are removed on the destination first; these removals are not counted in RV(deleted).
   returned: always
   type: int
 sent_entries:
-  description: Entries sent (all for a full pass; changed ones plus parents for a delta).
+  description: Entries sent (all for a full pass; new and replaced ones plus the parent directories whose mtimes
+    they disturb for a delta).
   returned: always
   type: int
 dest_state:
@@ -336,7 +347,7 @@ relayed:
   returned: in relay mode
   type: bool
 sample_deleted:
-  description: Up to 20 paths a delta would delete on the destination.
+  description: Up to 20 paths a delta would delete on the destination (those the source no longer has).
   returned: in check mode with O(pass=delta)
   type: list
   elements: str

@@ -240,3 +240,129 @@ def test_safe_delete_never_follows_symlinks(tmp_path):
         _transfer.safe_delete(str(root), b'../outside/keep')
     with pytest.raises(_transfer.TransferError):
         _transfer.safe_delete(str(root), b'.')
+
+
+# --- one walk per tree: records, fingerprint and content digest together -----------------------------
+
+def _rich_tree(root):
+    """Every entry type the fingerprint knows, hard links, an xattr and an ACL where supported."""
+    import socket
+    import stat as stat_
+    _tree_at(root, SPEC)
+    os.symlink('a/b/c', os.path.join(root, 'link'))
+    os.symlink('/nowhere', os.path.join(root, 'a', 'dangling'))
+    os.mkfifo(os.path.join(root, 'fifo'))
+    os.link(os.path.join(root, 'b'), os.path.join(root, 'a', 'b-hardlink'))
+    with open(os.path.join(root, 'empty'), 'w'):
+        pass
+    os.chmod(os.path.join(root, 'empty'), 0o4755)
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(os.path.join(root, 'a', 'sock'))  # skipped: archives cannot hold sockets
+    sock.close()
+    if os.geteuid() == 0:
+        os.mknod(os.path.join(root, 'null'), 0o600 | stat_.S_IFCHR, os.makedev(1, 3))
+        os.lchown(os.path.join(root, 'link'), 1000, 1001)
+    try:
+        os.setxattr(os.path.join(root, 'a', 'z'), 'user.volumeops', b'\x00v\xff')
+    except OSError:
+        pass
+    subprocess.run(['setfacl', '-m', 'u:999:r', os.path.join(root, 'b')], check=False,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize('exclude', [None, ['a.b'], ['*.txt', 'z']])
+def test_tree_scan_is_one_walk_equal_to_fingerprint_records_and_content(tmp_path, exclude):
+    import hashlib
+    root = str(tmp_path / 'tree')
+    os.mkdir(root)
+    _rich_tree(root)
+    scan = _transfer.TreeScan(root, exclude, content=True)
+    got = list(scan)
+    entries = [e for e in _tree.walk(root, exclude) if _tree.type_code(e.st.st_mode) not in _archive.SKIP_TYPES]
+    assert [g[0] for g in got] == [e.relpath for e in entries]
+    for (relpath, digest, code, entry), ref in zip(got, entries):
+        record = _tree.entry_record(ref)
+        assert _transfer.fast_entry_record(entry, code) == record
+        assert digest == hashlib.sha256(record).digest()[:16] == _transfer.record_digest(ref)
+        assert code == _tree.type_code(ref.st.st_mode)
+    assert scan.summary.as_dict() == _archive.tree_summary(root, exclude=exclude).as_dict()
+    assert scan.content == _transfer.content_digest(root, exclude)
+    assert _transfer.TreeScan(root, exclude).run().as_dict() == scan.summary.as_dict()
+    assert _transfer.TreeScan(root, exclude).content is None
+
+
+def test_tree_scan_sees_xattr_changes(tmp_path):
+    root = str(tmp_path)
+    (tmp_path / 'f').write_text('x')
+    before = _transfer.TreeScan(root).run().fingerprint
+    try:
+        os.setxattr(str(tmp_path / 'f'), 'user.k', b'v')
+    except OSError:
+        pytest.skip('no user xattrs on this filesystem')
+    os.utime(root, ns=(os.stat(root).st_atime_ns, os.stat(root).st_mtime_ns))
+    after = _transfer.TreeScan(root).run().fingerprint
+    assert after != before
+    assert after == _archive.tree_summary(root).fingerprint
+
+
+def test_delta_counts_removed_apart_from_replaced(tmp_path):
+    src = tmp_path / 'src'
+    dst = tmp_path / 'dst'
+    _tree_at(str(src), SPEC)
+    subprocess.run(['cp', '-a', str(src), str(dst)], check=True)
+    # in-place edits only (the directories' mtimes do not change): nothing is deleted
+    for rel in ('a/z', 'a/b/c'):
+        with open(str(src / rel), 'r+') as f:
+            f.write('Y')
+    plan = _transfer.compute_delta(_records(str(src)), _dest(str(dst)))
+    assert plan.removed == []
+    assert plan.replaced == 2
+    assert set(plan.delete) == {b'./a/z', b'./a/b/c'}  # removed before re-sending, but not "deleted"
+    # now also remove a subtree and retype a file into a directory
+    subprocess.run(['rm', '-rf', str(src / 'z')], check=True)
+    os.unlink(str(src / 'b'))
+    os.mkdir(str(src / 'b'))
+    plan = _transfer.compute_delta(_records(str(src)), _dest(str(dst)))
+    assert plan.removed == [b'./z']           # top-most path the source no longer has
+    assert b'./z' in plan.delete and b'./b' in plan.delete
+    assert b'./b' in plan.send and b'./b' not in plan.removed
+    # a/z, a/b/c, b (retyped) and the root (its mtime changed with the removals)
+    assert plan.replaced == 4
+
+
+def test_delta_hardlink_partner_counts_as_replaced(tmp_path):
+    src = tmp_path / 'src'
+    dst = tmp_path / 'dst'
+    _tree_at(str(src), [('d', 'd'), ('d/one', 'data'), ('two', 'x')])
+    os.unlink(str(src / 'two'))
+    os.link(str(src / 'd' / 'one'), str(src / 'two'))
+    subprocess.run(['cp', '-a', str(src), str(dst)], check=True)
+    st = os.stat(str(src / 'two'))
+    os.chmod(str(src / 'two'), 0o600)  # one inode, both names change
+    os.utime(str(src / 'two'), ns=(st.st_atime_ns, st.st_mtime_ns))
+    plan = _transfer.compute_delta(_records(str(src)), _dest(str(dst)))
+    assert {b'./d/one', b'./two'} <= set(plan.send)
+    assert plan.removed == [] and plan.replaced == 2
+
+
+def test_prefetch_keeps_order_with_interleaved_pulls():
+    pre = _transfer._Prefetch(iter(range(100)), cap=10)
+    assert pre.pull(4) and list(pre.buffer) == [0, 1, 2, 3]
+    out = []
+    it = iter(pre)
+    for dummy in range(6):
+        out.append(next(it))
+    assert pre.pull(3)                         # walk ahead while "waiting"
+    assert list(pre.buffer) == [6, 7, 8]
+    assert pre.pull(50) and len(pre.buffer) == 10   # never beyond the cap
+    assert not pre.pull(1)
+    out.extend(it)
+    assert out == list(range(100))
+    full = _transfer._Prefetch(iter(range(1000)), cap=8)
+    while full.pull(3):
+        pass
+    assert len(full.buffer) == 8                # bounded: stops at the cap
+    assert list(full) == list(range(1000))
+    short = _transfer._Prefetch(iter(range(5)), cap=100)
+    assert not short.pull(10) and short.done
+    assert list(short) == list(range(5))

@@ -76,10 +76,10 @@ def main():
     s = _transfer.Sender(params, source_root=None)
     s._open()
     io_ = s.io
-    hello = s._hello(_transfer._tree.TreeSummary('sha256:0', 2, 1))
-    io_.send_json(b'H', hello)
+    io_.send_json(b'H', s._hello())
     io_.recv_expect(b'S')
-    io_.send_json(b'P', dict(pass_='full', check_mode=False))
+    io_.recv_expect(b'e')  # the destination's summary (none: a fresh volume)
+    io_.send_json(b'P', dict(pass_='full', source=dict(fingerprint='sha256:0', entries=2, bytes=1)))
     io_.recv_expect(b'R')
     error = None
     try:
