@@ -1610,7 +1610,11 @@ class Receiver(object):
                 if batch:
                     self.io.send(b'E', encode_records(batch))
             else:
-                scan.run()
+                done = self._keepalive()  # only the fingerprint: no frame until the end of the walk
+                try:
+                    scan.run()
+                finally:
+                    done()
             summary = scan.summary.as_dict()
         if lister is not None:
             lister.join()
@@ -1724,8 +1728,8 @@ class Receiver(object):
         except Exception:
             return
 
-    def _verify_and_finish(self):
-        h = self.hello
+    def _keepalive(self):
+        """Send K frames every 5 s (long walks without other frames) until the returned function is called."""
         stop = threading.Event()
 
         def keepalive():
@@ -1737,14 +1741,22 @@ class Receiver(object):
         t = threading.Thread(target=keepalive)
         t.daemon = True
         t.start()
+
+        def done():
+            stop.set()
+            t.join()
+        return done
+
+    def _verify_and_finish(self):
+        h = self.hello
+        done = self._keepalive()
         try:
             # The one re-walk of the extracted tree: fingerprint and (verify=content) content digest together.
             scan = TreeScan(self.staging, content=h.get('verify') == 'content')
             summary = scan.run()
             dest_content = scan.content
         finally:
-            stop.set()
-            t.join()
+            done()
         kind, payload = self.io.recv_expect(b'V')
         src = _json(payload)
         problems = []
