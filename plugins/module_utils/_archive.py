@@ -63,6 +63,7 @@ CHUNK = 1024 * 1024
 TMP_MARKER = '.volumeops-tmp-'
 STAGING_MARKER = '.volumeops-staging-'
 OLD_MARKER = '.volumeops-old-'
+READY_MARKER = '.volumeops-ready-'
 # Archives cannot hold sockets (GNU tar skips them), so they are left out of
 # every fingerprint that is compared with an archive's manifest.
 SKIP_TYPES = ('s',)
@@ -921,6 +922,43 @@ def tree_summary(root, exclude=None):
     return _tree.fingerprint(root, exclude=exclude, skip_types=SKIP_TYPES)
 
 
+def subset_summary(root, paths, skip_types=SKIP_TYPES):
+    """TreeSummary of only the entries of ``root`` whose relative path is in ``paths``.
+
+    ``paths`` holds paths as the validator reports them (``b'.'`` for the root,
+    ``b'a/b'`` below it). Computed exactly like ``_tree.fingerprint`` over the
+    same walk, so after a merge it equals the archive's manifest fingerprint
+    when every archived entry is in the volume as archived, whatever else the
+    volume holds (merge idempotency). Directories not in ``paths`` are not entered.
+    """
+    digest = hashlib.sha256(b'volumeops-tree-v%d\n' % _tree.FINGERPRINT_VERSION)
+    entries = 0
+    total = 0
+    seen_inodes = set()
+
+    def descend(entry):
+        return entry.relpath[2:] in paths
+
+    for entry in _tree.walk(root, descend=descend):
+        rel = b'.' if entry.relpath == b'.' else entry.relpath[2:]
+        if rel not in paths:
+            continue
+        st = entry.st
+        if skip_types and _tree.type_code(st.st_mode) in skip_types:
+            continue
+        digest.update(_tree.entry_record(entry))
+        digest.update(b'\n')
+        entries += 1
+        if stat.S_ISREG(st.st_mode):
+            if st.st_nlink > 1:
+                key = (st.st_dev, st.st_ino)
+                if key in seen_inodes:
+                    continue
+                seen_inodes.add(key)
+            total += st.st_size
+    return _tree.TreeSummary('sha256:' + digest.hexdigest(), entries, total)
+
+
 def verify_tree(root, manifest):
     """Raise ArchiveError unless the tree at ``root`` matches the manifest's count and fingerprint."""
     summary = tree_summary(root)
@@ -1010,6 +1048,120 @@ def merge_into(staging, target):
     return moved
 
 
+class _DirStat(object):
+    """The fields of an os.stat_result that copy_dir_metadata uses."""
+
+    def __init__(self, st, atime_ns=None, mtime_ns=None):
+        self.st_uid = st.st_uid
+        self.st_gid = st.st_gid
+        self.st_mode = st.st_mode
+        self.st_atime_ns = st.st_atime_ns if atime_ns is None else atime_ns
+        self.st_mtime_ns = st.st_mtime_ns if mtime_ns is None else mtime_ns
+
+
+def swap_in(root, staging):
+    """Make directory ``root`` hold exactly the verified tree ``staging`` (a child of ``root``).
+
+    For a root that cannot itself be renamed (a volume mounted in a helper
+    container); where it can, ``exchange_dirs`` is one atomic step instead.
+    Phase 1 parks root's entries in ``.volumeops-old-<id>``; the staging
+    directory is then renamed ``.volumeops-ready-<id>.<atime_ns>.<mtime_ns>``
+    (the name marks "phase 1 complete" and keeps the archive root's
+    timestamps, which moving children out changes); phase 2 moves its entries
+    up; root takes the archive root's metadata; the parked old entries are
+    removed last. Every step is a rename inside one filesystem.
+
+    A failure in phase 1 or 2 moves everything back (root as before, the
+    staging tree intact for the caller to remove) and re-raises. A process
+    killed part-way leaves marker directories that ``recover_swaps`` resolves
+    on the next run: before the ready rename it rolls back to the old content,
+    after it rolls forward to the verified new content.
+    Returns the list of top-level names moved in.
+    """
+    parent = os.path.dirname(staging)
+    ident = os.path.basename(staging)[len(STAGING_MARKER):]
+    old = os.path.join(parent, OLD_MARKER + ident)
+    st = os.lstat(staging)
+    ready = os.path.join(parent, '%s%s.%d.%d' % (READY_MARKER, ident, st.st_atime_ns, st.st_mtime_ns))
+    keep = (os.path.basename(staging), os.path.basename(old), os.path.basename(ready))
+    os.mkdir(old, 0o700)
+    parked = []
+    moved = []
+    is_ready = False
+    try:
+        for name in sorted(os.listdir(root)):
+            if name not in keep:
+                os.rename(os.path.join(root, name), os.path.join(old, name))
+                parked.append(name)
+        os.rename(staging, ready)
+        is_ready = True
+        for name in sorted(os.listdir(ready)):
+            os.rename(os.path.join(ready, name), os.path.join(root, name))
+            moved.append(name)
+    except BaseException:
+        # Undo in reverse order; the caller still holds a verified staging tree to discard.
+        for name in reversed(moved):
+            os.rename(os.path.join(root, name), os.path.join(ready, name))
+        if is_ready:
+            os.rename(ready, staging)
+        for name in reversed(parked):
+            os.rename(os.path.join(old, name), os.path.join(root, name))
+        os.rmdir(old)
+        raise
+    copy_dir_metadata(ready, root, _DirStat(st))
+    os.rmdir(ready)
+    remove_tree(old)
+    # Removing the parked tree touched root's mtime: set it last.
+    os.utime(root, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+    return moved
+
+
+def recover_swaps(root):
+    """Resolve what an interrupted restore left directly below ``root``; returns a list of actions taken.
+
+    - ``.volumeops-ready-<id>.*`` (killed in phase 2): roll forward, the tree in it was verified.
+    - ``.volumeops-old-<id>`` with ``.volumeops-staging-<id>`` (killed in phase 1): move the old entries back.
+    - ``.volumeops-old-<id>`` alone (killed while removing the old content): remove it.
+    - ``.volumeops-staging-<id>`` alone (killed while extracting): remove it.
+    """
+    actions = []
+    names = os.listdir(root)
+    ready = {}
+    for name in names:
+        if name.startswith(READY_MARKER):
+            parts = name[len(READY_MARKER):].rsplit('.', 2)
+            if len(parts) == 3 and parts[1].isdigit() and parts[2].isdigit():
+                ready[parts[0]] = (name, int(parts[1]), int(parts[2]))
+    for ident, (name, atime_ns, mtime_ns) in sorted(ready.items()):
+        path = os.path.join(root, name)
+        for child in sorted(os.listdir(path)):
+            os.rename(os.path.join(path, child), os.path.join(root, child))
+        copy_dir_metadata(path, root, _DirStat(os.lstat(path), atime_ns, mtime_ns))
+        os.rmdir(path)
+        remove_tree(os.path.join(root, OLD_MARKER + ident))
+        os.utime(root, ns=(atime_ns, mtime_ns), follow_symlinks=False)
+        actions.append('completed the interrupted swap %s' % ident)
+    for name in sorted(os.listdir(root)):
+        if not name.startswith(OLD_MARKER):
+            continue
+        ident = name[len(OLD_MARKER):]
+        path = os.path.join(root, name)
+        staging = os.path.join(root, STAGING_MARKER + ident)
+        if os.path.isdir(staging) and not os.path.islink(staging):
+            for child in sorted(os.listdir(path)):
+                os.rename(os.path.join(path, child), os.path.join(root, child))
+            os.rmdir(path)
+            actions.append('rolled back the interrupted swap %s' % ident)
+        else:
+            remove_tree(path)
+            actions.append('removed old content left by %s' % ident)
+    for name in sorted(os.listdir(root)):
+        if name.startswith(STAGING_MARKER):
+            remove_tree(os.path.join(root, name))
+            actions.append('removed the staging directory %s' % name)
+    return actions
+
+
 def copy_dir_metadata(src, dst, st=None):
     """Owner, mode, xattrs (ACLs included) and timestamps of directory ``src`` (or ``st``) onto ``dst``."""
     st = st or os.lstat(src)
@@ -1056,7 +1208,7 @@ def cleanup_stale_temp(dest):
     except FileNotFoundError:
         return removed
     for name in names:
-        m = re.match(r'^\..+' + re.escape(TMP_MARKER) + r'(\d+)$', name)
+        m = re.match(r'^.+' + re.escape(TMP_MARKER) + r'(\d+)$', name)
         if not m:
             continue
         pid = int(m.group(1))
@@ -1067,6 +1219,27 @@ def cleanup_stale_temp(dest):
             removed.append(name)
         except FileNotFoundError:
             pass
+    # Sidecars are written (under their final names) just before the archive is renamed into place: a run
+    # killed in between leaves sidecars of an archive that does not exist. Remove those, unless a live
+    # process still holds that archive's temporary file (a concurrent run about to rename it).
+    try:
+        names = set(os.listdir(dest))
+    except FileNotFoundError:
+        return removed
+    for name in sorted(names):
+        for suffix in ('.sha256', '.manifest.json'):
+            if not name.endswith(suffix):
+                continue
+            base = name[:-len(suffix)]
+            if parse_archive_name(base) is None or base in names:
+                continue
+            if any(n.startswith('.' + base + TMP_MARKER) for n in names):
+                continue
+            try:
+                os.unlink(os.path.join(dest, name))
+                removed.append(name)
+            except FileNotFoundError:
+                pass
     return removed
 
 
@@ -1107,6 +1280,15 @@ def fsync_dir(path):
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+NO_SPACE_RESTORE = ('No space left on %s\'s filesystem while extracting the archive into the staging directory '
+                    '(a restore needs room for the archive\'s content next to the current content until the swap)')
+
+
+def is_no_space(text):
+    """True when a tool's error text reports a full filesystem or an exceeded quota."""
+    return 'No space left on device' in text or 'Disk quota exceeded' in text
 
 
 def describe_os_error(exc, action):

@@ -58,10 +58,13 @@ _sys.exit(_rc)
 
 FINISH_MAIN = '''
 import json as _json, os as _os, shutil as _shutil, sys as _sys
-_root, _staging, _mode, _old = _sys.argv[1:5]
+_root, _staging, _mode = _sys.argv[1:4]
 if _mode == 'abort':
     if _os.path.lexists(_staging):
         _shutil.rmtree(_staging)
+    if len(_sys.argv) > 5:
+        # Creating and removing the staging directory touched the volume root: give its times back.
+        _os.utime(_root, ns=tuple(_json.loads(_sys.argv[5])), follow_symlinks=False)
     _sys.exit(0)
 if _mode == 'merge':
     _st = _os.lstat(_staging)
@@ -69,32 +72,44 @@ if _mode == 'merge':
     _shutil.rmtree(_staging)
     _os.utime(_root, ns=(_st.st_atime_ns, _st.st_mtime_ns))
 else:
-    # replace: park the old content, move the verified tree up, then drop the old content.
-    # The staging root's mtime is read first: moving its children out changes it.
-    _st = _os.lstat(_staging)
-    _os.mkdir(_old, 0o700)
-    _keep = (_os.path.basename(_staging), _os.path.basename(_old))
-    for _n in _os.listdir(_root):
-        if _n not in _keep:
-            _os.rename(_os.path.join(_root, _n), _os.path.join(_old, _n))
-    for _n in _os.listdir(_staging):
-        _os.rename(_os.path.join(_staging, _n), _os.path.join(_root, _n))
-    copy_dir_metadata(_staging, _root, _st)
-    _os.rmdir(_staging)
-    _shutil.rmtree(_old)
-    # Removing the parked trees touched the root's mtime: set it last.
-    _os.utime(_root, ns=(_st.st_atime_ns, _st.st_mtime_ns))
-_s = fingerprint(_root, skip_types=tuple(_json.loads(_sys.argv[5])))
+    # replace: renames only, rolled back on failure (see swap_in); the caller aborts on error.
+    swap_in(_root, _staging)
+_s = fingerprint(_root, skip_types=tuple(_json.loads(_sys.argv[4])))
 _sys.stdout.write(_json.dumps(_s.as_dict()))
+'''
+
+SUBSET_MAIN = '''
+import json as _json, sys as _sys
+_paths = set(_p for _p in _sys.stdin.buffer.read().split(b'\\0') if _p)
+_sys.stdout.write(_json.dumps(subset_summary(_sys.argv[1], _paths).as_dict()))
+'''
+
+RECOVER_MAIN = '''
+import json as _json, os as _os, sys as _sys
+_actions = recover_swaps(_sys.argv[1])
+_s = fingerprint(_sys.argv[1], exclude=_json.loads(_sys.argv[2]), skip_types=tuple(_json.loads(_sys.argv[3])))
+_d = _s.as_dict()
+_d['recovered'] = _actions
+_st = _os.lstat(_sys.argv[1])
+_d['root_times'] = [_st.st_atime_ns, _st.st_mtime_ns]
+_sys.stdout.write(_json.dumps(_d))
 '''
 
 
 def _script(main, with_merge=False):
     parts = [_tree_source()]
     if with_merge:
-        parts.append('import shutil\n\nclass _tree(object):\n    read_xattrs = staticmethod(read_xattrs)\n\n')
-        parts.append(inspect.getsource(_archive.merge_into))
-        parts.append(inspect.getsource(_archive.copy_dir_metadata))
+        # The tree-moving functions of _archive, run inside the helper with the same code as the local path.
+        parts.append('import shutil\n\nclass _tree(object):\n    read_xattrs = staticmethod(read_xattrs)\n'
+                     '    walk = staticmethod(walk)\n    entry_record = staticmethod(entry_record)\n'
+                     '    type_code = staticmethod(type_code)\n    TreeSummary = TreeSummary\n'
+                     '    FINGERPRINT_VERSION = FINGERPRINT_VERSION\n\n')
+        parts.append('STAGING_MARKER = %r\nOLD_MARKER = %r\nREADY_MARKER = %r\n\n'
+                     % (_archive.STAGING_MARKER, _archive.OLD_MARKER, _archive.READY_MARKER))
+        parts.append('SKIP_TYPES = %r\n\n' % (_archive.SKIP_TYPES,))
+        for fn in (_archive.remove_tree, _archive.merge_into, _archive.copy_dir_metadata, _archive._DirStat,
+                   _archive.swap_in, _archive.recover_swaps, _archive.subset_summary):
+            parts.append(inspect.getsource(fn))
     parts.append(main)
     return '\n'.join(parts)
 
@@ -106,6 +121,8 @@ class Helper(object):
         self.client = client
         self.api = client.api
         self.image = image
+        self.recovered = []
+        self.root_times = {}  # volume -> [atime_ns, mtime_ns] of its root, from fingerprint(recover=True)
 
     def _create(self, volume, argv, read_only, stdin=False):
         binds = {volume: {'bind': MOUNT, 'mode': 'ro' if read_only else 'rw'}}
@@ -176,13 +193,36 @@ class Helper(object):
         finally:
             self._remove(cid)
         if feed_error:
-            raise feed_error[0]
+            exc = feed_error[0]
+            # A socket error while feeding means the container stopped reading: its exit status and
+            # stderr say why (for example tar's "No space left on device"). A rejected stream is ours.
+            if isinstance(exc, _archive.ArchiveError) or not isinstance(exc, OSError) or rc == 0:
+                raise exc
         return rc, b''.join(out), b''.join(err).decode('utf-8', 'replace').strip()[-4000:]
 
-    def fingerprint(self, volume, exclude=None):
-        argv = [PYTHON, '-c', _script(FINGERPRINT_MAIN), MOUNT, json.dumps(list(exclude or [])),
-                json.dumps(list(_archive.SKIP_TYPES))]
-        rc, out, err = self.run(volume, argv, read_only=True)
+    def fingerprint(self, volume, exclude=None, recover=False):
+        """TreeSummary of the volume. ``recover``: first resolve what an interrupted restore left behind
+        (``_archive.recover_swaps``; mounts the volume read-write), the actions go to ``self.recovered``."""
+        if recover:
+            argv = [PYTHON, '-c', _script(RECOVER_MAIN, with_merge=True), MOUNT]
+        else:
+            argv = [PYTHON, '-c', _script(FINGERPRINT_MAIN), MOUNT]
+        argv += [json.dumps(list(exclude or [])), json.dumps(list(_archive.SKIP_TYPES))]
+        rc, out, err = self.run(volume, argv, read_only=not recover)
+        if rc != 0:
+            raise HelperError('The fingerprint walk in the helper container failed (exit %s): %s' % (rc, err))
+        data = json.loads(out.decode('utf-8'))
+        self.recovered = data.get('recovered', [])
+        if 'root_times' in data:
+            self.root_times[volume] = data['root_times']
+        return _tree.TreeSummary(data['fingerprint'], data['entries'], data['bytes'])
+
+    def subset_fingerprint(self, volume, paths):
+        """``_archive.subset_summary`` of the volume (``paths``: bytes relative paths, b'.' for the root)."""
+        argv = [PYTHON, '-c', _script(SUBSET_MAIN, with_merge=True), MOUNT]
+        data = b'\0'.join(sorted(paths)) + b'\0'
+        chunks = [data[i:i + _archive.CHUNK] for i in range(0, len(data), _archive.CHUNK)]
+        rc, out, err = self.run(volume, argv, read_only=True, stdin_chunks=chunks)
         if rc != 0:
             raise HelperError('The fingerprint walk in the helper container failed (exit %s): %s' % (rc, err))
         data = json.loads(out.decode('utf-8'))
@@ -203,6 +243,9 @@ class Helper(object):
                 json.dumps(list(_archive.SKIP_TYPES))]
         rc, out, err = self.run(volume, argv, read_only=False, stdin_chunks=chunks)
         if rc != 0:
+            if _archive.is_no_space(err):
+                detail = [line for line in err.splitlines() if _archive.is_no_space(line)][:1]
+                raise HelperError(_archive.NO_SPACE_RESTORE % 'the volume' + ' (%s)' % ''.join(detail))
             raise HelperError('Extracting in the helper container failed (exit %s): %s' % (rc, err))
         data = json.loads(out.decode('utf-8'))
         return _tree.TreeSummary(data['fingerprint'], data['entries'], data['bytes'])
@@ -210,7 +253,9 @@ class Helper(object):
     def finish(self, volume, staging_name, mode):
         """mode: replace | merge | abort. Returns the final TreeSummary (None for abort)."""
         argv = [PYTHON, '-c', _script(FINISH_MAIN, with_merge=True), MOUNT, MOUNT + '/' + staging_name, mode,
-                MOUNT + '/' + _archive.OLD_MARKER + staging_name, json.dumps(list(_archive.SKIP_TYPES))]
+                json.dumps(list(_archive.SKIP_TYPES))]
+        if mode == 'abort' and volume in self.root_times:
+            argv.append(json.dumps(self.root_times[volume]))
         rc, out, err = self.run(volume, argv, read_only=False)
         if rc != 0:
             raise HelperError('Finishing the restore in the helper container failed (exit %s): %s' % (rc, err))

@@ -174,6 +174,11 @@ stopped_containers:
   returned: always
   type: list
   elements: str
+recovered:
+  description: What was done to resolve the leftovers of an interrupted restore found in the volume (helper path).
+  returned: when there were leftovers
+  type: list
+  elements: str
 changes:
   description: With diff mode, counts and a sample of the paths that would change.
   returned: when diff mode is on and the volume would change
@@ -212,9 +217,13 @@ class RestoreManager(object):
         self.check_mode = self.module.check_mode
         self.stopped = []
         self.warnings = []
+        self.merging = False  # set once a merge starts moving entries (a merge is not atomic)
         self.result = dict(changed=False, volume=self.p['volume'], created=False, stopped_containers=[])
 
     def fail(self, msg):
+        for w in self.warnings:
+            self.module.warn(w)
+        self.warnings = []
         self.client.fail(msg, **self.result)
 
     # -- archive
@@ -264,8 +273,28 @@ class RestoreManager(object):
             return None
         if path_kind == 'local':
             return _archive.tree_summary(info['Mountpoint'])
-        # The helper walk mounts the volume; staging leftovers of an earlier crash would count, so clean first.
-        return helper.fingerprint(self.p['volume'])
+        # What an interrupted restore left in the volume (staging, parked old content, a half-done swap) is
+        # resolved first, so that it neither counts in the comparison nor lingers; not in check mode.
+        summary = helper.fingerprint(self.p['volume'], recover=not self.check_mode)
+        for action in helper.recovered:
+            self.warnings.append('Volume %s: %s left by an interrupted restore.' % (self.p['volume'], action))
+        if helper.recovered:
+            self.result['changed'] = True
+            self.result['recovered'] = helper.recovered
+        return summary
+
+    def merged_summary(self, info, path_kind, helper, archive, compression):
+        """Summary of only the volume's entries that the archive has (merge idempotency)."""
+        paths = set()
+
+        def on_member(m):
+            paths.add(m.path)
+        with open(archive, 'rb') as f:
+            _archive.list_stream(_archive.file_chunks(f), compression, allow_devices=True, on_member=on_member)
+        paths.add(b'.')
+        if path_kind == 'local':
+            return _archive.subset_summary(info['Mountpoint'], paths)
+        return helper.subset_fingerprint(self.p['volume'], paths)
 
     # -- containers
     def stop_containers(self):
@@ -335,7 +364,7 @@ class RestoreManager(object):
             expected_sha = _archive.read_sidecar_sha256(archive)
             manifest = _archive.read_sidecar_manifest(archive) or _archive.read_stream_manifest(archive, compression)
         except _archive.ArchiveError as exc:
-            self.fail(str(exc))
+            self.fail('Restore of %s from %s refused: %s Nothing was changed.' % (p['volume'], archive, exc))
         if expected_sha is None:
             if p['require_checksum']:
                 self.fail('Archive %s has no checksum file %s.sha256; refusing to restore an unverifiable archive '
@@ -377,6 +406,14 @@ class RestoreManager(object):
             if current.fingerprint == manifest['fingerprint'] and current.entries == manifest['entries']:
                 self.result['msg'] = 'The volume already holds exactly what the archive holds.'
                 return self.finish()
+            if p['existing'] == 'merge' and current.entries > 1:
+                try:
+                    merged = self.merged_summary(info, path_kind, helper, archive, compression)
+                except (_archive.ArchiveError, HelperError) as exc:
+                    self.fail('The archive cannot be restored: %s' % exc)
+                if merged.fingerprint == manifest['fingerprint'] and merged.entries == manifest['entries']:
+                    self.result['msg'] = 'The volume already holds every entry of the archive as archived.'
+                    return self.finish()
             if current.entries > 1 and p['existing'] == 'fail':
                 self.fail('Volume %s is not empty (%d entries); set existing: replace (the volume ends with exactly '
                           'the archive content) or existing: merge.' % (p['volume'], current.entries - 1))
@@ -387,6 +424,14 @@ class RestoreManager(object):
                     self.fail('The archive cannot be restored: %s' % exc)
         self.result['changed'] = True
         self.result['created'] = info is None
+        if info is not None and not p['stop_containers']:
+            with self.client.errors('Listing containers using %s' % p['volume']):
+                running = [c['name'] for c in self.client.containers_using_volume(p['volume']) if c['running']]
+            if running:
+                self.warnings.append(
+                    'Running containers use volume %s (%s): the content changes underneath them, and with the local '
+                    'data path and existing=replace they keep seeing the old directory until restarted. Use '
+                    'stop_containers: true.' % (p['volume'], ', '.join(running)))
         if self.check_mode:
             return self.finish()
 
@@ -407,10 +452,19 @@ class RestoreManager(object):
         except (_archive.ArchiveError, HelperError, OSError) as exc:
             if created:
                 self._remove_volume()
-            msg = _archive.describe_os_error(exc, 'Restoring %s' % p['volume']) if isinstance(exc, OSError) \
-                else 'Restore of %s from %s refused: %s' % (p['volume'], archive, exc)
+            if isinstance(exc, OSError):
+                msg = _archive.describe_os_error(exc, 'Restoring %s' % p['volume'])
+            elif _archive.is_no_space(str(exc)) or str(exc).startswith('No space left on'):
+                text = str(exc)
+                if not text.startswith('No space left on'):  # the helper path words it already
+                    text = '%s (%s)' % (_archive.NO_SPACE_RESTORE % ('volume ' + p['volume']), text)
+                msg = 'Restore of %s from %s failed: %s.' % (p['volume'], archive, text)
+            else:
+                msg = 'Restore of %s from %s refused: %s' % (p['volume'], archive, exc)
             self.result['changed'] = False
             self._restart_or_fail()
+            if self.merging:
+                self.fail(msg + ' The merge stopped part-way: entries moved into the volume so far stay there.')
             self.fail(msg + ' The volume was left as it was.')
         except BaseException:
             if created:
@@ -461,6 +515,7 @@ class RestoreManager(object):
                 self.warnings.append('The restored tree differs from the manifest: the backup was taken with '
                                      'consistency=best_effort while the volume changed.')
             if self.p['existing'] == 'merge':
+                self.merging = True
                 _archive.merge_into(staging, mountpoint)
             else:
                 _archive.exchange_dirs(staging, mountpoint)
@@ -484,7 +539,8 @@ class RestoreManager(object):
                     raise _archive.StreamRejected('the extracted tree (%d entries, %s) does not match the manifest '
                                                   '(%d entries, %s).' % (summary.entries, summary.fingerprint,
                                                                          manifest['entries'], manifest['fingerprint']))
-            helper.finish(self.p['volume'], name, 'merge' if self.p['existing'] == 'merge' else 'replace')
+            self.merging = self.p['existing'] == 'merge'
+            helper.finish(self.p['volume'], name, 'merge' if self.merging else 'replace')
             return hasher.hexdigest()
         except BaseException:
             try:

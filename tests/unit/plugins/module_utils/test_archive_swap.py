@@ -1,0 +1,135 @@
+# -*- coding: utf-8 -*-
+# Copyright: volumeops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""Unit tests for the rename-based swap of the helper path (swap_in) and its crash recovery (recover_swaps)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from ansible_collections.volumeops.docker.plugins.module_utils import _archive as A
+
+
+def _write(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, 'w') as f:
+        f.write(text)
+
+
+def _state(root):
+    """{relative path: content or 'dir'} of a tree, markers included (so leftovers show)."""
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            out[os.path.relpath(os.path.join(dirpath, d), root)] = 'dir'
+        for f in filenames:
+            with open(os.path.join(dirpath, f)) as fh:
+                out[os.path.relpath(os.path.join(dirpath, f), root)] = fh.read()
+    return out
+
+
+@pytest.fixture
+def volume(tmp_path):
+    root = tmp_path / 'vol'
+    _write(str(root / 'old-a'), 'A')
+    _write(str(root / 'shared' / 'f'), 'old f')
+    _write(str(root / 'olddir' / 'deep' / 'g'), 'G')
+    staging = root / (A.STAGING_MARKER + 'abc123')
+    _write(str(staging / 'new-x'), 'X')
+    _write(str(staging / 'shared' / 'f'), 'new f')
+    os.utime(str(staging), ns=(1500000000123456789, 1600000000987654321))
+    os.chmod(str(staging), 0o750)
+    return str(root), str(staging)
+
+
+def test_swap_in_replaces_exactly(volume):
+    root, staging = volume
+    moved = A.swap_in(root, staging)
+    assert sorted(moved) == ['new-x', 'shared']
+    assert _state(root) == {'new-x': 'X', 'shared': 'dir', 'shared/f': 'new f'}
+    st = os.lstat(root)
+    assert st.st_mtime_ns == 1600000000987654321
+    assert oct(st.st_mode & 0o7777) == oct(0o750)
+
+
+@pytest.mark.parametrize('fail_at', [1, 2, 3, 4, 5, 6])
+def test_swap_in_failure_part_way_restores_old_content(volume, monkeypatch, fail_at):
+    """A rename failing at any point of phase 1 (3 old entries), the ready rename, or phase 2 undoes everything."""
+    root, staging = volume
+    before_root = _state(root)
+    real_rename = os.rename
+    calls = []
+
+    def flaky(src, dst):
+        calls.append((src, dst))
+        if len(calls) == fail_at:
+            raise OSError(16, 'Device or resource busy (injected)', src)
+        return real_rename(src, dst)
+    monkeypatch.setattr(A.os, 'rename', flaky)
+    with pytest.raises(OSError):
+        A.swap_in(root, staging)
+    monkeypatch.setattr(A.os, 'rename', real_rename)
+    # Old content in place, staging intact (the caller removes it), no parked/ready directory left.
+    assert _state(root) == before_root
+    assert not [n for n in os.listdir(root) if n.startswith((A.OLD_MARKER, A.READY_MARKER))]
+
+
+def test_recover_rolls_back_interrupted_phase_1(volume):
+    root, staging = volume
+    old = os.path.join(root, A.OLD_MARKER + 'abc123')
+    os.mkdir(old)
+    os.rename(os.path.join(root, 'old-a'), os.path.join(old, 'old-a'))  # killed after one entry
+    actions = A.recover_swaps(root)
+    assert _state(root) == {'old-a': 'A', 'shared': 'dir', 'shared/f': 'old f', 'olddir': 'dir',
+                            'olddir/deep': 'dir', 'olddir/deep/g': 'G'}
+    assert any('rolled back' in a for a in actions)
+
+
+def test_recover_rolls_forward_interrupted_phase_2(volume):
+    root, staging = volume
+    ident = 'abc123'
+    old = os.path.join(root, A.OLD_MARKER + ident)
+    os.mkdir(old)
+    for n in ('old-a', 'shared', 'olddir'):
+        os.rename(os.path.join(root, n), os.path.join(old, n))
+    ready = os.path.join(root, '%s%s.%d.%d' % (A.READY_MARKER, ident, 1500000000123456789, 1600000000987654321))
+    os.rename(staging, ready)
+    os.rename(os.path.join(ready, 'new-x'), os.path.join(root, 'new-x'))  # killed after one entry
+    actions = A.recover_swaps(root)
+    assert _state(root) == {'new-x': 'X', 'shared': 'dir', 'shared/f': 'new f'}
+    assert os.lstat(root).st_mtime_ns == 1600000000987654321
+    assert any('completed' in a for a in actions)
+
+
+def test_recover_removes_leftovers(volume):
+    root, staging = volume
+    old = os.path.join(root, A.OLD_MARKER + 'zzz')  # old content of a swap that had completed
+    _write(os.path.join(old, 'x'), 'stale')
+    A.recover_swaps(root)
+    assert _state(root) == {'old-a': 'A', 'shared': 'dir', 'shared/f': 'old f', 'olddir': 'dir',
+                            'olddir/deep': 'dir', 'olddir/deep/g': 'G'}
+    assert A.recover_swaps(root) == []
+
+
+def test_helper_scripts_compile_and_run_locally(volume):
+    """The scripts shipped into helper containers are assembled from source: they must compile, and the
+    recover + finish(replace) scripts must do on a plain directory what the functions do."""
+    import json
+    import subprocess
+    import sys
+    from ansible_collections.volumeops.docker.plugins.module_utils import _helper as H
+    for main, merge in ((H.FINGERPRINT_MAIN, False), (H.EXTRACT_MAIN, False), (H.FINISH_MAIN, True),
+                        (H.RECOVER_MAIN, True)):
+        compile(H._script(main, with_merge=merge), '<helper>', 'exec')
+    root, staging = volume
+    out = subprocess.run([sys.executable, '-c', H._script(H.FINISH_MAIN, with_merge=True), root, staging, 'replace',
+                          json.dumps(list(A.SKIP_TYPES))], check=True, stdout=subprocess.PIPE).stdout
+    assert json.loads(out.decode())['entries'] == 4  # root, new-x, shared, shared/f
+    assert _state(root) == {'new-x': 'X', 'shared': 'dir', 'shared/f': 'new f'}
+    os.mkdir(os.path.join(root, A.STAGING_MARKER + 'leftover'))
+    out = subprocess.run([sys.executable, '-c', H._script(H.RECOVER_MAIN, with_merge=True), root, '[]',
+                          json.dumps(list(A.SKIP_TYPES))], check=True, stdout=subprocess.PIPE).stdout
+    data = json.loads(out.decode())
+    assert data['entries'] == 4 and len(data['recovered']) == 1
