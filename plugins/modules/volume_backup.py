@@ -191,8 +191,12 @@ backups:
     reason:
       description: Why it was skipped (for example C(unchanged)).
       type: str
+    attributes_changed:
+      description: For a skipped volume, whether the mode, owner or group of its newest archive and sidecars
+        was (or would be) changed to the requested ones.
+      type: bool
     changed:
-      description: Whether an archive was (or in check mode would be) written.
+      description: Whether an archive was (or in check mode would be) written, or its file attributes changed.
       type: bool
     duration:
       description: Seconds spent on this volume.
@@ -470,11 +474,13 @@ class BackupManager(object):
         return res
 
     def _set_attrs(self, path):
-        self.module.set_mode_if_different(path, self.p['mode'], False)
+        """Apply mode/owner/group to ``path``; True when something was (in check mode: would be) changed."""
+        changed = self.module.set_mode_if_different(path, self.p['mode'], False)
         if self.p['owner']:
-            self.module.set_owner_if_different(path, self.p['owner'], False)
+            changed = self.module.set_owner_if_different(path, self.p['owner'], changed)
         if self.p['group']:
-            self.module.set_group_if_different(path, self.p['group'], False)
+            changed = self.module.set_group_if_different(path, self.p['group'], changed)
+        return changed
 
     @staticmethod
     def _remove(paths):
@@ -509,11 +515,17 @@ class BackupManager(object):
             summary = self.summary(src)
             info, manifest = self.newest(src, existing)
             if not p['force'] and self.unchanged(src, summary, manifest):
+                # The data is archived already; the files still get the requested mode/owner/group
+                # (check mode: predicted only, AnsibleModule's set_*_if_different honour it).
+                attrs = False
+                for path in (info['path'],) + _archive.sidecar_paths(info['path']):
+                    if os.path.exists(path):
+                        attrs = self._set_attrs(path) or attrs
                 self.results.append(dict(volume=src.name, archive=info['path'], sha256=_archive.read_sidecar_sha256(info['path']),
                                          size=os.path.getsize(info['path']), entries=summary.entries,
                                          bytes=summary.bytes, fingerprint=summary.fingerprint, skipped=True,
-                                         reason='unchanged', changed=False, duration=round(time.time() - start, 3),
-                                         data_path=src.data_path))
+                                         reason='unchanged', changed=attrs, attributes_changed=attrs,
+                                         duration=round(time.time() - start, 3), data_path=src.data_path))
             else:
                 todo.append((src, summary, start))
         if self.check_mode:
@@ -543,7 +555,7 @@ class BackupManager(object):
         changed = any(r['changed'] for r in self.results) or created_dest
         for w in self.warnings:
             self.module.warn(w)
-        diff = dict(before=dict((r['volume'], None) for r in self.results if r['changed']),
+        diff = dict(before=dict((r['volume'], r['archive'] if r['skipped'] else None) for r in self.results if r['changed']),
                     after=dict((r['volume'], r['archive']) for r in self.results if r['changed']))
         result = dict(changed=changed, backups=self.results, stopped_containers=[c['name'] for c in self.stopped],
                       removed_temp_files=removed)
