@@ -853,7 +853,9 @@ class Sender(object):
                 while not connector.ready.is_set() and source.pull():
                     pass
             else:
-                scan.run()
+                for dummy in self._source_records(scan):
+                    if connector.error is not None:
+                        break  # report the connection failure now, not after the whole walk
             connector.wait()
             self.prefetch = source
             try:
@@ -968,7 +970,9 @@ class Sender(object):
         # a source changed during the pass must not be declared verified. One walk gives the
         # fingerprint and, with verify=content, the content digest.
         after_scan = TreeScan(self.root, exclude, content=(p.get('verify') or 'metadata') == 'content')
-        after = after_scan.run()
+        for dummy in self._source_records(after_scan):
+            pass
+        after = after_scan.summary
         source_content = after_scan.content
         if source_content is not None:
             result['content_digest'] = source_content
@@ -1010,8 +1014,13 @@ class Sender(object):
 
     @staticmethod
     def _source_records(scan):
-        for relpath, digest, code, entry in scan:
-            yield relpath, digest, code, entry.st
+        # An error reading the source is reported as such, not as a lost connection (the walk runs
+        # while frames are being exchanged).
+        try:
+            for relpath, digest, code, entry in scan:
+                yield relpath, digest, code, entry.st
+        except OSError as exc:
+            raise TransferError(_archive.describe_os_error(exc, 'Reading the source volume'))
 
     def _idle(self):
         """Until the destination has sent something, walk the source ahead (delta) instead of blocking."""

@@ -366,3 +366,9 @@ def test_prefetch_keeps_order_with_interleaved_pulls():
     short = _transfer._Prefetch(iter(range(5)), cap=100)
     assert not short.pull(10) and short.done
     assert list(short) == list(range(5))
+
+
+def test_source_read_errors_are_reported_as_such(tmp_path):
+    scan = _transfer.TreeScan(str(tmp_path / 'missing'))
+    with pytest.raises(_transfer.TransferError, match='Reading the source volume failed'):
+        list(_transfer.Sender._source_records(scan))
