@@ -588,10 +588,12 @@ class TarStreamValidator(object):
             raise StreamRejected('Corrupt archive: a lone zero block inside the stream.')
         chksum = _octal(block[148:156], 'checksum')
         unsigned = sum(block[:148]) + 256 + sum(block[156:])
-        signed = sum((b - 256 if b > 127 else b) for b in block[:148]) + 256 + \
-            sum((b - 256 if b > 127 else b) for b in block[156:])
-        if chksum not in (unsigned, signed):
-            raise StreamRejected('Corrupt archive: tar header checksum mismatch.')
+        if chksum != unsigned:
+            # Some old tars summed signed chars: each byte > 127 counts 256 less. Only computed when
+            # needed (a per-byte Python loop on every header was most of the validator's time).
+            high = sum(1 for b in block[:148] if b > 127) + sum(1 for b in block[156:] if b > 127)
+            if chksum != unsigned - 256 * high:
+                raise StreamRejected('Corrupt archive: tar header checksum mismatch.')
         typeflag = block[156:157]
         size = _octal(block[124:136], 'size')
         if typeflag in META_TYPES:
@@ -725,40 +727,49 @@ class TarStreamValidator(object):
         buf += data
         pos = 0
         n = len(buf)
-        while pos < n:
-            if self._state == 'end':
-                rest = bytes(buf[pos:])
-                if rest.count(0) != len(rest):
-                    raise StreamRejected('Refusing archive: data after the end-of-archive marker.')
-                out.append(rest)
-                pos = n
-                break
-            if self._state in ('data', 'meta'):
-                take = min(self._remaining, n - pos)
-                piece = buf[pos:pos + take]
-                if self._state == 'meta':
-                    self._meta[1].extend(piece)
-                if self._forward:
-                    out.append(bytes(piece))
-                pos += take
-                self._remaining -= take
-                if self._remaining == 0:
+        # Member data is forwarded as views of the buffer (one copy, in the final join), not sliced copies.
+        view = memoryview(buf)
+        piece = None
+        try:
+            while pos < n:
+                if self._state == 'end':
+                    rest = bytes(view[pos:])
+                    if rest.count(0) != len(rest):
+                        raise StreamRejected('Refusing archive: data after the end-of-archive marker.')
+                    out.append(rest)
+                    pos = n
+                    break
+                if self._state in ('data', 'meta'):
+                    take = min(self._remaining, n - pos)
+                    piece = view[pos:pos + take]
                     if self._state == 'meta':
-                        self._finish_meta()
-                    self._state = 'header'
-                    self._forward = True
-                continue
-            # header
-            if n - pos < 512:
-                break
-            block = bytes(buf[pos:pos + 512])
-            pos += 512
-            self._header(block)
-            if self._state == 'meta' and not self._forward:
-                continue  # the manifest member's header is swallowed, never extracted
-            out.append(block)
+                        self._meta[1].extend(piece)
+                    if self._forward:
+                        out.append(piece)
+                    pos += take
+                    self._remaining -= take
+                    if self._remaining == 0:
+                        if self._state == 'meta':
+                            self._finish_meta()
+                        self._state = 'header'
+                        self._forward = True
+                    continue
+                # header
+                if n - pos < 512:
+                    break
+                block = bytes(view[pos:pos + 512])
+                pos += 512
+                self._header(block)
+                if self._state == 'meta' and not self._forward:
+                    continue  # the manifest member's header is swallowed, never extracted
+                out.append(block)
+            result = b''.join(out)
+        finally:
+            # Every slice of the view must be gone before the buffer can shrink.
+            del out, piece
+            view.release()
         del buf[:pos]
-        return b''.join(out)
+        return result
 
     def finish(self):
         if self._buf and not self.ended:

@@ -62,7 +62,13 @@ options:
     description:
       - What to do when the volume is not empty. V(fail) refuses. V(replace) makes the volume hold exactly the
         archive's content (old content removed only after the new content is verified). V(merge) adds the
-        archive's entries, replacing entries of the same path, keeping others.
+        archive's entries, replacing entries of the same path, keeping others; not changed when every archived
+        entry is already in the volume as archived.
+      - With the helper container path V(replace) swaps the top-level entries by renames inside the volume; an
+        error during the swap moves everything back, and a swap interrupted by a killed helper is resolved by
+        the next restore of the volume (rolled back before the point of no return, completed after it). During
+        the swap the volume shows a mix of old and new top-level entries, so use O(stop_containers=true).
+      - V(merge) is not atomic on either path; a failure part-way keeps the entries moved so far.
     type: str
     choices: [fail, replace, merge]
     default: fail
