@@ -674,7 +674,23 @@ def ssh_connect(host, port, user, host_key, pkey, timeout):
         raise TransferError('Destination %s is unreachable: %s' % (where, getattr(exc, 'strerror', None) or exc))
     t = client.get_transport()
     t.set_keepalive(15)
+    _abort_on_dead_peer(t.sock, max(30, int(timeout) * 3))
     return client
+
+
+def _abort_on_dead_peer(sock, seconds):
+    """Let the kernel abort the connection when sent data stays unacknowledged for ``seconds``.
+
+    A link that dies silently (no RST) otherwise leaves paramiko's packet writer retrying its
+    write forever: the channel timeout only covers waiting for window space, not a blocked socket.
+    With TCP_USER_TIMEOUT (Linux) the write fails with ETIMEDOUT, paramiko closes the transport
+    and the pass fails with the lost-connection message. The 15 s SSH keepalive makes an idle
+    connection send data too, so a dead peer is noticed while waiting for the receiver as well.
+    """
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, 'TCP_USER_TIMEOUT', 18), int(seconds * 1000))
+    except (OSError, AttributeError, ValueError):
+        pass  # not Linux, or not a TCP socket: the channel timeouts still apply
 
 
 # --- sender ---------------------------------------------------------------------------------------

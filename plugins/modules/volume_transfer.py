@@ -434,8 +434,12 @@ class VolumeTransferManager(object):
         try:
             result = relay.run()
         except _transfer.TransferError as exc:
+            msg = str(exc)
+            # ssh_connect words a mismatch for the destination; here it may be the source's pinned key.
+            if msg.startswith('Host key mismatch for %s@%s:' % (p['relay_source_user'], p['relay_source_host'])):
+                msg = msg.replace('dest_host_key pins', 'relay_source_host_key pins')
             self.fail('%s (relay %s:%s -> %s:%s)' % (
-                exc, p['relay_source_host'], p['volume'], p['dest_host'], p['dest_volume']))
+                msg, p['relay_source_host'], p['volume'], p['dest_host'], p['dest_volume']))
         for w in result.pop('warnings', None) or []:
             self.module.warn(w)
         result.pop('dest_state_before', None)
