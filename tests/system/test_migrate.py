@@ -41,8 +41,8 @@ def rand(prefix='vomig'):
 def sh(bench, host, argv, check=True, timeout=300):
     proc = bench.exec(host, argv, check=False, timeout=timeout)
     if check and proc.returncode != 0:
-        raise AssertionError('%s on %s failed rc=%d: %s' % (argv, host, proc.returncode,
-                                                             proc.stderr.decode(errors='replace')))
+        err = proc.stderr.decode(errors='replace')
+        raise AssertionError('%s on %s failed rc=%d: %s' % (argv, host, proc.returncode, err))
     return proc.stdout.decode(errors='replace').strip()
 
 
