@@ -942,32 +942,12 @@ def subset_summary(root, paths, skip_types=SKIP_TYPES):
     when every archived entry is in the volume as archived, whatever else the
     volume holds (merge idempotency). Directories not in ``paths`` are not entered.
     """
-    digest = hashlib.sha256(b'volumeops-tree-v%d\n' % _tree.FINGERPRINT_VERSION)
-    entries = 0
-    total = 0
-    seen_inodes = set()
-
     def descend(entry):
         return entry.relpath[2:] in paths
 
-    for entry in _tree.walk(root, descend=descend):
-        rel = b'.' if entry.relpath == b'.' else entry.relpath[2:]
-        if rel not in paths:
-            continue
-        st = entry.st
-        if skip_types and _tree.type_code(st.st_mode) in skip_types:
-            continue
-        digest.update(_tree.entry_record(entry))
-        digest.update(b'\n')
-        entries += 1
-        if stat.S_ISREG(st.st_mode):
-            if st.st_nlink > 1:
-                key = (st.st_dev, st.st_ino)
-                if key in seen_inodes:
-                    continue
-                seen_inodes.add(key)
-            total += st.st_size
-    return _tree.TreeSummary('sha256:' + digest.hexdigest(), entries, total)
+    selected = (entry for entry in _tree.walk(root, descend=descend)
+                if (b'.' if entry.relpath == b'.' else entry.relpath[2:]) in paths)
+    return _tree.summarize(selected, skip_types=skip_types)
 
 
 def verify_tree(root, manifest):

@@ -102,7 +102,8 @@ def _script(main, with_merge=False):
         # The tree-moving functions of _archive, run inside the helper with the same code as the local path.
         parts.append('import shutil\n\nclass _tree(object):\n    read_xattrs = staticmethod(read_xattrs)\n'
                      '    walk = staticmethod(walk)\n    entry_record = staticmethod(entry_record)\n'
-                     '    type_code = staticmethod(type_code)\n    TreeSummary = TreeSummary\n'
+                     '    type_code = staticmethod(type_code)\n    summarize = staticmethod(summarize)\n'
+                     '    TreeSummary = TreeSummary\n'
                      '    FINGERPRINT_VERSION = FINGERPRINT_VERSION\n\n')
         parts.append('STAGING_MARKER = %r\nOLD_MARKER = %r\nREADY_MARKER = %r\n\n'
                      % (_archive.STAGING_MARKER, _archive.OLD_MARKER, _archive.READY_MARKER))

@@ -483,27 +483,11 @@ def content_digest(root, exclude=None):
     outer = hashlib.sha256(b'volumeops-content-v1\n')
     cache = {}
     buf = bytearray(CHUNK)
-    view = memoryview(buf)
     for entry in _tree.walk(root, exclude):
         st = entry.st
         if not stat.S_ISREG(st.st_mode):
             continue
-        key = (st.st_dev, st.st_ino)
-        hexd = cache.get(key)
-        if hexd is None:
-            h = hashlib.sha256()
-            fd = os.open(entry.abspath, os.O_RDONLY | getattr(os, 'O_NOFOLLOW', 0))
-            try:
-                while True:
-                    n = os.readv(fd, [buf])
-                    if not n:
-                        break
-                    h.update(view[:n])
-            finally:
-                os.close(fd)
-            hexd = h.hexdigest().encode()
-            if st.st_nlink > 1:
-                cache[key] = hexd
+        hexd = _file_hash(entry, cache, buf)
         outer.update(entry.relpath + b'\0' + hexd + b'\n')
     return 'sha256:' + outer.hexdigest()
 

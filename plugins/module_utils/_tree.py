@@ -184,11 +184,17 @@ def fingerprint(root, exclude=None, include_root_mtime=True, skip_types=()):
     the fingerprint and counts: archives cannot hold sockets, so the backup's
     manifest must not count them either.
     """
+    return summarize(walk(root, exclude), include_root_mtime, skip_types)
+
+
+def summarize(entries_iter, include_root_mtime=True, skip_types=()):
+    """TreeSummary of the given walk entries (see fingerprint()); the one place the
+    fingerprint is accumulated, so a filtered walk hashes exactly like a full one."""
     digest = hashlib.sha256(b'volumeops-tree-v%d\n' % FINGERPRINT_VERSION)
     entries = 0
     total = 0
     seen_inodes = set()
-    for entry in walk(root, exclude):
+    for entry in entries_iter:
         if skip_types and type_code(entry.st.st_mode) in skip_types:
             continue
         record = entry_record(entry)
