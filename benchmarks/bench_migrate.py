@@ -387,12 +387,14 @@ def ansible_env(collections_dir):
 
 
 def collections_dir():
+    """(path, made_here): a collections dir holding this checkout; made_here says whether to remove it."""
     if REPO.parent.name == 'volumeops' and REPO.parent.parent.name == 'ansible_collections':
-        return str(REPO.parent.parent.parent)
+        # Already installed in a collections tree (e.g. the test suite's copy): use it, never remove it.
+        return str(REPO.parent.parent.parent), False
     base = tempfile.mkdtemp(prefix='vo-bench-coll-')
     os.makedirs(os.path.join(base, 'ansible_collections', 'volumeops'))
     os.symlink(str(REPO), os.path.join(base, 'ansible_collections', 'volumeops', 'docker'))
-    return base
+    return base, True
 
 
 # --------------------------------------------------------------------------- main
@@ -414,7 +416,7 @@ def main(argv=None):
     started = datetime.datetime.now(datetime.timezone.utc)
     log('bringing up 2 bench hosts (%s, net %d)' % (args.state_dir, args.net))
     bench.up(2)
-    coll = collections_dir()
+    coll, coll_made_here = collections_dir()
     env = ansible_env(coll)
     results = {'started': started.isoformat(), 'size_mb_requested': size_mb, 'quick': args.quick,
                'machine': {'cpus': os.cpu_count(), 'kernel': os.uname().release}}
@@ -533,7 +535,7 @@ def main(argv=None):
         log('results written to %s' % out)
         if not args.keep:
             bench.down()
-        if coll.startswith(tempfile.gettempdir()):
+        if coll_made_here:
             shutil.rmtree(coll, ignore_errors=True)
     failed = sorted(k for k, v in results['phases'].items() if 'error' in v)
     if failed:

@@ -288,3 +288,5 @@ def test_migration_benchmark_quick_run(repo_root, tmp_path):
     peak = res['targets']['peak_memory_mb_per_side']['value']
     assert set(peak) == {'h1', 'h2'} and all(0 < v < 200 for v in peak.values()), peak
     assert not os.path.exists(str(tmp_path / 'perf' / 'inventory.ini'))  # its bench was taken down
+    # It cleans up only what it made: a collections tree it was run from (the suite's copy) stays.
+    assert (repo_root / 'galaxy.yml').is_file()
