@@ -22,22 +22,25 @@ def volume_name_error(name, what='volume name'):
     return None
 
 
-def stringify_labels(labels, what='label'):
+def stringify_labels(labels, what='labels'):
     """Labels as a str->str dict, or raise ValueError naming the key and value.
 
+    ``what`` is the option's name as the user wrote it (``labels``, ``driver_options``).
     Booleans and floats are refused: YAML turns ``yes`` into True and ``1.0``
     into 1.0, whose string forms ('True', '1.0') are rarely what the user typed.
+    The message is word for word community.docker's, so playbooks (and their
+    tests) that match it keep working after switching modules.
     """
     result = {}
     for key, value in (labels or {}).items():
         if isinstance(value, bool) or isinstance(value, float):
-            raise ValueError('The value %r of %s %r cannot be converted to a string safely; '
-                             'quote it in YAML (for example "%s").' % (value, what, key, value))
+            raise ValueError('The value %s for %r of %s is not a string or something than can be safely '
+                             'converted to a string!' % (value, key, what))
         if isinstance(value, int):
             value = str(value)
         if value is None:
             value = ''
         if not isinstance(value, str):
-            raise ValueError('The value %r of %s %r is not a string.' % (value, what, key))
+            raise ValueError('The value %r for %r of %s is not a string.' % (value, key, what))
         result[str(key)] = value
     return result

@@ -189,7 +189,7 @@ def precheck(params):
         return error
     try:
         stringify_labels(params['labels'])
-        stringify_labels(params['driver_options'], what='driver option')
+        stringify_labels(params['driver_options'], what='driver_options')
     except ValueError as exc:
         return str(exc)
     return None
@@ -204,7 +204,7 @@ class VolumeParameters(object):
         # None = not managed; validated in precheck, so no ValueError here.
         self.labels = None if params['labels'] is None else stringify_labels(params['labels'])
         self.options = None if params['driver_options'] is None else \
-            stringify_labels(params['driver_options'], what='driver option')
+            stringify_labels(params['driver_options'], what='driver_options')
 
 
 class VolumeManager(object):

@@ -281,11 +281,6 @@ from ansible_collections.volumeops.docker.plugins.module_utils._permissions impo
     resolve_container_user, resolve_group, resolve_owner, run,
 )
 
-try:
-    from docker import errors as docker_errors
-except ImportError:  # reported by AnsibleDockerClient
-    docker_errors = None
-
 HELPER_MOUNT = '/volume'
 HELPER_LABEL = 'volumeops.docker.helper'
 
@@ -385,7 +380,7 @@ class PermissionsManager(object):
         try:
             stream, _stat = self.client.api.get_archive(container, path)
             data = b''.join(stream)
-        except docker_errors.NotFound:
+        except self.client.NotFound:
             return None
         with tarfile.open(fileobj=io.BytesIO(data)) as archive:
             for member in archive.getmembers():
@@ -408,7 +403,7 @@ class PermissionsManager(object):
             with self.client.errors('Inspecting container %s' % p.like_container):
                 try:
                     info = self.client.api.inspect_container(p.like_container)
-                except docker_errors.NotFound:
+                except self.client.NotFound:
                     self.client.fail('Container %r does not exist (like_container).' % p.like_container)
                 name = (info.get('Name') or p.like_container).lstrip('/')
                 passwd_text = self._container_file(info['Id'], '/etc/passwd')

@@ -358,7 +358,7 @@ import os
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.volumeops.docker.plugins.module_utils._docker_client import (
-    AnsibleDockerClient, DOCKER_IMPORT_ERROR, HAS_DOCKER, docker_argument_spec,
+    AnsibleDockerClient, docker_argument_spec,
 )
 from ansible_collections.volumeops.docker.plugins.module_utils._validation import (
     stringify_labels, volume_name_error,
@@ -386,9 +386,8 @@ class _DockerClient(AnsibleDockerClient):
 
     def __init__(self, module):  # pylint: disable=super-init-not-called
         self.module = module
-        if not HAS_DOCKER:
-            module.fail_json(msg=missing_required_lib('docker (the Docker SDK for Python)'), exception=DOCKER_IMPORT_ERROR)
         self.params = module.params
+        self._require_sdk()
         self.api = self._connect()
 
 
@@ -412,7 +411,7 @@ class VolumeTransferManager(object):
             self.fail(err)
         for key in ('dest_driver_options', 'dest_labels'):
             try:
-                p[key] = stringify_labels(p[key], what=key.replace('dest_', '').rstrip('s'))
+                p[key] = stringify_labels(p[key], what=key)
             except ValueError as exc:
                 self.fail(str(exc))
         if not 1 <= p['compression_level'] <= 19:
