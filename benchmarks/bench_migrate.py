@@ -566,7 +566,7 @@ def run_two_phase(bench, r, env, src, src_fp, args):
             if proc.returncode != 0 or not res or res[0] not in ('SUCCESS', 'CHANGED'):
                 raise RuntimeError('volume_transfer failed rc=%d:\n%s' % (proc.returncode, proc.stdout[-3000:]))
             out = res[1]
-            keys = ('duration', 'bytes', 'bytes_sent', 'entries', 'sent_entries', 'deleted', 'mb_per_s',
+            keys = ('duration', 'bytes', 'bytes_sent', 'entries', 'sent_entries', 'deleted', 'replaced', 'mb_per_s',
                     'verified', 'dest_state', 'changed')
             return {'module': {k: out.get(k) for k in keys}}
         return go

@@ -1808,69 +1808,13 @@ class Receiver(object):
 def extract_frames(chunks, compression, dest, allow_devices=False, on_member=None):
     """chunks -> [zstd -d] -> TarStreamValidator -> GNU tar -x into ``dest``. Raises ArchiveError/StreamRejected.
 
-    Like ``_archive.extract_stream`` but with ``tar_extract_argv`` above (the staging root exists) and
+    ``_archive.extract_stream`` with ``tar_extract_argv`` above (the staging root exists) and
     no manifest member (the manifest travels in the protocol).
     """
-    validator = _archive.TarStreamValidator(allow_devices=allow_devices, on_member=on_member,
-                                            strip_manifest=False, require_manifest=False)
-    dec_argv = _archive.decompressor_argv(compression)
-    dec_err = tempfile.TemporaryFile()
-    tar_err = tempfile.TemporaryFile()
-    procs = []
-    feed_errors = []
-    try:
-        tar_proc = subprocess.Popen(tar_extract_argv(dest), stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                    stderr=tar_err)
-        procs.append(tar_proc)
-        dec = None
-        feeder = None
-        if dec_argv is not None:
-            dec = subprocess.Popen(dec_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=dec_err)
-            procs.append(dec)
-            feeder = threading.Thread(target=_archive._feed, args=(chunks, dec.stdin, feed_errors))
-            feeder.daemon = True
-            feeder.start()
-            plain = _archive.file_chunks(dec.stdout)
-        else:
-            plain = chunks
-        try:
-            for chunk in plain:
-                out = validator.feed(chunk)
-                if out:
-                    tar_proc.stdin.write(out)
-            validator.finish()
-        except BrokenPipeError:
-            raise _archive.ArchiveError('tar stopped reading the stream: %s' % _archive._stderr_text(tar_err))
-        if feeder is not None:
-            feeder.join()
-        if feed_errors:
-            raise feed_errors[0]
-        try:
-            tar_proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        rc_tar = tar_proc.wait()
-        if dec is not None:
-            rc_dec = dec.wait()
-            if rc_dec != 0:
-                raise _archive.StreamRejected('The stream is corrupt or truncated: %s failed (exit %d): %s'
-                                              % (dec_argv[0], rc_dec, _archive._stderr_text(dec_err)))
-        if rc_tar != 0:
-            raise _archive.ArchiveError('tar failed to extract (exit %d): %s' % (rc_tar, _archive._stderr_text(tar_err)))
-        return dict(entries=validator.entries)
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-            p.wait()
-            for f in (p.stdin, p.stdout):
-                if f:
-                    try:
-                        f.close()
-                    except OSError:
-                        pass
-        dec_err.close()
-        tar_err.close()
+    result = _archive.extract_stream(chunks, compression, dest, allow_devices=allow_devices, on_member=on_member,
+                                     require_manifest=False, strip_manifest=False, tar_argv=tar_extract_argv(dest),
+                                     digest=False)
+    return dict(entries=result['entries'])
 
 
 def receiver_main():

@@ -185,6 +185,11 @@ recovered:
   returned: when there were leftovers
   type: list
   elements: str
+duration:
+  description: Seconds the module took (reading, checking and, unless in check mode, writing).
+  returned: success
+  type: float
+  sample: 8.7
 changes:
   description: With diff mode, counts and a sample of the paths that would change.
   returned: when diff mode is on and the volume would change
@@ -194,6 +199,7 @@ changes:
 
 import os
 import stat
+import time
 import uuid
 
 from ansible_collections.volumeops.docker.plugins.module_utils._docker_client import AnsibleDockerClient
@@ -225,6 +231,7 @@ class RestoreManager(object):
         self.warnings = []
         self.merging = False  # set once a merge starts moving entries (a merge is not atomic)
         self.result = dict(changed=False, volume=self.p['volume'], created=False, stopped_containers=[])
+        self.started = time.time()
 
     def fail(self, msg):
         for w in self.warnings:
@@ -557,6 +564,7 @@ class RestoreManager(object):
             raise
 
     def finish(self):
+        self.result['duration'] = round(time.time() - self.started, 3)
         for w in self.warnings:
             self.module.warn(w)
         if self.module._diff and 'changes' in self.result:

@@ -283,6 +283,7 @@ def test_migration_benchmark_quick_run(repo_root, tmp_path):
     assert ph['T_final_delta']['identical'] is True
     assert ph['T_final_delta']['module']['dest_state'] == 'complete'
     assert 0 < ph['T_final_delta']['module']['bytes_sent'] < ph['T_full_warm']['module']['bytes_sent']
+    assert ph['T_final_delta']['module']['replaced'] > 0  # the modified 1% went again as replacements
     again = ph['T_final_delta_again_content']['module']
     assert again['changed'] is False and again['bytes_sent'] == 0 and again['verified'] is True
     peak = res['targets']['peak_memory_mb_per_side']['value']

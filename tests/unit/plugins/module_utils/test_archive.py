@@ -4,7 +4,9 @@
 from __future__ import annotations
 
 import io
+import os
 import tarfile
+import threading
 
 import pytest
 
@@ -42,11 +44,52 @@ def _add(tf, name, kind=tarfile.REGTYPE, data=b'', link=''):
     tf.addfile(info, io.BytesIO(data) if data else None)
 
 
-def _run(raw, chunk=700, **kw):
+def _run_feed(raw, chunk=700, **kw):
     v = A.TarStreamValidator(**kw)
     out = b''.join(v.feed(raw[i:i + chunk]) for i in range(0, len(raw), chunk))
     v.finish()
     return v, out
+
+
+def _run_pump(raw, **kw):
+    """The same stream through pump(): real pipes in and out, member data moved by splice(2)."""
+    v = A.TarStreamValidator(**kw)
+    src_r, src_w = os.pipe()
+    dst_r, dst_w = os.pipe()
+    received = []
+
+    def write():
+        try:
+            os.write(src_w, raw) if len(raw) < 60000 else [os.write(src_w, raw[i:i + 4096])
+                                                           for i in range(0, len(raw), 4096)]
+        except BrokenPipeError:
+            pass
+        finally:
+            os.close(src_w)
+
+    def read():
+        with os.fdopen(dst_r, 'rb') as f:
+            received.append(f.read())
+
+    threads = [threading.Thread(target=write), threading.Thread(target=read)]
+    for t in threads:
+        t.start()
+    try:
+        v.pump(src_r, dst_w)
+    finally:
+        os.close(src_r)
+        os.close(dst_w)
+        for t in threads:
+            t.join()
+    return v, received[0]
+
+
+@pytest.fixture(params=['feed', 'pump'])
+def _run(request):
+    """Run a stream through the validator's chunked feed() or its pipe-to-pipe pump(); both must agree."""
+    if request.param == 'pump' and not A.SPLICE:
+        pytest.skip('os.splice needs Python >= 3.10 on Linux')
+    return _run_feed if request.param == 'feed' else _run_pump
 
 
 def test_names_round_trip():
@@ -65,7 +108,7 @@ def test_manifest_parse_rejects_garbage():
         A.parse_manifest(b'not json')
 
 
-def test_good_stream_strips_manifest_and_counts():
+def test_good_stream_strips_manifest_and_counts(_run):
     raw = _tar(lambda tf: (_add(tf, './d', tarfile.DIRTYPE), _add(tf, './d/f', data=b'hello' * 300),
                            _add(tf, './d/h', tarfile.LNKTYPE, link='./d/f'), _add(tf, './l', tarfile.SYMTYPE, link='/etc')))
     v, out = _run(raw)
@@ -84,31 +127,52 @@ def test_good_stream_strips_manifest_and_counts():
     (lambda tf: _add(tf, './dev', tarfile.CHRTYPE), 'device'),
     (lambda tf: (_add(tf, './f', data=b'1'), _add(tf, './f', data=b'2')), 'duplicate'),
 ])
-def test_hostile_streams_are_refused(build, message):
+def test_hostile_streams_are_refused(build, message, _run):
     with pytest.raises(A.StreamRejected, match=message.replace('.', r'\.')):
         _run(_tar(build))
 
 
-def test_devices_allowed_on_request():
+def test_devices_allowed_on_request(_run):
     v, _out = _run(_tar(lambda tf: _add(tf, './dev', tarfile.CHRTYPE)), allow_devices=True)
     assert v.entries == 2
 
 
-def test_missing_end_marker_is_truncation():
+def test_missing_end_marker_is_truncation(_run):
     with pytest.raises(A.StreamRejected, match='end-of-archive'):
         _run(_tar(lambda tf: _add(tf, './f', data=b'x'), end=False))
 
 
-def test_stream_without_manifest_is_refused():
+def test_stream_without_manifest_is_refused(_run):
     with pytest.raises(A.StreamRejected, match='manifest'):
         _run(_tar(lambda tf: _add(tf, './f', data=b'x'), manifest=False))
 
 
-def test_corrupt_header_checksum():
+def test_corrupt_header_checksum(_run):
     raw = bytearray(_tar(lambda tf: _add(tf, './f', data=b'x')))
     raw[1024 + 3] ^= 0xff  # inside a later header's name field
     with pytest.raises(A.StreamRejected):
         _run(bytes(raw))
+
+
+def test_pump_forwards_exactly_what_feed_forwards():
+    big = bytes(range(256)) * 2000  # 512,000 bytes: spliced in several moves
+    raw = _tar(lambda tf: (_add(tf, './d', tarfile.DIRTYPE), _add(tf, './d/big', data=big),
+                           _add(tf, './d/' + 'n' * 150, data=b'long name'),  # pax path record
+                           _add(tf, './empty', data=b''), _add(tf, './l', tarfile.SYMTYPE, link='d/big')))
+    v1, out1 = _run_feed(raw)
+    v2, out2 = _run_pump(raw)
+    assert out1 == out2 and v1.entries == v2.entries == 6
+    assert tarfile.open(fileobj=io.BytesIO(out2)).extractfile('./d/big').read() == big
+
+
+def test_pump_refuses_a_stream_cut_anywhere():
+    raw = _tar(lambda tf: (_add(tf, './f', data=b'z' * 100000), _add(tf, './g', data=b'g')))
+    start = raw.index(b'z' * 512)
+    boundary = start + 100000 + (-100000 % 512)  # just after f's data: a cut at a member boundary
+    cuts = (100, start - 300, start + 5000, boundary, boundary + 600, len(raw.rstrip(b'\0')))
+    for cut in cuts:
+        with pytest.raises(A.StreamRejected):
+            _run_pump(raw[:cut])
 
 
 def test_argv_builders_never_use_a_shell():
