@@ -84,6 +84,12 @@ _paths = set(_p for _p in _sys.stdin.buffer.read().split(b'\\0') if _p)
 _sys.stdout.write(_json.dumps(subset_summary(_sys.argv[1], _paths).as_dict()))
 '''
 
+LISTING_MAIN = '''
+import json as _json, sys as _sys
+for _rel, _r in sorted(listing(_sys.argv[1], tuple(_json.loads(_sys.argv[2]))).items()):
+    _sys.stdout.write('%s %s\\n' % (_rel.hex(), _json.dumps(list(_r[:6]) + [_r[6].hex()])))
+'''
+
 RECOVER_MAIN = '''
 import json as _json, os as _os, sys as _sys
 _actions = recover_swaps(_sys.argv[1])
@@ -228,6 +234,19 @@ class Helper(object):
             raise HelperError('The fingerprint walk in the helper container failed (exit %s): %s' % (rc, err))
         data = json.loads(out.decode('utf-8'))
         return _tree.TreeSummary(data['fingerprint'], data['entries'], data['bytes'])
+
+    def listing(self, volume):
+        """``_tree.listing`` of the volume (sockets left out), from a metadata walk in the helper container."""
+        argv = [PYTHON, '-c', _script(LISTING_MAIN), MOUNT, json.dumps(list(_archive.SKIP_TYPES))]
+        rc, out, err = self.run(volume, argv, read_only=True)
+        if rc != 0:
+            raise HelperError('Listing the volume in the helper container failed (exit %s): %s' % (rc, err))
+        result = {}
+        for line in out.splitlines():
+            rel, record = line.split(b' ', 1)
+            code, size, mtime_ns, mode, uid, gid, link = json.loads(record.decode('ascii'))
+            result[bytes.fromhex(rel.decode('ascii'))] = (code, size, mtime_ns, mode, uid, gid, bytes.fromhex(link))
+        return result
 
     def backup_chunks(self, volume, exclude=None):
         """(argv, runner): runner(consumer) streams GNU tar's archive of the volume to consumer."""

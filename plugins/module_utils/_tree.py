@@ -159,6 +159,25 @@ def entry_record(entry, with_xattrs=True):
     return b'\0'.join(fields)
 
 
+def listing_record(entry):
+    """(type, size, mtime_ns, mode, uid, gid, link target) of one entry: what a restore's diff compares."""
+    st = entry.st
+    code = type_code(st.st_mode)
+    return (code, st.st_size if code == 'f' else 0, st.st_mtime_ns, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid,
+            os.readlink(entry.abspath) if code == 'l' else b'')
+
+
+def listing(root, skip_types=()):
+    """{relative path (bytes, without './'; b'.' for the root): listing_record} of the tree at ``root``."""
+    result = {}
+    for entry in walk(root):
+        record = listing_record(entry)
+        if record[0] in skip_types:
+            continue
+        result[b'.' if entry.relpath == b'.' else entry.relpath[2:]] = record
+    return result
+
+
 class TreeSummary(object):
     """Result of one fingerprint walk."""
 

@@ -105,7 +105,8 @@ attributes:
   diff_mode:
     support: full
     description: With O(existing=replace) or O(existing=merge) the diff gives counts of added, changed and removed
-      paths and a sample of them.
+      paths and a sample of them, on both data paths (the helper path lists the volume with a metadata walk in a
+      helper container).
   idempotent:
     support: full
     description: Not changed when the volume already holds exactly what the archive holds (equal tree fingerprint).
@@ -332,25 +333,16 @@ class RestoreManager(object):
         return errors
 
     # -- diff
-    def changes(self, archive, compression, mountpoint, existing):
+    def changes(self, archive, compression, current, existing):
+        """Counts and a sample of what restoring ``archive`` would do to a volume whose ``_tree.listing`` is ``current``."""
         members = {}
 
         def on_member(m):
             mt = m.mtime.decode() if isinstance(m.mtime, bytes) else str(m.mtime)
-            members[m.path] = (m.type, m.size if m.type == 'f' else 0, mt, m.mode & 0o7777, m.uid, m.gid,
+            members[m.path] = (m.type, m.size if m.type == 'f' else 0, _mtime_ns(mt), m.mode & 0o7777, m.uid, m.gid,
                                m.linkname if m.type == 'l' else b'')
         with open(archive, 'rb') as f:
             _archive.list_stream(_archive.file_chunks(f), compression, allow_devices=True, on_member=on_member)
-        current = {}
-        if mountpoint:
-            for e in _tree.walk(mountpoint):
-                if e.type == 's':
-                    continue
-                rel = b'.' if e.relpath == b'.' else e.relpath[2:]
-                st = e.st
-                mt = '%d.%09d' % divmod(st.st_mtime_ns, 10 ** 9)
-                current[rel] = (e.type, st.st_size if e.type == 'f' else 0, mt, stat.S_IMODE(st.st_mode),
-                                st.st_uid, st.st_gid, os.readlink(e.abspath) if e.type == 'l' else b'')
         added, changed, removed = [], [], []
         for path, rec in members.items():
             cur = current.get(path)
@@ -358,7 +350,7 @@ class RestoreManager(object):
                 added.append(path)
             elif rec[0] == 'h':
                 continue  # a hard link's properties are those of its target, compared there
-            elif rec[:2] != cur[:2] or rec[3:] != cur[3:] or _mtime_ns(rec[2]) != _mtime_ns(cur[2]):
+            elif rec != cur:
                 changed.append(path)
         if existing != 'merge':
             removed = [p for p in current if p not in members]
@@ -430,10 +422,12 @@ class RestoreManager(object):
             if current.entries > 1 and p['existing'] == 'fail':
                 self.fail('Volume %s is not empty (%d entries); set existing: replace (the volume ends with exactly '
                           'the archive content) or existing: merge.' % (p['volume'], current.entries - 1))
-            if self.module._diff and path_kind == 'local':
+            if self.module._diff:
                 try:
-                    self.result['changes'] = self.changes(archive, compression, info['Mountpoint'], p['existing'])
-                except _archive.ArchiveError as exc:
+                    listing = helper.listing(p['volume']) if helper is not None else \
+                        _tree.listing(info['Mountpoint'], _archive.SKIP_TYPES)
+                    self.result['changes'] = self.changes(archive, compression, listing, p['existing'])
+                except (_archive.ArchiveError, HelperError) as exc:
                     self.fail('The archive cannot be restored: %s' % exc)
         self.result['changed'] = True
         self.result['created'] = info is None

@@ -89,3 +89,13 @@ def test_root_mtime_can_be_left_out(tree):
     os.utime(tree, ns=(st.st_atime_ns, st.st_mtime_ns + 5))
     assert _tree.fingerprint(str(tree)).fingerprint != with_mtime
     assert _tree.fingerprint(str(tree), include_root_mtime=False).fingerprint == without
+
+
+def test_listing_keys_and_records(tree):
+    os.mkfifo(str(tree / 'fifo'))
+    st = os.lstat(str(tree / 'a.txt'))
+    found = _tree.listing(str(tree), skip_types=('p',))
+    assert set(found) == {b'.', b'a.txt', b'b', b'bad-\xff-name', b'link', b'b/c', b'b/hard', b'b/c/deep'}
+    assert found[b'a.txt'] == ('f', 5, st.st_mtime_ns, st.st_mode & 0o7777, st.st_uid, st.st_gid, b'')
+    assert found[b'link'][0] == 'l' and found[b'link'][6] == b'a.txt'
+    assert found[b'b'][:2] == ('d', 0)  # a directory's size is not compared
