@@ -199,7 +199,6 @@ changes:
 '''
 
 import os
-import stat
 import time
 import uuid
 
