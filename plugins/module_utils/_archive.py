@@ -322,6 +322,15 @@ def widen_pipe(f, size=CHUNK):
         pass
 
 
+def _pipe_at_eof(f):
+    """True when the writer of pipe ``f`` has closed it and nothing is left to read (never blocks)."""
+    try:
+        os.set_blocking(f.fileno(), False)
+        return os.read(f.fileno(), 1) == b''
+    except (BlockingIOError, OSError, ValueError):
+        return False
+
+
 def _stderr_text(f):
     f.seek(0)
     text = f.read().decode('utf-8', 'replace').strip()
@@ -879,7 +888,22 @@ def decompressed_pipe(source_chunks, compression, hasher=None):
             feeder = threading.Thread(target=_feed, args=(source_chunks, dec.stdin, feed_errors, hasher))
             feeder.daemon = True
             feeder.start()
-            yield dec.stdout
+            try:
+                yield dec.stdout
+            except StreamRejected:
+                # When the reader saw the stream stop early because the decompressor failed (corrupt
+                # data), the decompressor's own message says more than "truncated". Only then is its
+                # output at EOF; a stream refused for its content leaves the decompressor running.
+                rc = None
+                if _pipe_at_eof(dec.stdout):
+                    try:
+                        rc = dec.wait(timeout=5)
+                    except subprocess.TimeoutExpired:
+                        pass
+                if rc:
+                    raise StreamRejected('The archive is corrupt or truncated: %s failed (exit %d): %s'
+                                         % (dec_argv[0], rc, _stderr_text(err)))
+                raise
             feeder.join()
             rc = dec.wait()
             if feed_errors:

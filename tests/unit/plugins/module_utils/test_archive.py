@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import io
 import os
+import shutil
+import subprocess
 import tarfile
 import threading
+import time
 
 import pytest
 
@@ -173,6 +176,43 @@ def test_pump_refuses_a_stream_cut_anywhere():
     for cut in cuts:
         with pytest.raises(A.StreamRejected):
             _run_pump(raw[:cut])
+
+
+needs_zstd_and_gnu_tar = pytest.mark.skipif(not shutil.which('zstd') or not shutil.which('tar'),
+                                            reason='needs zstd and GNU tar (the test bootstrap installs them)')
+
+
+def _zstd(raw):
+    return subprocess.run(['zstd', '-q', '-c'], input=raw, stdout=subprocess.PIPE, check=True).stdout
+
+
+@needs_zstd_and_gnu_tar
+def test_extract_stream_round_trip_and_corrupt_compressed_data(tmp_path):
+    data = os.urandom(3 * 1024 * 1024)
+    packed = _zstd(_tar(lambda tf: (_add(tf, './d', tarfile.DIRTYPE), _add(tf, './d/big', data=data))))
+    good = tmp_path / 'good'
+    good.mkdir()
+    res = A.extract_stream([packed[i:i + 65536] for i in range(0, len(packed), 65536)], 'zstd', str(good))
+    assert (good / 'd' / 'big').read_bytes() == data and res['entries'] == 3 and res['manifest']['volume'] == 'vol'
+    bad = bytearray(packed)
+    bad[len(bad) // 2] ^= 0xff
+    dest = tmp_path / 'bad'
+    dest.mkdir()
+    with pytest.raises(A.StreamRejected, match='corrupt or truncated: zstd failed'):
+        A.extract_stream([bytes(bad)], 'zstd', str(dest))
+
+
+@needs_zstd_and_gnu_tar
+def test_extract_stream_refuses_hostile_content_promptly(tmp_path):
+    # The refusal names the hostile member even while the decompressor still has data to give.
+    filler = os.urandom(4 * 1024 * 1024)
+    packed = _zstd(_tar(lambda tf: (_add(tf, './l', tarfile.SYMTYPE, link='/etc'), _add(tf, './l/passwd', data=b'x'),
+                                    _add(tf, './filler', data=filler))))
+    started = time.monotonic()
+    with pytest.raises(A.StreamRejected, match='through the link'):
+        A.extract_stream([packed], 'zstd', str(tmp_path))
+    assert time.monotonic() - started < 4
+    assert not os.path.lexists(str(tmp_path / 'l' / 'passwd'))
 
 
 def test_argv_builders_never_use_a_shell():
