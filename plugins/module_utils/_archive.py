@@ -53,7 +53,6 @@ import subprocess
 import tarfile
 import tempfile
 import threading
-from contextlib import contextmanager
 
 from ansible_collections.volumeops.docker.plugins.module_utils import _tree
 
@@ -868,54 +867,72 @@ class TarStreamValidator(object):
             raise StreamRejected('Not a volumeops archive: no manifest member.')
 
 
-@contextmanager
-def decompressed_pipe(source_chunks, compression, hasher=None):
+class DecompressedPipe(object):
     """Context manager: the decompressor's stdout (a pipe, binary file object), fed from ``source_chunks``.
 
     The compressed bytes are written to the decompressor by a thread (hashed as
     they pass when ``hasher`` is given). Leaving the block normally, after the
     pipe was read to its end, checks the decompressor's exit status and raises
     StreamRejected for a corrupt or truncated stream; leaving it by an
-    exception stops the decompressor.
+    exception stops the decompressor. (A class, not a generator: it is used
+    inside generators, whose early close must still run the cleanup.)
     """
-    dec_argv = decompressor_argv(compression)
-    feed_errors = []
-    with tempfile.TemporaryFile() as err:
-        dec = subprocess.Popen(dec_argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+
+    def __init__(self, source_chunks, compression, hasher=None):
+        self.argv = decompressor_argv(compression)
+        self.source_chunks = source_chunks
+        self.hasher = hasher
+        self.feed_errors = []
+        self.err = None
+        self.proc = None
+        self.feeder = None
+
+    def __enter__(self):
+        self.err = tempfile.TemporaryFile()
         try:
-            widen_pipe(dec.stdin)
-            widen_pipe(dec.stdout)
-            feeder = threading.Thread(target=_feed, args=(source_chunks, dec.stdin, feed_errors, hasher))
-            feeder.daemon = True
-            feeder.start()
-            try:
-                yield dec.stdout
-            except StreamRejected:
-                # When the reader saw the stream stop early because the decompressor failed (corrupt
-                # data), the decompressor's own message says more than "truncated". Only then is its
-                # output at EOF; a stream refused for its content leaves the decompressor running.
-                rc = None
-                if _pipe_at_eof(dec.stdout):
-                    try:
-                        rc = dec.wait(timeout=5)
-                    except subprocess.TimeoutExpired:
-                        pass
+            self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err)
+        except Exception:
+            self.err.close()
+            raise
+        widen_pipe(self.proc.stdin)
+        widen_pipe(self.proc.stdout)
+        self.feeder = threading.Thread(target=_feed, args=(self.source_chunks, self.proc.stdin, self.feed_errors,
+                                                           self.hasher))
+        self.feeder.daemon = True
+        self.feeder.start()
+        return self.proc.stdout
+
+    def _failed(self, rc):
+        return StreamRejected('The archive is corrupt or truncated: %s failed (exit %d): %s'
+                              % (self.argv[0], rc, _stderr_text(self.err)))
+
+    def __exit__(self, exc_type, exc, tb):
+        dec = self.proc
+        try:
+            if exc_type is None:
+                self.feeder.join()
+                rc = dec.wait()
+                if self.feed_errors:
+                    raise self.feed_errors[0]
+                if rc != 0:
+                    raise self._failed(rc)
+            elif issubclass(exc_type, StreamRejected) and _pipe_at_eof(dec.stdout):
+                # The reader saw the stream stop early. When that is because the decompressor failed
+                # (corrupt data), its own message says more than "truncated". Only then is its output
+                # at EOF; a stream refused for its content leaves the decompressor running.
+                try:
+                    rc = dec.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    rc = None
                 if rc:
-                    raise StreamRejected('The archive is corrupt or truncated: %s failed (exit %d): %s'
-                                         % (dec_argv[0], rc, _stderr_text(err)))
-                raise
-            feeder.join()
-            rc = dec.wait()
-            if feed_errors:
-                raise feed_errors[0]
-            if rc != 0:
-                raise StreamRejected('The archive is corrupt or truncated: %s failed (exit %d): %s'
-                                     % (dec_argv[0], rc, _stderr_text(err)))
+                    raise self._failed(rc)
         finally:
             if dec.poll() is None:
                 dec.kill()
             dec.wait()
             dec.stdout.close()
+            self.err.close()
+        return False
 
 
 def plain_stream(source_chunks, compression, hasher=None):
@@ -930,7 +947,7 @@ def plain_stream(source_chunks, compression, hasher=None):
                 hasher.update(c)
             yield c
         return
-    with decompressed_pipe(source_chunks, compression, hasher) as plain:
+    with DecompressedPipe(source_chunks, compression, hasher) as plain:
         yield from file_chunks(plain)
 
 
@@ -973,7 +990,7 @@ def extract_stream(source_chunks, compression, dest, allow_devices=False, on_mem
     try:
         try:
             if decompressor_argv(compression) is not None and SPLICE:
-                with decompressed_pipe(source_chunks, compression, hasher) as plain:
+                with DecompressedPipe(source_chunks, compression, hasher) as plain:
                     validator.pump(plain.fileno(), tar_proc.stdin.fileno())
             else:
                 stream = validated_stream(plain_stream(source_chunks, compression, hasher), validator)
