@@ -321,6 +321,32 @@ def widen_pipe(f, size=CHUNK):
         pass
 
 
+def run_beside(background, foreground):
+    """Run ``background()`` in a thread while ``foreground()`` runs here; return foreground's result.
+
+    For two steps that are both needed and independent, one waiting on the
+    disk (an fsync), the other on the CPU (a metadata walk). The thread is
+    always joined before returning; its exception, if any, is raised here.
+    """
+    box = {}
+
+    def target():
+        try:
+            background()
+        except BaseException as exc:  # pylint: disable=broad-except; re-raised in the caller's thread
+            box['error'] = exc
+
+    thread = threading.Thread(target=target)
+    thread.start()
+    try:
+        result = foreground()
+    finally:
+        thread.join()
+    if 'error' in box:
+        raise box['error']
+    return result
+
+
 def _pipe_at_eof(f):
     """True when the writer of pipe ``f`` has closed it and nothing is left to read (never blocks)."""
     try:

@@ -221,8 +221,7 @@ def summarize(entries_iter, include_root_mtime=True, skip_types=()):
             parts = record.split(b'\0')
             parts[3] = b'-'
             record = b'\0'.join(parts)
-        digest.update(record)
-        digest.update(b'\n')
+        digest.update(record + b'\n')
         entries += 1
         st = entry.st
         if stat.S_ISREG(st.st_mode):

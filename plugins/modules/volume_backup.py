@@ -411,8 +411,9 @@ class BackupManager(object):
                     else:
                         raise _archive.ArchiveError('tar failed on %s (exit %s): %s' % (src.name, rc, text))
                 out.flush()
-                os.fsync(out.fileno())
-            after = self.summary(src)
+                # The archive's fsync (waiting on the disk) and the second metadata walk (is the volume
+                # still as it was?) are independent: overlap them.
+                after = _archive.run_beside(lambda: os.fsync(out.fileno()), lambda: self.summary(src))
             if after.fingerprint != summary.fingerprint:
                 if p['consistency'] == 'strict':
                     raise _archive.ArchiveError(

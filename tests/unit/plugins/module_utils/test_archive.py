@@ -222,3 +222,26 @@ def test_argv_builders_never_use_a_shell():
     assert '--exclude=./cache/*' in argv and '--exclude=*.log' in argv
     assert A.compressor_argv('zstd', 3) == ['zstd', '-3', '-q', '-T0', '-c']
     assert A.compressor_argv('none') is None
+
+
+def test_run_beside_overlaps_and_reports_both_sides():
+    order = []
+
+    def slow_background():
+        time.sleep(0.2)
+        order.append('background')
+
+    started = time.monotonic()
+    assert A.run_beside(slow_background, lambda: order.append('foreground') or 42) == 42
+    assert order == ['foreground', 'background']  # joined before returning
+    assert time.monotonic() - started < 1
+
+    def failing_background():
+        raise OSError(28, 'No space left on device')
+    with pytest.raises(OSError, match='No space'):
+        A.run_beside(failing_background, lambda: 1)
+
+    done = []
+    with pytest.raises(ValueError):
+        A.run_beside(lambda: (time.sleep(0.1), done.append(1)), lambda: int('x'))
+    assert done == [1]  # the background step finished before the foreground's error left
