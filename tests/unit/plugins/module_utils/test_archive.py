@@ -63,8 +63,8 @@ def _run_pump(raw, **kw):
 
     def write():
         try:
-            os.write(src_w, raw) if len(raw) < 60000 else [os.write(src_w, raw[i:i + 4096])
-                                                           for i in range(0, len(raw), 4096)]
+            for i in range(0, len(raw), 4096):
+                os.write(src_w, raw[i:i + 4096])
         except BrokenPipeError:
             pass
         finally:
