@@ -347,6 +347,72 @@ def run_beside(background, foreground):
     return result
 
 
+WRITEBACK_EVERY = 32 * 1024 * 1024
+
+
+class EarlyWriteback(object):
+    """Have the kernel write a growing file to disk while it is still being produced.
+
+    An archive must be fsynced before it gets its final name. Left to the
+    kernel, a machine with plenty of memory keeps the whole archive dirty in
+    the page cache until that fsync, which then waits for all of it (about
+    0.5 s per 300 MB here). A thread that runs fdatasync every WRITEBACK_EVERY
+    bytes moves that wait into the time the compressor runs anyway, and the
+    final fsync finds little left to write. Requests are coalesced: while one
+    fdatasync runs, further ones are not queued.
+
+    An error of a background fdatasync is re-raised by ``finish()``: the kernel
+    reports a writeback error only once per descriptor, so the caller's final
+    fsync might no longer see it.
+    """
+
+    def __init__(self, f, every=WRITEBACK_EVERY):
+        self._f = f
+        self._every = every
+        self._pending = 0
+        self._wake = threading.Event()
+        self._stopping = False
+        self._error = None
+        self._thread = None
+
+    def wrote(self, count):
+        """Account for ``count`` bytes just written to the file."""
+        self._pending += count
+        if self._pending < self._every or self._error is not None:
+            return
+        self._pending = 0
+        self._f.flush()  # the data must be in the kernel before fdatasync can write it
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run)
+            self._thread.daemon = True
+            self._thread.start()
+        self._wake.set()
+
+    def _run(self):
+        fd = self._f.fileno()
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            stopping = self._stopping  # read before syncing: a request made before finish() is served
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:
+                self._error = exc
+                return
+            if stopping:
+                return
+
+    def finish(self):
+        """Stop the thread; raise the OSError a background fdatasync met, if any."""
+        if self._thread is not None:
+            self._stopping = True
+            self._wake.set()
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise self._error
+
+
 def _pipe_at_eof(f):
     """True when the writer of pipe ``f`` has closed it and nothing is left to read (never blocks)."""
     try:
@@ -387,7 +453,8 @@ def write_compressed_stream(out, compression, level=None, head=b'', producer_arg
     The producer is either a command (``producer_argv``; its stdout goes straight
     into the compressor, no Python in that byte path) or an iterable of byte
     chunks (``producer_chunks``; e.g. a helper container's stdout).
-    The compressed bytes are hashed while being written.
+    The compressed bytes are hashed while being written, and written back to
+    disk as they come (EarlyWriteback): the caller's final fsync is short.
 
     Returns dict(sha256, size, producer_rc, producer_stderr, compressor_rc,
     compressor_stderr). The caller decides what a non-zero producer status
@@ -402,6 +469,7 @@ def write_compressed_stream(out, compression, level=None, head=b'', producer_arg
     procs = []
     feed_errors = []
     threads = []
+    writeback = EarlyWriteback(out)
     try:
         if comp_argv is None:
             out.write(head)
@@ -410,6 +478,7 @@ def write_compressed_stream(out, compression, level=None, head=b'', producer_arg
             if producer_argv is not None:
                 prod = subprocess.Popen(producer_argv, stdout=subprocess.PIPE, stderr=prod_err, cwd=producer_cwd)
                 procs.append(prod)
+                widen_pipe(prod.stdout)
                 source = iter(lambda: prod.stdout.read(CHUNK), b'')
             else:
                 prod = None
@@ -418,15 +487,21 @@ def write_compressed_stream(out, compression, level=None, head=b'', producer_arg
                 hasher.update(chunk)
                 out.write(chunk)
                 size += len(chunk)
+                writeback.wrote(len(chunk))
             comp = None
         else:
             rfd, wfd = os.pipe()
+            wpipe = os.fdopen(wfd, 'wb', buffering=0)
+            widen_pipe(wpipe)  # producer -> compressor; measured: less time in pipe wake-ups
             try:
                 comp = subprocess.Popen(comp_argv, stdin=rfd, stdout=subprocess.PIPE, stderr=comp_err)
+            except BaseException:
+                wpipe.close()
+                raise
             finally:
                 os.close(rfd)
             procs.append(comp)
-            wpipe = os.fdopen(wfd, 'wb', buffering=0)
+            widen_pipe(comp.stdout)  # compressor -> this process
             if producer_argv is not None:
                 # Head first (small; a thread so a full pipe cannot block us), then the producer
                 # writes into the same pipe: tar stdout -> compressor stdin, no Python in between.
@@ -451,8 +526,10 @@ def write_compressed_stream(out, compression, level=None, head=b'', producer_arg
                 hasher.update(chunk)
                 out.write(chunk)
                 size += len(chunk)
+                writeback.wrote(len(chunk))
         for t in threads:
             t.join()
+        writeback.finish()
         result = dict(sha256=hasher.hexdigest(), size=size, producer_rc=None, producer_stderr='',
                       compressor_rc=None, compressor_stderr='')
         if prod is not None:
@@ -468,6 +545,10 @@ def write_compressed_stream(out, compression, level=None, head=b'', producer_arg
             raise feed_errors[0]
         return result
     finally:
+        try:
+            writeback.finish()
+        except OSError:
+            pass  # only reached when the stream failed already; that error is the one to report
         for p in procs:
             if p.poll() is None:
                 p.kill()
@@ -1101,9 +1182,9 @@ def cleanup_stale(parent, markers=(STAGING_MARKER, OLD_MARKER)):
     return removed
 
 
-def tree_summary(root, exclude=None):
+def tree_summary(root, exclude=None, with_change_token=False):
     """The fingerprint used for manifests and comparisons (sockets left out)."""
-    return _tree.fingerprint(root, exclude=exclude, skip_types=SKIP_TYPES)
+    return _tree.fingerprint(root, exclude=exclude, skip_types=SKIP_TYPES, with_change_token=with_change_token)
 
 
 def subset_summary(root, paths, skip_types=SKIP_TYPES):

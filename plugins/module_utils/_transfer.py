@@ -213,40 +213,6 @@ def record_digest(entry):
     return hashlib.sha256(_tree.entry_record(entry)).digest()[:16]
 
 
-_TYPE_BY_FMT = {stat.S_IFREG: 'f', stat.S_IFDIR: 'd', stat.S_IFLNK: 'l', stat.S_IFIFO: 'p',
-                stat.S_IFCHR: 'c', stat.S_IFBLK: 'b', stat.S_IFSOCK: 's'}
-_XATTR_NONE = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOENT)
-
-
-def fast_entry_record(entry, code):
-    """Exactly ``_tree.entry_record(entry)`` (a unit test holds them equal), with less per-entry overhead.
-
-    One bytes formatting instead of a list of fields, and one listxattr: entries without extended
-    attributes (nearly all) skip ``_tree.read_xattrs``; entries with some are read by it, so names,
-    order, encoding and error handling stay those of ``_tree``.
-    """
-    st = entry.st
-    if code == 'l':
-        extra = os.readlink(entry.abspath)
-    elif code == 'c' or code == 'b':
-        extra = b'%d,%d' % (os.major(st.st_rdev), os.minor(st.st_rdev))
-    else:
-        extra = b''
-    record = b'%s\0%s\0%d\0%d\0%o\0%d\0%d\0%s' % (
-        entry.relpath, code.encode(), st.st_size if code == 'f' else 0, st.st_mtime_ns, st.st_mode & 0o7777,
-        st.st_uid, st.st_gid, extra)
-    try:
-        names = os.listxattr(entry.abspath, follow_symlinks=False)
-    except OSError as exc:
-        if exc.errno in _XATTR_NONE:
-            return record
-        names = True  # let _tree.read_xattrs raise (or handle) it exactly as the fingerprint does
-    if names:
-        record += b''.join(b'\0' + os.fsencode(name) + b'=' + value.hex().encode()
-                           for name, value in _tree.read_xattrs(entry.abspath))
-    return record
-
-
 class TreeScan(object):
     """ONE walk of a tree (``_tree.walk``) giving both its per-entry records and its fingerprint.
 
@@ -273,7 +239,7 @@ class TreeScan(object):
         content = hashlib.sha256(b'volumeops-content-v1\n') if self._want_content else None
         content_cache = {}
         buf = bytearray(CHUNK) if content is not None else None
-        type_by_fmt = _TYPE_BY_FMT
+        type_by_fmt = _tree.TYPE_BY_FMT
         sha256 = hashlib.sha256
         for entry in _tree.walk(self.root, self.exclude):
             st = entry.st
@@ -290,7 +256,7 @@ class TreeScan(object):
                     total += st.st_size
             elif code in SKIP_TYPES:
                 continue
-            record = fast_entry_record(entry, code)
+            record = _tree.entry_record(entry, code)
             pending.append(record)
             entries += 1
             if len(pending) >= 512:

@@ -24,21 +24,18 @@ PRUNE_ALL_MIN_API = (1, 42)
 class PrecheckedDockerClient(AnsibleDockerClient):
     """AnsibleDockerClient that validates the module's own parameters first.
 
-    The base class talks to the daemon while connecting (API version
-    negotiation); invalid input must be refused before any API call, so
-    ``precheck(params)`` runs first and returns an error message or None.
+    Invalid input must be refused before any API call: ``precheck(params)``
+    returns an error message or None, and runs as soon as the module's
+    parameters are known (the base class contacts the daemon only later, on
+    the first API call).
     """
 
     def __init__(self, argument_spec, precheck=None, **module_kwargs):
-        self._precheck = precheck
         super(PrecheckedDockerClient, self).__init__(argument_spec, **module_kwargs)
-
-    def _connect(self):
-        if self._precheck is not None:
-            error = self._precheck(self.module.params)
+        if precheck is not None:
+            error = precheck(self.module.params)
             if error:
                 self.fail(error)
-        return super(PrecheckedDockerClient, self)._connect()
 
 
 def api_version_tuple(version):

@@ -25,6 +25,12 @@ description:
   - Idempotent. When the newest archive of a volume in O(dest) has the same tree fingerprint (path, type, size,
     mtime, mode, owner, link target, xattrs of every entry, from one metadata walk without reading content),
     nothing is written and the result is not changed.
+  - For a plain local volume read in place, the sidecar manifest also keeps a change token of that walk (the path,
+    inode number and ctime of every entry). The kernel moves an entry's ctime on every change of its content, mode,
+    owner, link count or xattrs, so when a later walk that only reads inode metadata (no xattrs, no link targets)
+    finds the same token, the volume is proven unchanged at about half the cost of the full walk. Tokens younger
+    than two seconds are not trusted (ctime comes from a clock that ticks every few milliseconds), and whenever a
+    token cannot prove it, the full fingerprint decides; see RV(backups[].unchanged_proof).
   - Archives are written under a temporary name (mode 0600 from the first byte), hashed while written, fsynced and
     then renamed; an interrupted run never leaves a file under a final name, and the next run removes the stale
     temporary files.
@@ -191,6 +197,12 @@ backups:
     reason:
       description: Why it was skipped (for example C(unchanged)).
       type: str
+    unchanged_proof:
+      description:
+        - For a volume skipped as unchanged, what showed it: C(change_token) (inode metadata equal to the newest
+          archive's walk, see the description) or C(fingerprint) (the full metadata walk).
+      type: str
+      choices: [change_token, fingerprint]
     attributes_changed:
       description: For a skipped volume, whether the mode, owner or group of its newest archive and sidecars
         was (or would be) changed to the requested ones.
@@ -228,7 +240,7 @@ import time
 
 from ansible_collections.volumeops.docker.plugins.module_utils._docker_client import AnsibleDockerClient
 from ansible_collections.volumeops.docker.plugins.module_utils._validation import volume_name_error
-from ansible_collections.volumeops.docker.plugins.module_utils import _archive
+from ansible_collections.volumeops.docker.plugins.module_utils import _archive, _tree
 from ansible_collections.volumeops.docker.plugins.module_utils._helper import Helper, HelperError
 
 DEFAULT_LEVELS = {'zstd': 3, 'gzip': 6, 'none': None}
@@ -254,6 +266,13 @@ class Source(object):
     @property
     def labels(self):
         return self.inspect.get('Labels') or {} if self.inspect else {}
+
+    @property
+    def ctime_trusted(self):
+        """True for a plain local volume read in place: its tree lives on the Docker host's own
+        filesystem, where ctime is kept by the kernel (a bind-mounted path or a mounted volume may be
+        a network or foreign filesystem), so change tokens may stand in for a full metadata walk."""
+        return self.data_path == 'local' and self.driver == 'local' and not self.options
 
 
 class BackupManager(object):
@@ -333,11 +352,46 @@ class BackupManager(object):
     # -- idempotency
     def summary(self, src):
         if src.data_path == 'local':
-            return _archive.tree_summary(src.root, exclude=self.p['exclude'])
+            return _archive.tree_summary(src.root, exclude=self.p['exclude'], with_change_token=src.ctime_trusted)
         try:
             return self.helper().fingerprint(src.name, exclude=self.p['exclude'])
         except HelperError as exc:
             self.client.fail(str(exc))
+
+    def proven_unchanged(self, src, manifest):
+        """The manifest's TreeSummary when a change-token walk proves the volume unchanged since it, else None.
+
+        The newest backup stored the change token of the walk its manifest was made from (only
+        when the volume did not change during that backup). Same paths, inodes and ctimes now means
+        no fingerprinted property changed, found without reading extended attributes or link
+        targets: about half the cost of the full walk, which is most of an idempotent run.
+        """
+        if manifest is None or not src.ctime_trusted:
+            return None
+        token = _tree.ChangeToken.from_dict(manifest.get('change_token'))
+        if token is None or not token.settled:
+            return None
+        if not token.proves_unchanged(_tree.change_token(src.root, self.p['exclude'])):
+            return None
+        return _tree.TreeSummary(manifest['fingerprint'], manifest['entries'], manifest['bytes'])
+
+    def still_as_walked(self, src, summary):
+        """True when the volume is still as the walk that made ``summary`` saw it.
+
+        A settled change token answers with a cheaper walk; when it cannot prove it (a recent or
+        harmless ctime change), the full fingerprint decides.
+        """
+        token = summary.change_token
+        if token is not None and token.settled and token.proves_unchanged(_tree.change_token(src.root, self.p['exclude'])):
+            return True
+        return self.summary(src).fingerprint == summary.fingerprint
+
+    def settings_match(self, src, manifest):
+        """True when the newest archive was made with the same settings as this run would use."""
+        return (manifest is not None and manifest.get('exclude') == list(self.p['exclude'])
+                and manifest.get('compression') == self.p['compression']
+                and manifest.get('driver') == src.driver and manifest.get('driver_options') == src.options
+                and manifest.get('labels') == src.labels)
 
     def newest(self, src, archives):
         for info in reversed(archives.get(src.name, [])):
@@ -347,12 +401,8 @@ class BackupManager(object):
         return None, None
 
     def unchanged(self, src, summary, manifest):
-        if manifest is None:
-            return False
-        return (manifest.get('fingerprint') == summary.fingerprint and manifest.get('entries') == summary.entries
-                and manifest.get('exclude') == list(self.p['exclude']) and manifest.get('compression') == self.p['compression']
-                and manifest.get('driver') == src.driver and manifest.get('driver_options') == src.options
-                and manifest.get('labels') == src.labels)
+        return (self.settings_match(src, manifest) and manifest.get('fingerprint') == summary.fingerprint
+                and manifest.get('entries') == summary.entries)
 
     # -- containers
     def stop_containers(self, sources):
@@ -413,8 +463,14 @@ class BackupManager(object):
                 out.flush()
                 # The archive's fsync (waiting on the disk) and the second metadata walk (is the volume
                 # still as it was?) are independent: overlap them.
-                after = _archive.run_beside(lambda: os.fsync(out.fileno()), lambda: self.summary(src))
-            if after.fingerprint != summary.fingerprint:
+                consistent = _archive.run_beside(lambda: os.fsync(out.fileno()), lambda: self.still_as_walked(src, summary))
+            if consistent and summary.change_token is not None:
+                # Kept in the sidecar manifest only: it names inodes of this host's filesystem, and
+                # serves the next run's "unchanged?" check on this host (proven_unchanged).
+                sidecar_manifest = dict(manifest, change_token=summary.change_token.as_dict())
+            else:
+                sidecar_manifest = manifest
+            if not consistent:
                 if p['consistency'] == 'strict':
                     raise _archive.ArchiveError(
                         'Volume %s changed during the backup (the tree fingerprint differs before and after). '
@@ -427,7 +483,7 @@ class BackupManager(object):
             # Sidecars first, archive last: a final-named archive always has its sidecars.
             _archive.write_private_file(sha_path, sidecar_text)
             written.append(sha_path)
-            _archive.write_private_file(man_path, _archive.manifest_bytes(manifest))
+            _archive.write_private_file(man_path, _archive.manifest_bytes(sidecar_manifest))
             written.append(man_path)
             for path in (tmp, sha_path, man_path):
                 self._set_attrs(path)
@@ -513,8 +569,12 @@ class BackupManager(object):
         todo = []
         for src in sources:
             start = time.time()
-            summary = self.summary(src)
             info, manifest = self.newest(src, existing)
+            summary = None if p['force'] or not self.settings_match(src, manifest) else self.proven_unchanged(src, manifest)
+            proof = 'change_token'
+            if summary is None:
+                summary = self.summary(src)
+                proof = 'fingerprint'
             if not p['force'] and self.unchanged(src, summary, manifest):
                 # The data is archived already; the files still get the requested mode/owner/group
                 # (check mode: predicted only, AnsibleModule's set_*_if_different honour it).
@@ -525,7 +585,7 @@ class BackupManager(object):
                 self.results.append(dict(volume=src.name, archive=info['path'], sha256=_archive.read_sidecar_sha256(info['path']),
                                          size=os.path.getsize(info['path']), entries=summary.entries,
                                          bytes=summary.bytes, fingerprint=summary.fingerprint, skipped=True,
-                                         reason='unchanged', changed=attrs, attributes_changed=attrs,
+                                         reason='unchanged', unchanged_proof=proof, changed=attrs, attributes_changed=attrs,
                                          duration=round(time.time() - start, 3), data_path=src.data_path))
             else:
                 todo.append((src, summary, start))

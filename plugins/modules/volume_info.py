@@ -260,7 +260,7 @@ class VolumeInfoManager(object):
         if inspects:
             # One container listing for all volumes, not one query per volume.
             with self.client.errors('Listing containers'):
-                users = mounts_by_volume(self.client.api.containers(all=True))
+                users = mounts_by_volume(self.client.list_containers())
             volumes = [volume_facts(v, users.get(v.get('Name'))) for v in inspects]
             if self.params['usage']:
                 self.add_usage(volumes)

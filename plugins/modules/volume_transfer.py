@@ -387,8 +387,7 @@ class _DockerClient(AnsibleDockerClient):
     def __init__(self, module):  # pylint: disable=super-init-not-called
         self.module = module
         self.params = module.params
-        self._require_sdk()
-        self.api = self._connect()
+        self._init_connection()
 
 
 class VolumeTransferManager(object):

@@ -245,3 +245,50 @@ def test_run_beside_overlaps_and_reports_both_sides():
     with pytest.raises(ValueError):
         A.run_beside(lambda: (time.sleep(0.1), done.append(1)), lambda: int('x'))
     assert done == [1]  # the background step finished before the foreground's error left
+
+
+def test_early_writeback_syncs_while_writing_and_stops(tmp_path):
+    path = tmp_path / 'archive'
+    synced = []
+    real = os.fdatasync
+
+    def counting(fd):
+        synced.append(fd)
+        real(fd)
+    with open(path, 'wb') as f:
+        writeback = A.EarlyWriteback(f, every=16 * 1024)
+        A.os.fdatasync = counting
+        try:
+            for dummy in range(20):
+                f.write(b'x' * 4096)
+                writeback.wrote(4096)
+            writeback.finish()
+        finally:
+            A.os.fdatasync = real
+        assert writeback._thread is None
+    assert path.read_bytes() == b'x' * 4096 * 20
+    assert synced  # at least one background fdatasync ran (requests are coalesced, so not all five)
+
+
+def test_early_writeback_reports_a_background_error(tmp_path):
+    # fdatasync on a pipe fails (EINVAL): the error must reach finish(), as a real writeback error
+    # (EIO, ENOSPC) would; the kernel reports such an error only once per descriptor.
+    rfd, wfd = os.pipe()
+    try:
+        with os.fdopen(wfd, 'wb') as f:
+            writeback = A.EarlyWriteback(f, every=1)
+            f.write(b'abc')
+            writeback.wrote(3)
+            with pytest.raises(OSError):
+                writeback.finish()
+    finally:
+        os.close(rfd)
+
+
+def test_early_writeback_without_enough_data_starts_no_thread(tmp_path):
+    with open(tmp_path / 'small', 'wb') as f:
+        writeback = A.EarlyWriteback(f)
+        f.write(b'x')
+        writeback.wrote(1)
+        assert writeback._thread is None
+        writeback.finish()

@@ -9,6 +9,9 @@ import pytest
 
 from ansible_collections.volumeops.docker.plugins.module_utils import _tree
 
+# Computed by the first implementation of the fingerprint for _frozen_tree() below.
+FROZEN_FINGERPRINT = 'sha256:e9eff9dc5f56375ca69ff8396a2c941e828fd99a2eccafd472719bddadc6dce8'
+
 
 @pytest.fixture
 def tree(tmp_path):
@@ -99,3 +102,80 @@ def test_listing_keys_and_records(tree):
     assert found[b'a.txt'] == ('f', 5, st.st_mtime_ns, st.st_mode & 0o7777, st.st_uid, st.st_gid, b'')
     assert found[b'link'][0] == 'l' and found[b'link'][6] == b'a.txt'
     assert found[b'b'][:2] == ('d', 0)  # a directory's size is not compared
+
+
+def _frozen_tree(root):
+    """A small tree whose every fingerprinted property is fixed (needs root for the owners)."""
+    root.mkdir()
+    (root / 'd').mkdir()
+    (root / 'd' / 'f').write_bytes(b'content')
+    (root / 'big').write_bytes(b'x' * 1000)
+    os.symlink('d/f', root / 'ln')
+    os.mkfifo(root / 'd' / 'p')
+    os.setxattr(root / 'big', 'user.k', b'\x00v')
+    modes = {'d': 0o2750, 'd/f': 0o4644, 'big': 0o600, 'd/p': 0o640, '.': 0o755}
+    for rel, mode in modes.items():
+        os.chmod(root / rel, mode)
+    for i, rel in enumerate(['d/f', 'big', 'ln', 'd/p', 'd', '.']):
+        os.lchown(root / rel, 1000 + i, 2000 + i)
+        os.utime(root / rel, ns=(1, 1700000000123456789 + i), follow_symlinks=False)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='setting owners needs root')
+def test_fingerprint_format_is_frozen(tmp_path):
+    # Manifests of existing archives hold fingerprints: the record format and hashing must not drift.
+    root = tmp_path / 'frozen'
+    _frozen_tree(root)
+    summary = _tree.fingerprint(str(root))
+    assert (summary.fingerprint, summary.entries, summary.bytes) == (FROZEN_FINGERPRINT, 6, 1007)
+    record = _tree.entry_record(next(e for e in _tree.walk(str(root)) if e.relpath == b'./big'))
+    assert record == b'./big\0f\x001000\x001700000000123456790\x00600\x001001\x002001\x00\x00user.k=0076'
+
+
+def test_change_token_walk_equals_the_fingerprint_walk_token(tree):
+    summary = _tree.fingerprint(str(tree), with_change_token=True)
+    token = _tree.change_token(str(tree))
+    assert summary.change_token.digest == token.digest
+    assert summary.change_token.max_ctime_ns == token.max_ctime_ns
+    assert _tree.ChangeToken.from_dict(token.as_dict()).as_dict() == token.as_dict()
+    assert _tree.ChangeToken.from_dict({'digest': 'x'}) is None
+    assert _tree.ChangeToken.from_dict(None) is None
+
+
+def test_change_token_is_settled_only_for_old_ctimes(tree):
+    token = _tree.change_token(str(tree))
+    assert not token.settled  # the tree was made just now: a change within one clock tick could hide
+    old = _tree.ChangeToken(token.digest, token.max_ctime_ns, token.max_ctime_ns + _tree.CTIME_SETTLED_NS + 1)
+    assert old.settled
+    assert old.proves_unchanged(_tree.change_token(str(tree)))
+    assert not token.proves_unchanged(_tree.change_token(str(tree)))  # equal, but not settled
+    assert not old.proves_unchanged(None)
+
+
+@pytest.mark.parametrize('change', ['mode', 'mtime_kept_content_same_size', 'xattr', 'owner', 'new_file',
+                                    'rename', 'hard_link', 'symlink_retarget'])
+def test_change_token_sees_every_change_even_when_mtime_is_put_back(tree, change):
+    import time
+    before = _tree.change_token(str(tree))
+    time.sleep(0.05)  # more than one tick of the kernel's coarse clock
+    target = tree / 'b' / 'c' / 'deep'
+    st = os.lstat(target)
+    if change == 'mode':
+        os.chmod(target, 0o600)
+    elif change == 'mtime_kept_content_same_size':
+        target.write_bytes(b'y' * 10)
+        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    elif change == 'xattr':
+        os.setxattr(target, 'user.test', b'1')
+    elif change == 'owner':
+        os.chown(target, st.st_uid, st.st_gid)  # even a chown to the same owner moves ctime
+    elif change == 'new_file':
+        (tree / 'b' / 'new').write_bytes(b'')
+    elif change == 'rename':
+        os.rename(target, tree / 'b' / 'c' / 'deeper')
+    elif change == 'hard_link':
+        os.link(target, tree / 'deep2')
+    elif change == 'symlink_retarget':
+        os.unlink(tree / 'link')
+        os.symlink('b', tree / 'link')
+    assert _tree.change_token(str(tree)).digest != before.digest
