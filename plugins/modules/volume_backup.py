@@ -30,7 +30,7 @@ description:
     owner, link count or xattrs, so when a later walk that only reads inode metadata (no xattrs, no link targets)
     finds the same token, the volume is proven unchanged at about half the cost of the full walk. Tokens younger
     than two seconds are not trusted (ctime comes from a clock that ticks every few milliseconds), and whenever a
-    token cannot prove it, the full fingerprint decides; see RV(backups[].unchanged_proof).
+    token cannot prove it, the full fingerprint decides (see RV(backups[].unchanged_proof)).
   - Archives are written under a temporary name (mode 0600 from the first byte), hashed while written, fsynced and
     then renamed; an interrupted run never leaves a file under a final name, and the next run removes the stale
     temporary files.
@@ -199,8 +199,8 @@ backups:
       type: str
     unchanged_proof:
       description:
-        - For a volume skipped as unchanged, what showed it: C(change_token) (inode metadata equal to the newest
-          archive's walk, see the description) or C(fingerprint) (the full metadata walk).
+        - For a volume skipped as unchanged, what showed it. C(change_token) means inode metadata equal to the
+          newest archive's walk (see the description), C(fingerprint) means the full metadata walk.
       type: str
       choices: [change_token, fingerprint]
     attributes_changed:
