@@ -580,6 +580,9 @@ def sha256_file(path):
 # --- untrusted stream validation ---------------------------------------------------------------
 
 SPLICE = hasattr(os, 'splice')  # Python >= 3.10 on Linux
+# TarStreamValidator.pump: read size, and the member data size from which the rest goes by splice.
+PUMP_READ = 128 * 1024
+SPLICE_MIN = 64 * 1024
 
 
 def _read_up_to(fd, size, exact=True):
@@ -632,6 +635,13 @@ def _octal(field, what):
         raise StreamRejected('Corrupt tar header: invalid %s field %r.' % (what, field))
 
 
+def _pax_int(pax, key):
+    try:
+        return int(pax[key])
+    except ValueError:
+        raise StreamRejected('Corrupt pax %s record.' % key.decode('ascii'))
+
+
 def normalize_member_path(raw):
     """Normalize a member name (bytes) to a relative path without ``./``; raise StreamRejected if unsafe.
 
@@ -673,11 +683,20 @@ def _parse_pax(data):
 
 
 class Member(object):
+    """One accepted member, as reported to ``on_member``."""
+
     __slots__ = ('path', 'type', 'size', 'linkname', 'mode', 'uid', 'gid', 'mtime', 'rdev')
 
-    def __init__(self, **kw):
-        for k, v in kw.items():
-            setattr(self, k, v)
+    def __init__(self, path, type, size, linkname, mode, uid, gid, mtime, rdev=None):  # pylint: disable=redefined-builtin
+        self.path = path
+        self.type = type
+        self.size = size
+        self.linkname = linkname
+        self.mode = mode
+        self.uid = uid
+        self.gid = gid
+        self.mtime = mtime
+        self.rdev = rdev
 
 
 class TarStreamValidator(object):
@@ -716,10 +735,18 @@ class TarStreamValidator(object):
         self._seen = {}  # normalized path -> type code
         self._links = set()  # paths that are symlinks or hard links
         self._first = True
+        # Parent directories whose every ancestor was found safe (no link, no non-directory), and all
+        # their ancestors: a member below a known safe directory needs no walk up its path. A later
+        # non-directory member at one of those paths clears both (see _accepted).
+        self._safe_dirs = set()
+        self._safe_ancestors = set()
 
     # -- helpers
     def _check_parents(self, path):
         if path == b'.':
+            return
+        parent = path.rpartition(b'/')[0]
+        if parent in self._safe_dirs:
             return
         parts = path.split(b'/')
         for i in range(1, len(parts)):
@@ -730,6 +757,17 @@ class TarStreamValidator(object):
             kind = self._seen.get(prefix)
             if kind is not None and kind != 'd':
                 raise StreamRejected('Refusing archive: member %r is below the non-directory %r.' % (path, prefix))
+        self._safe_dirs.add(parent)
+        while parent and parent not in self._safe_ancestors:
+            self._safe_ancestors.add(parent)
+            parent = parent.rpartition(b'/')[0]
+
+    def _accepted(self, path, kind):
+        """Record an accepted member; a non-directory at a known safe path voids what was known safe."""
+        self._seen[path] = kind
+        if kind != 'd' and path in self._safe_ancestors:
+            self._safe_dirs.clear()
+            self._safe_ancestors.clear()
 
     def _header(self, block):
         if block == b'\0' * 512:
@@ -764,10 +802,7 @@ class TarStreamValidator(object):
         pax = self._pax
         self._pax = {}
         if b'size' in pax:
-            try:
-                size = int(pax[b'size'])
-            except ValueError:
-                raise StreamRejected('Corrupt pax size.')
+            size = _pax_int(pax, b'size')
         name = _nul_terminated(block[0:100])
         magic = block[257:263]
         if magic in (b'ustar\x0000', b'ustar\0'):
@@ -798,10 +833,6 @@ class TarStreamValidator(object):
             link = pax[b'linkpath']
         self._longlink = None
 
-        member = Member(path=path, type=kind, size=size, linkname=link, mode=_octal(block[100:108], 'mode'),
-                        uid=int(pax[b'uid']) if b'uid' in pax else _octal(block[108:116], 'uid'),
-                        gid=int(pax[b'gid']) if b'gid' in pax else _octal(block[116:124], 'gid'),
-                        mtime=pax.get(b'mtime', b'%d' % _octal(block[136:148], 'mtime')), rdev=None)
         data_size = size if kind == 'f' else 0
         if kind != 'f' and size != 0:
             raise StreamRejected('Refusing archive: member %r of type %r declares %d data bytes.' % (path, kind, size))
@@ -846,12 +877,17 @@ class TarStreamValidator(object):
             if b'\0' in link:
                 raise StreamRejected('Refusing archive: symlink target contains NUL.')
             self._links.add(path)
-        if kind in ('c', 'b'):
-            member.rdev = (_octal(block[329:337], 'devmajor'), _octal(block[337:345], 'devminor'))
-        self._seen[path] = kind
+        self._accepted(path, kind)
         self.entries += 1
         if self.on_member is not None:
-            self.on_member(member)
+            # Owner, mode and times are only parsed for a listener: they decide nothing here, and GNU tar
+            # rejects malformed ones itself.
+            self.on_member(Member(
+                path, kind, size, link, _octal(block[100:108], 'mode'),
+                _pax_int(pax, b'uid') if b'uid' in pax else _octal(block[108:116], 'uid'),
+                _pax_int(pax, b'gid') if b'gid' in pax else _octal(block[116:124], 'gid'),
+                pax.get(b'mtime', b'%d' % _octal(block[136:148], 'mtime')),
+                (_octal(block[329:337], 'devmajor'), _octal(block[337:345], 'devminor')) if kind in ('c', 'b') else None))
         self._remaining = data_size + (-data_size % 512)
         self._forward = True
         self._state = 'data' if self._remaining else 'header'
@@ -928,16 +964,16 @@ class TarStreamValidator(object):
     def pump(self, src_fd, dst_fd):
         """Validate the plain tar stream read from ``src_fd`` and pass it on to ``dst_fd``; then finish().
 
-        Headers and pax/long-name records are read here and go through the same
-        checks as ``feed``; member data moves from one pipe to the other with
-        splice(2), inside the kernel. File contents never enter Python, which
-        was most of a restore's CPU time for volumes of big files. Both
-        descriptors must be pipes (blocking).
+        The stream is read in blocks of up to PUMP_READ bytes and each block goes
+        through ``feed`` (the same checks, many small members per call). When a
+        member's data is longer than what is buffered, the rest of it moves from
+        one pipe to the other with splice(2), inside the kernel: the contents of
+        big files never enter Python, and small members cost one Python call per
+        block, not several per member. Both descriptors must be pipes (blocking).
         """
         while True:
-            state = self._state
-            if state == 'data':
-                # Only ever entered after a member header was accepted (feed sets 'data' then).
+            if self._state == 'data' and self._remaining >= SPLICE_MIN and not self._buf:
+                # feed() leaves nothing buffered while inside member data: the rest is all in the pipe.
                 left = self._remaining
                 while left:
                     moved = os.splice(src_fd, dst_fd, left)
@@ -948,20 +984,12 @@ class TarStreamValidator(object):
                 self._remaining = 0
                 self._state = 'header'
                 continue
-            if state == 'meta' and self._remaining == 0:
-                self._finish_meta()
-                self._state = 'header'
-                self._forward = True
-                continue
-            need = CHUNK if state == 'end' else (self._remaining if state == 'meta' else 512)
-            data = _read_up_to(src_fd, need, exact=state != 'end')
+            data = os.read(src_fd, PUMP_READ)
             if not data:
                 break
             out = self.feed(data)
             if out:
                 _write_all(dst_fd, out)
-            if len(data) < need and state != 'end':
-                break  # end of stream inside a header or record; finish() says so
         self.finish()
 
     def finish(self):

@@ -24,13 +24,13 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import traceback
 from contextlib import contextmanager
-from urllib.parse import quote, unquote, urlencode, urlparse
+from urllib.parse import quote, urlparse
 
 from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
+from ansible_collections.volumeops.docker.plugins.module_utils import _engine_http
 
 # The docker SDK is imported on first use (import_docker_sdk), once the module knows its docker_host.
 docker = docker_errors = TLSConfig = requests_errors = None
@@ -98,34 +98,6 @@ def is_local_unix_socket(docker_host):
     Only then is a volume's Mountpoint a path the module can open itself.
     """
     return urlparse(docker_host or DEFAULT_DOCKER_HOST).scheme in ('unix', '')
-
-
-def parse_http_response(raw):
-    """(status, body) of a complete HTTP/1.x response; (None, b'') when ``raw`` is not one.
-
-    A chunked body (which an HTTP/1.0 request should not get) is decoded too.
-    """
-    head, sep, body = raw.partition(b'\r\n\r\n')
-    lines = head.split(b'\r\n')
-    parts = lines[0].split(None, 2)
-    if not sep or len(parts) < 2 or not parts[0].startswith(b'HTTP/1.') or not parts[1].isdigit():
-        return None, b''
-    headers = dict((k.strip().lower(), v.strip().lower()) for k, dummy, v in
-                   (line.partition(b':') for line in lines[1:]))
-    if headers.get(b'transfer-encoding') == b'chunked':
-        decoded = []
-        while body:
-            size_line, dummy, rest = body.partition(b'\r\n')
-            try:
-                size = int(size_line.split(b';')[0], 16)
-            except ValueError:
-                return None, b''
-            if size == 0:
-                break
-            decoded.append(rest[:size])
-            body = rest[size + 2:]
-        body = b''.join(decoded)
-    return int(parts[1]), body
 
 
 class DockerCallError(Exception):
@@ -279,49 +251,27 @@ class AnsibleDockerClient(object):
     def _local_socket(self):
         """The socket path when reads may bypass the SDK (local unix socket, no TLS, API version 'auto')."""
         p = self.params
-        url = urlparse(p['docker_host'] or DEFAULT_DOCKER_HOST)
-        if url.scheme not in ('unix', '') or p['tls'] or p['validate_certs'] or (p['api_version'] or 'auto') != 'auto':
+        if p['tls'] or p['validate_certs'] or (p['api_version'] or 'auto') != 'auto':
             return None
-        return unquote(url.path) or None
+        return _engine_http.unix_socket_path(p['docker_host'])
 
     def _get_json(self, path, query=None):
-        """GET ``path`` from the daemon: (HTTP status, decoded JSON body or None).
+        """GET ``path`` from a local daemon directly: (HTTP status, decoded JSON body or None).
 
-        A local unix socket is asked directly with one HTTP/1.0 request (the
-        body ends when the daemon closes the connection); otherwise None is
-        returned and the caller uses the SDK. Without a version prefix the
-        daemon answers in its own current API version, which is what the SDK's
-        'auto' negotiation would pick too.
+        None when the daemon is not reached that way (see _local_socket); the caller then uses the SDK.
+        An error status other than 404 raises DockerCallError.
         """
         sock_path = self._local_socket()
         if sock_path is None:
             return None
-        target = path + ('?' + urlencode(query) if query else '')
-        request = ('GET %s HTTP/1.0\r\nHost: docker\r\nUser-Agent: volumeops.docker\r\n\r\n' % target).encode('ascii')
-        chunks = []
         try:
-            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                sock.settimeout(self.params['timeout'])
-                sock.connect(sock_path)
-                sock.sendall(request)
-                while True:
-                    data = sock.recv(65536)
-                    if not data:
-                        break
-                    chunks.append(data)
+            status, document = _engine_http.request(sock_path, 'GET', path, query, timeout=self.params['timeout'])
         except OSError as exc:
             self.fail(self._connect_error(exc))
-        status, body = parse_http_response(b''.join(chunks))
-        if status is None:
-            self.fail('Cannot connect to the Docker daemon at %s: it did not answer GET %s with HTTP.'
-                      % (self.docker_host, path))
-        try:
-            document = json.loads(body.decode('utf-8')) if body.strip() else None
-        except ValueError:
-            document = None
+        except _engine_http.EngineAnswerError as exc:
+            self.fail('Cannot connect to the Docker daemon at %s: %s.' % (self.docker_host, exc))
         if status >= 400 and status != 404:
-            message = document.get('message') if isinstance(document, dict) else body.decode('utf-8', 'replace')
-            raise DockerCallError('Docker API GET %s failed (HTTP %d): %s' % (path, status, (message or '').strip()),
+            raise DockerCallError('Docker API GET %s failed: %s' % (path, _engine_http.error_text(status, document)),
                                   status=status)
         return status, document
 

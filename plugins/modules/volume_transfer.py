@@ -79,7 +79,8 @@ options:
     type: str
     default: /usr/bin/python3
   dest_docker_host:
-    description: The destination's Docker daemon as seen from the destination.
+    description: The destination's Docker daemon as seen from the destination; a C(unix://) socket (the receiver
+      writes into the volume's mountpoint, so the daemon is the destination host's own).
     type: str
     default: unix:///var/run/docker.sock
   dest_driver:
@@ -202,8 +203,8 @@ attributes:
       gives C(changed=false) and nothing is sent.
 notes:
   - Requires on the source host the Python SDK for Docker, paramiko, GNU tar and zstd (with O(compression=zstd));
-    on the destination GNU tar, zstd, Python 3.8+ at O(dest_python), and the docker SDK under that Python or the
-    docker CLI.
+    on the destination GNU tar, zstd and Python 3.8+ at O(dest_python) (standard library only; the receiver asks
+    the destination's Docker daemon on its unix socket directly).
   - The source volume must be a local volume whose mountpoint the module can read (the module runs on the source
     Docker host, as root).
   - For the final pass of a migration the writers of the source volume must be stopped; with O(finalize=true)

@@ -129,6 +129,16 @@ def test_good_stream_strips_manifest_and_counts(_run):
     (lambda tf: _add(tf, './h', tarfile.LNKTYPE, link='./nothing'), 'earlier member'),
     (lambda tf: _add(tf, './dev', tarfile.CHRTYPE), 'device'),
     (lambda tf: (_add(tf, './f', data=b'1'), _add(tf, './f', data=b'2')), 'duplicate'),
+    # A directory known safe (a/b, its parent a never a member) must stop being trusted once a link or
+    # a file takes the name of one of its ancestors: a/b/g would be written through the symlink a.
+    (lambda tf: (_add(tf, './a/b', tarfile.DIRTYPE), _add(tf, './a/b/f', data=b'1'),
+                 _add(tf, './a', tarfile.SYMTYPE, link='/etc'), _add(tf, './a/b/g', data=b'2')), 'link'),
+    (lambda tf: (_add(tf, './a/b', tarfile.DIRTYPE), _add(tf, './a/b/f', data=b'1'),
+                 _add(tf, './a/b', tarfile.REGTYPE, data=b'x')), 'duplicate'),
+    (lambda tf: (_add(tf, './a/b', tarfile.DIRTYPE), _add(tf, './a/b/f', data=b'1'),
+                 _add(tf, './a', data=b'file'), _add(tf, './a/b/g', data=b'2')), 'non-directory'),
+    (lambda tf: (_add(tf, './a/b', tarfile.DIRTYPE), _add(tf, './a/b/f', data=b'1'),
+                 _add(tf, './a', tarfile.LNKTYPE, link='./a/b/f'), _add(tf, './a/b/g', data=b'2')), 'link'),
 ])
 def test_hostile_streams_are_refused(build, message, _run):
     with pytest.raises(A.StreamRejected, match=message.replace('.', r'\.')):
