@@ -779,7 +779,7 @@ class TarStreamValidator(object):
         if self._zero_blocks:
             raise StreamRejected('Corrupt archive: a lone zero block inside the stream.')
         chksum = _octal(block[148:156], 'checksum')
-        unsigned = sum(block[:148]) + 256 + sum(block[156:])
+        unsigned = sum(block) - sum(block[148:156]) + 256  # the checksum field counts as 8 spaces
         if chksum != unsigned:
             # Some old tars summed signed chars: each byte > 127 counts 256 less. Only computed when
             # needed (a per-byte Python loop on every header was most of the validator's time).
@@ -817,11 +817,10 @@ class TarStreamValidator(object):
         if b'GNU.sparse.name' in pax:
             candidates.append(pax[b'GNU.sparse.name'])
         is_sparse = b'GNU.sparse.major' in pax or b'GNU.sparse.map' in pax or b'GNU.sparse.size' in pax
-        effective = candidates[-1]
         self._longname = None
         # Validate every name a tar implementation might use.
         norm = [normalize_member_path(c) for c in candidates]
-        path = normalize_member_path(effective)
+        path = norm[-1]  # the effective name is the last candidate
         if is_sparse and kind != 'f':
             raise StreamRejected('Refusing archive: sparse header on a non-file member.')
         if b'GNU.sparse.name' not in pax and is_sparse:

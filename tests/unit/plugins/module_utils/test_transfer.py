@@ -372,3 +372,14 @@ def test_source_read_errors_are_reported_as_such(tmp_path):
     scan = _transfer.TreeScan(str(tmp_path / 'missing'))
     with pytest.raises(_transfer.TransferError, match='Reading the source volume failed'):
         list(_transfer.Sender._source_records(scan))
+
+
+def test_docker_access_needs_the_hosts_own_unix_socket(tmp_path):
+    # The receiver writes the volume through its mountpoint: a daemon reached over TCP or SSH is refused
+    # up front; a socket that does not answer gives a clear message naming it.
+    for host in ('tcp://127.0.0.1:2375', 'ssh://root@elsewhere'):
+        with pytest.raises(_transfer.TransferError, match='local unix socket'):
+            _transfer.DockerAccess(host)
+    access = _transfer.DockerAccess('unix://%s' % (tmp_path / 'missing.sock'))
+    with pytest.raises(_transfer.TransferError, match='cannot reach the Docker daemon at unix://.*missing.sock'):
+        access.inspect('vol')
