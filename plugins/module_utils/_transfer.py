@@ -1713,7 +1713,7 @@ class Receiver(object):
             dest_content = scan.content
         finally:
             done()
-        kind, payload = self.io.recv_expect(b'V')
+        dummy, payload = self.io.recv_expect(b'V')
         src = _json(payload)
         problems = []
         if summary.entries != src.get('entries'):
