@@ -202,7 +202,8 @@ attributes:
     description: A destination already complete for this O(migration_id) whose tree fingerprint equals the source's
       gives C(changed=false) and nothing is sent.
 notes:
-  - Requires on the source host the Python SDK for Docker, paramiko, GNU tar and zstd (with O(compression=zstd));
+  - Requires on the source host paramiko, GNU tar and zstd (with O(compression=zstd)), and the Python SDK for Docker
+    only when O(tls) or a fixed O(api_version) is set (otherwise the volume is inspected on the local socket directly);
     on the destination GNU tar, zstd and Python 3.8+ at O(dest_python) (standard library only; the receiver asks
     the destination's Docker daemon on its unix socket directly).
   - The source volume must be a local volume whose mountpoint the module can read (the module runs on the source
