@@ -585,22 +585,6 @@ PUMP_READ = 128 * 1024
 SPLICE_MIN = 64 * 1024
 
 
-def _read_up_to(fd, size, exact=True):
-    """Read ``size`` bytes from ``fd`` (fewer only at the end of the stream; any amount when not ``exact``)."""
-    data = os.read(fd, size)
-    if not exact or len(data) == size or not data:
-        return data
-    parts = [data]
-    got = len(data)
-    while got < size:
-        more = os.read(fd, size - got)
-        if not more:
-            break
-        parts.append(more)
-        got += len(more)
-    return b''.join(parts)
-
-
 def _write_all(fd, data):
     view = memoryview(data)
     while view:

@@ -244,8 +244,6 @@ class AnsibleDockerClient(object):
                 self.fail(describe_docker_error(exc, action))
             raise
 
-    # --- volume helpers used by several modules -------------------------------------------------
-
     # --- direct reads from a local daemon -----------------------------------------------------------
 
     def _local_socket(self):
@@ -274,6 +272,8 @@ class AnsibleDockerClient(object):
             raise DockerCallError('Docker API GET %s failed: %s' % (path, _engine_http.error_text(status, document)),
                                   status=status)
         return status, document
+
+    # --- volume helpers used by several modules -------------------------------------------------
 
     def inspect_volume(self, name):
         """The volume's inspect dict, or None when it does not exist."""

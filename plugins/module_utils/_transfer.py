@@ -233,44 +233,22 @@ class TreeScan(object):
         self._want_content = content
 
     def __iter__(self):
-        digest = hashlib.sha256(b'volumeops-tree-v%d\n' % _tree.FINGERPRINT_VERSION)
-        pending = []
-        entries = 0
-        total = 0
-        seen_inodes = set()
+        fingerprint_sum = _tree.FingerprintAccumulator()
         content = hashlib.sha256(b'volumeops-content-v1\n') if self._want_content else None
         content_cache = {}
         buf = bytearray(CHUNK) if content is not None else None
         type_by_fmt = _tree.TYPE_BY_FMT
         sha256 = hashlib.sha256
         for entry in _tree.walk(self.root, self.exclude):
-            st = entry.st
-            code = type_by_fmt.get(stat.S_IFMT(st.st_mode), '?')
-            if code == 'f':
-                if content is not None:
-                    content.update(entry.relpath + b'\0' + _file_hash(entry, content_cache, buf) + b'\n')
-                if st.st_nlink > 1:
-                    key = (st.st_dev, st.st_ino)
-                    if key not in seen_inodes:
-                        seen_inodes.add(key)
-                        total += st.st_size
-                else:
-                    total += st.st_size
-            elif code in SKIP_TYPES:
+            code = type_by_fmt.get(stat.S_IFMT(entry.st.st_mode), '?')
+            if code in SKIP_TYPES:
                 continue
+            if code == 'f' and content is not None:
+                content.update(entry.relpath + b'\0' + _file_hash(entry, content_cache, buf) + b'\n')
             record = _tree.entry_record(entry, code)
-            pending.append(record)
-            entries += 1
-            if len(pending) >= 512:
-                # Hash the fingerprint in batches: one update per 512 records, not two per record.
-                pending.append(b'')
-                digest.update(b'\n'.join(pending))
-                pending = []
+            fingerprint_sum.add(entry, code, record)
             yield entry.relpath, sha256(record).digest()[:16], code, entry
-        if pending:
-            pending.append(b'')
-            digest.update(b'\n'.join(pending))
-        self.summary = _tree.TreeSummary('sha256:' + digest.hexdigest(), entries, total)
+        self.summary = fingerprint_sum.summary()
         if content is not None:
             self.content = 'sha256:' + content.hexdigest()
 

@@ -258,31 +258,78 @@ class ChangeToken(object):
         return later is not None and self.settled and later.digest == self.digest
 
 
+class _LineDigest(object):
+    """'sha256:' digest of lines, each followed by a newline, after a ``head``.
+
+    Lines are hashed in batches of 512: one hash update per batch instead of one per line, over
+    the same bytes (a walk adds one line per entry, a million for a big volume).
+    """
+
+    def __init__(self, head):
+        self._hash = hashlib.sha256(head)
+        self._pending = []
+
+    def add(self, line):
+        self._pending.append(line)
+        if len(self._pending) >= 512:
+            self._flush()
+
+    def _flush(self):
+        if self._pending:
+            self._pending.append(b'')
+            self._hash.update(b'\n'.join(self._pending))
+            self._pending = []
+
+    def hexdigest(self):
+        self._flush()
+        return 'sha256:' + self._hash.hexdigest()
+
+
+class FingerprintAccumulator(object):
+    """The fingerprint, entry count and byte total of a walk, fed one record at a time.
+
+    The one place they are summed: ``summarize`` and the transfer's one-walk scan both feed it,
+    so every walk of the collection hashes the same way.
+    """
+
+    def __init__(self):
+        self._digest = _LineDigest(b'volumeops-tree-v%d\n' % FINGERPRINT_VERSION)
+        self.entries = 0
+        self.bytes = 0
+        self._seen_inodes = set()
+
+    def add(self, entry, code, record):
+        """Account for one entry: its ``entry_record`` and type ``code``; hard links count their bytes once."""
+        self._digest.add(record)
+        self.entries += 1
+        if code == 'f':
+            st = entry.st
+            if st.st_nlink > 1:
+                key = (st.st_dev, st.st_ino)
+                if key in self._seen_inodes:
+                    return
+                self._seen_inodes.add(key)
+            self.bytes += st.st_size
+
+    def summary(self, change_token=None):
+        return TreeSummary(self._digest.hexdigest(), self.entries, self.bytes, change_token)
+
+
 class _ChangeHasher(object):
     """Accumulates a change token over the entries of a walk."""
 
     def __init__(self):
         self.started_ns = time.time_ns()
-        self.digest = hashlib.sha256(b'volumeops-change-v1\n')
+        self._digest = _LineDigest(b'volumeops-change-v1\n')
         self.max_ctime_ns = 0
-        self.pending = []
 
     def add(self, entry):
         if entry.st.st_ctime_ns > self.max_ctime_ns:
             self.max_ctime_ns = entry.st.st_ctime_ns
-        self.pending.append(change_record(entry))
-        if len(self.pending) >= 512:
-            self.flush()
-
-    def flush(self):
-        if self.pending:
-            self.pending.append(b'')
-            self.digest.update(b'\n'.join(self.pending))
-            self.pending = []
+        self._digest.add(change_record(entry))
 
     def token(self):
-        self.flush()
-        return ChangeToken('sha256:' + self.digest.hexdigest(), self.max_ctime_ns, self.started_ns)
+        return ChangeToken(self._digest.hexdigest(), self.max_ctime_ns, self.started_ns)
 
 
 def change_token(root, exclude=None):
@@ -312,19 +359,14 @@ def fingerprint(root, exclude=None, include_root_mtime=True, skip_types=(), with
 
 
 def summarize(entries_iter, include_root_mtime=True, skip_types=(), with_change_token=False):
-    """TreeSummary of the given walk entries (see fingerprint()); the one place the
-    fingerprint is accumulated, so a filtered walk hashes exactly like a full one."""
+    """TreeSummary of the given walk entries (see fingerprint()); a filtered walk hashes exactly
+    like a full one (FingerprintAccumulator)."""
     changes = _ChangeHasher() if with_change_token else None
-    digest = hashlib.sha256(b'volumeops-tree-v%d\n' % FINGERPRINT_VERSION)
-    pending = []
-    entries = 0
-    total = 0
-    seen_inodes = set()
+    fingerprint_sum = FingerprintAccumulator()
     for entry in entries_iter:
         if changes is not None:
             changes.add(entry)  # every walked entry, as change_token() sees them
-        st = entry.st
-        code = TYPE_BY_FMT.get(stat.S_IFMT(st.st_mode), '?')
+        code = TYPE_BY_FMT.get(stat.S_IFMT(entry.st.st_mode), '?')
         if code in skip_types:
             continue
         record = entry_record(entry, code)
@@ -332,22 +374,5 @@ def summarize(entries_iter, include_root_mtime=True, skip_types=(), with_change_
             parts = record.split(b'\0')
             parts[3] = b'-'
             record = b'\0'.join(parts)
-        pending.append(record)
-        entries += 1
-        if len(pending) >= 512:
-            # One hash update per 512 records; the hashed bytes are the same as one per record.
-            pending.append(b'')
-            digest.update(b'\n'.join(pending))
-            pending = []
-        if code == 'f':
-            if st.st_nlink > 1:
-                key = (st.st_dev, st.st_ino)
-                if key in seen_inodes:
-                    continue
-                seen_inodes.add(key)
-            total += st.st_size
-    if pending:
-        pending.append(b'')
-        digest.update(b'\n'.join(pending))
-    return TreeSummary('sha256:' + digest.hexdigest(), entries, total,
-                       changes.token() if changes is not None else None)
+        fingerprint_sum.add(entry, code, record)
+    return fingerprint_sum.summary(changes.token() if changes is not None else None)
