@@ -158,6 +158,11 @@ def migrate(ansible_run, ansible_env):
         proc.seconds = time.time() - started
         proc.recap = recap(proc.stdout)
         return proc
+
+    def raw(argv, timeout=600):
+        """Any ansible-playbook command line (a wrapper playbook) with the same environment."""
+        return ansible_run(argv, timeout=timeout, env=env)
+    run.raw = raw
     return run
 
 
@@ -328,3 +333,42 @@ def test_many_pairs_selections_options_relay_and_rerun(bench, migrate, tmp_path)
     finally:
         sh(bench, 'h1', ['rm', '-f', post_file], check=False)
         cleanup(bench, list(c.values()), list(v.values()) + [ren_dest])
+
+
+def test_destination_host_key_from_gathered_facts(bench, migrate, tmp_path):
+    """When the play gathered the destination's ssh host key fact, that fact is the pinned key (and is checked
+    against what the destination's sshd presents); without it (every other run here) the role reads the sshd's
+    key file on the destination. Check mode: pre-flight only, nothing changes."""
+    vol = rand('vokey')
+    wrapper = tmp_path / 'with-facts.yml'
+    wrapper.write_text(
+        '- name: Host key facts of the destination\n'
+        '  hosts: h2\n'
+        '  gather_facts: false\n'
+        '  tasks:\n'
+        '    - name: Gather the ssh host keys\n'
+        '      ansible.builtin.setup:\n'
+        "        gather_subset: ['!all', '!min', 'ssh_pub_keys']\n"
+        '    - name: Replace the fact by another key (the fault under test)\n'
+        '      ansible.builtin.set_fact:\n'
+        '        ansible_ssh_host_key_ed25519_public: "{{ wrong_key }}"\n'
+        '      when: wrong_key | length > 0\n'
+        '- name: Migrate\n'
+        '  ansible.builtin.import_playbook: %s\n' % (REPO_ROOT / PLAYBOOK))
+    extra = {'migrate_source': 'h1', 'migrate_destination': 'h2', 'migrate_volumes': [vol]}
+    try:
+        sh(bench, 'h1', ['docker', 'volume', 'create', vol])
+        h1_key = bench.host_key('h1').split()[1]
+        argv = ['ansible-playbook', str(wrapper), '--check', '-e', json.dumps(dict(extra, wrong_key=h1_key))]
+        proc = migrate.raw(argv)
+        assert proc.returncode != 0, proc.stdout[-6000:]
+        assert ('Host key mismatch: h2' in proc.stdout and 'ssh-ed25519 %s (gathered facts)' % h1_key in proc.stdout), \
+            proc.stdout[-6000:]
+
+        argv = ['ansible-playbook', str(wrapper), '--check', '-e', json.dumps(dict(extra, wrong_key=''))]
+        proc = migrate.raw(argv)
+        assert proc.returncode == 0, proc.stdout[-6000:]
+        assert 'Would migrate 1 volume(s) from h1 to h2' in proc.stdout, proc.stdout[-6000:]
+        assert not volume_inspect(bench, 'h2', vol)  # check mode: nothing on the destination
+    finally:
+        cleanup(bench, volumes=[vol])
