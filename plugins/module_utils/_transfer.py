@@ -225,21 +225,26 @@ class TreeScan(object):
     (records, then fingerprint, then content digest); this walks it once per use.
     """
 
-    def __init__(self, root, exclude=None, content=False):
+    def __init__(self, root, exclude=None, content=False, with_change_token=False, spill=None):
         self.root = root
         self.exclude = exclude
         self.content = None
         self.summary = None
         self._want_content = content
+        self._want_token = with_change_token
+        self._spill = spill  # a RecordSpill keeping this walk's records for a later rescan_summary()
 
     def __iter__(self):
         fingerprint_sum = _tree.FingerprintAccumulator()
+        changes = _tree.ChangeHasher() if self._want_token else None
         content = hashlib.sha256(b'volumeops-content-v1\n') if self._want_content else None
         content_cache = {}
         buf = bytearray(CHUNK) if content is not None else None
         type_by_fmt = _tree.TYPE_BY_FMT
         sha256 = hashlib.sha256
         for entry in _tree.walk(self.root, self.exclude):
+            if changes is not None:
+                changes.add(entry)  # every walked entry, as _tree.change_token() sees them
             code = type_by_fmt.get(stat.S_IFMT(entry.st.st_mode), '?')
             if code in SKIP_TYPES:
                 continue
@@ -247,8 +252,12 @@ class TreeScan(object):
                 content.update(entry.relpath + b'\0' + _file_hash(entry, content_cache, buf) + b'\n')
             record = _tree.entry_record(entry, code)
             fingerprint_sum.add(entry, code, record)
+            if self._spill is not None:
+                self._spill.add(entry.relpath, entry.st, record)
             yield entry.relpath, sha256(record).digest()[:16], code, entry
-        self.summary = fingerprint_sum.summary()
+        self.summary = fingerprint_sum.summary(changes.token() if changes is not None else None)
+        if self._spill is not None:
+            self._spill.finish()
         if content is not None:
             self.content = 'sha256:' + content.hexdigest()
 
@@ -257,6 +266,113 @@ class TreeScan(object):
         for dummy in self:
             pass
         return self.summary
+
+
+class RecordSpill(object):
+    """The records of one walk, kept in walk order in an unnamed temporary file.
+
+    rescan_summary() re-fingerprints the same tree later and computes records again only for entries
+    that changed in between. The destination of a delta uses this: its verification walk after the
+    delta re-reads the extended attributes and link targets only of what the delta touched.
+
+    A kept record is reused only while the entry's inode number and ctime are unchanged, and only when
+    that ctime was already CTIME_SETTLED_NS older than the start of the first walk. The reasoning is
+    _tree.ChangeToken's: the kernel moves ctime on every change of a fingerprinted property, and ctime
+    cannot be set back. Entries changed shortly before the walk are not kept. If the temporary file
+    cannot be written (a full /tmp), the spill is dropped and the full walk decides.
+    """
+
+    HEAD = struct.Struct('>IIQq')  # path length, record length, inode, ctime_ns
+
+    def __init__(self):
+        self.started_ns = time.time_ns()
+        self.kept = 0
+        self.reused = 0
+        self._pending = []
+        self._finished = False
+        try:
+            self._file = tempfile.TemporaryFile(prefix='volumeops-records-')
+        except OSError:
+            self._file = None
+
+    @property
+    def usable(self):
+        return self._file is not None and self._finished
+
+    def add(self, relpath, st, record):
+        if self._file is None or st.st_ctime_ns >= self.started_ns - _tree.CTIME_SETTLED_NS:
+            return
+        self._pending.append(self.HEAD.pack(len(relpath), len(record), st.st_ino, st.st_ctime_ns) + relpath + record)
+        self.kept += 1
+        if len(self._pending) >= 1024:
+            self._flush()
+
+    def _flush(self):
+        try:
+            self._file.write(b''.join(self._pending))
+        except OSError:
+            self.close()
+        self._pending = []
+
+    def finish(self):
+        """The walk ended: the spill can be read (usable)."""
+        if self._file is not None:
+            self._flush()
+        if self._file is not None:
+            try:
+                self._file.flush()
+                self._file.seek(0)
+                self._finished = True
+            except OSError:
+                self.close()
+
+    def __iter__(self):
+        """(relpath, inode, ctime_ns, record) in the order they were kept."""
+        read = self._file.read
+        size = self.HEAD.size
+        unpack = self.HEAD.unpack
+        while True:
+            head = read(size)
+            if len(head) < size:
+                return
+            path_len, record_len, ino, ctime_ns = unpack(head)
+            body = read(path_len + record_len)
+            yield body[:path_len], ino, ctime_ns, body[path_len:]
+
+    def close(self):
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def rescan_summary(root, spill):
+    """``_archive.tree_summary(root)`` (sockets skipped) from a new walk of ``root`` that reuses the records
+    ``spill`` kept of an earlier walk of it for every entry whose inode and ctime did not change."""
+    fingerprint_sum = _tree.FingerprintAccumulator()
+    spill.reused = 0
+    kept = iter(spill)
+    cur = next(kept, None)
+    type_by_fmt = _tree.TYPE_BY_FMT
+    for entry in _tree.walk(root):
+        st = entry.st
+        code = type_by_fmt.get(stat.S_IFMT(st.st_mode), '?')
+        if code in SKIP_TYPES:
+            continue
+        record = None
+        if cur is not None and cur[0] != entry.relpath:
+            # Entries removed since the first walk: skip their kept records (both walks share one order).
+            key = walk_key(entry.relpath)
+            while cur is not None and walk_key(cur[0]) < key:
+                cur = next(kept, None)
+        if cur is not None and cur[0] == entry.relpath:
+            if cur[1] == st.st_ino and cur[2] == st.st_ctime_ns:
+                record = cur[3]
+                spill.reused += 1
+            cur = next(kept, None)
+        if record is None:
+            record = _tree.entry_record(entry, code)
+        fingerprint_sum.add(entry, code, record)
+    return fingerprint_sum.summary()
 
 
 def _file_hash(entry, cache, buf):
@@ -721,6 +837,7 @@ class Sender(object):
         self.io = None
         self.stderr_chunks = []
         self.prefetch = None
+        self.unchanged_proof = None
 
     # connection -------------------------------------------------------------
     def _open(self):
@@ -790,7 +907,8 @@ class Sender(object):
         connector = _Connector(self)
         connector.start()
         try:
-            scan = TreeScan(self.root, exclude)
+            # The token lets the re-check after streaming be a cheap lstat walk (_source_after).
+            scan = TreeScan(self.root, exclude, with_change_token=(p.get('verify') or 'metadata') == 'metadata')
             source = None
             if (p.get('pass') or 'full') == 'delta':
                 # Records are consumed by the merge with the destination's records, which needs the
@@ -912,20 +1030,15 @@ class Sender(object):
             # The destination discards the stream and keeps the volume not complete.
             self._final(allow_error=True)
             raise TransferError(tar_info['error'])
-        # Re-check the source after streaming (in parallel with the destination's verification walk):
-        # a source changed during the pass must not be declared verified. One walk gives the
-        # fingerprint and, with verify=content, the content digest.
-        after_scan = TreeScan(self.root, exclude, content=(p.get('verify') or 'metadata') == 'content')
-        for dummy in self._source_records(after_scan):
-            pass
-        after = after_scan.summary
-        source_content = after_scan.content
+        after, source_content = self._source_after(scan, exclude)
         if source_content is not None:
             result['content_digest'] = source_content
+        result['source_recheck'] = self.unchanged_proof
         io_.send_json(b'V', dict(content_digest=source_content, fingerprint=after.fingerprint,
                                  entries=after.entries, bytes=after.bytes))
         final = self._final()
         duration = time.time() - started
+        result['dest_records_reused'] = final.get('records_reused') or 0
         result.update(changed=True, bytes_sent=io_.sent, dest_fingerprint=final.get('dest_fingerprint'),
                       verified=bool(final.get('verified')), dest_state=final.get('dest_state'),
                       duration=round(duration, 3), source_fingerprint=after.fingerprint,
@@ -938,6 +1051,31 @@ class Sender(object):
         if tar_info.get('warning'):
             self.warn(tar_info['warning'])
         return result
+
+    def _source_after(self, scan, exclude):
+        """(summary, content digest or None) of the source after streaming.
+
+        Re-checked in parallel with the destination's verification walk: a source changed during
+        the pass must not be declared verified. With verify=metadata, a change-token walk (lstat
+        only, about half a full walk) that matches the first walk's settled token proves the tree
+        is still as first walked, so that walk's summary holds; otherwise, and with verify=content,
+        one full walk gives the fingerprint and the content digest.
+        """
+        want_content = (self.p.get('verify') or 'metadata') == 'content'
+        before = scan.summary.change_token
+        if not want_content and before is not None and before.settled:
+            try:
+                later = _tree.change_token(self.root, exclude)
+            except OSError as exc:
+                raise TransferError(_archive.describe_os_error(exc, 'Reading the source volume'))
+            if before.proves_unchanged(later):
+                self.unchanged_proof = 'change_token'
+                return scan.summary, None
+        after_scan = TreeScan(self.root, exclude, content=want_content)
+        for dummy in self._source_records(after_scan):
+            pass
+        self.unchanged_proof = 'fingerprint'
+        return after_scan.summary, after_scan.content
 
     def _final(self, allow_error=False):
         kind, payload = self.io.recv_expect(b'F')
@@ -1396,6 +1534,7 @@ class Receiver(object):
         self.warnings = []
         self.base = None
         self.walk_root = None
+        self.spill = None
 
     # helpers ---------------------------------------------------------------
     def _marker(self, state, **extra):
@@ -1530,7 +1669,11 @@ class Receiver(object):
             lister.start()
         summary = None
         if root is not None and os.path.isdir(root):
-            scan = TreeScan(root)
+            # A delta's base walk keeps its records: the verification after the delta then re-reads only
+            # what changed (rescan_summary). verify=content reads every file again anyway.
+            if records and self.hello.get('verify') != 'content':
+                self.spill = RecordSpill()
+            scan = TreeScan(root, spill=self.spill)
             if records:
                 batch = []
                 size = 0
@@ -1685,10 +1828,19 @@ class Receiver(object):
         h = self.hello
         done = self._keepalive()
         try:
-            # The one re-walk of the extracted tree: fingerprint and (verify=content) content digest together.
-            scan = TreeScan(self.staging, content=h.get('verify') == 'content')
-            summary = scan.run()
-            dest_content = scan.content
+            # The one re-walk of the extracted tree: fingerprint and (verify=content) content digest together,
+            # or (a delta, verify=metadata) the fingerprint reusing the base walk's records of what is unchanged.
+            reused = 0
+            if self.spill is not None and self.spill.usable:
+                summary = rescan_summary(self.staging, self.spill)
+                dest_content = None
+                reused = self.spill.reused
+            else:
+                scan = TreeScan(self.staging, content=h.get('verify') == 'content')
+                summary = scan.run()
+                dest_content = scan.content
+            if self.spill is not None:
+                self.spill.close()
         finally:
             done()
         dummy, payload = self.io.recv_expect(b'V')
@@ -1704,7 +1856,8 @@ class Receiver(object):
                 dest_content, src.get('content_digest')))
         verified = not problems
         result = dict(ok=True, verified=verified, dest_fingerprint=summary.fingerprint, entries=summary.entries,
-                      content_digest=dest_content, dest_state='staging', warnings=self.warnings)
+                      content_digest=dest_content, dest_state='staging', warnings=self.warnings,
+                      records_reused=reused)
         if not h.get('finalize', True):
             self.hello['source']['fingerprint'] = src.get('fingerprint')
             self._marker('staging', staged_fingerprint=summary.fingerprint)
@@ -1725,6 +1878,8 @@ class Receiver(object):
         self.io.send_json(b'F', result)
 
     def cleanup(self):
+        if self.spill is not None:
+            self.spill.close()
         for p in self.procs:
             if p.poll() is None:
                 p.kill()

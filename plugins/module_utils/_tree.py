@@ -315,7 +315,7 @@ class FingerprintAccumulator(object):
         return TreeSummary(self._digest.hexdigest(), self.entries, self.bytes, change_token)
 
 
-class _ChangeHasher(object):
+class ChangeHasher(object):
     """Accumulates a change token over the entries of a walk."""
 
     def __init__(self):
@@ -337,7 +337,7 @@ def change_token(root, exclude=None):
 
     Same walk (and so the same entries) as ``fingerprint(root, exclude)``, at about half its cost.
     """
-    hasher = _ChangeHasher()
+    hasher = ChangeHasher()
     for entry in walk(root, exclude):
         hasher.add(entry)
     return hasher.token()
@@ -361,7 +361,7 @@ def fingerprint(root, exclude=None, include_root_mtime=True, skip_types=(), with
 def summarize(entries_iter, include_root_mtime=True, skip_types=(), with_change_token=False):
     """TreeSummary of the given walk entries (see fingerprint()); a filtered walk hashes exactly
     like a full one (FingerprintAccumulator)."""
-    changes = _ChangeHasher() if with_change_token else None
+    changes = ChangeHasher() if with_change_token else None
     fingerprint_sum = FingerprintAccumulator()
     for entry in entries_iter:
         if changes is not None:

@@ -116,7 +116,9 @@ options:
   verify:
     description:
       - V(metadata) requires the destination tree's fingerprint (path, type, size, mtime, mode, owner, link
-        target, xattrs incl. ACLs) and entry count to equal the source's.
+        target, xattrs incl. ACLs) and entry count to equal the source's. Entries whose inode number and change
+        time (ctime) show they were not touched since an earlier walk of the same pass are not read again (see
+        RV(source_recheck)); every change of a fingerprinted property moves the ctime.
       - V(content) also compares a digest of every regular file's content (reads all data on both sides once more);
         use it for the final pass, a metadata check misses edits that keep size and mtime.
     type: str
@@ -314,6 +316,24 @@ content_digest:
   description: Content digest of the source (sha256 over every file's path and content hash).
   returned: when O(verify=content) and data was sent
   type: str
+source_recheck:
+  description:
+    - How the source was re-checked after streaming, before the destination was declared verified (a source
+      that changed during the pass is never declared verified).
+    - V(change_token) when a walk reading only each entry's inode and change time (ctime) matched the first walk,
+      proving nothing changed since; it is used with O(verify=metadata) when the newest ctime was at least 2 s
+      older than the first walk. V(fingerprint) when the source was walked and fingerprinted again.
+  returned: when data was sent
+  type: str
+  choices: [change_token, fingerprint]
+dest_records_reused:
+  description:
+    - How many entries the destination's verification did not read again (with O(verify=metadata), a delta pass
+      keeps the records of its first walk of the destination; an entry whose inode number and ctime are unchanged,
+      and whose ctime was at least 2 s old at that walk, keeps its record). 0 for a full pass and with
+      O(verify=content).
+  returned: when data was sent
+  type: int
 deleted:
   description: Number of paths a delta pass removed on the destination because the source no longer has them
     (top-most paths only; a removed directory counts once). In check mode, how many would be removed.

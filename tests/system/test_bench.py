@@ -286,6 +286,9 @@ def test_migration_benchmark_quick_run(repo_root, tmp_path):
     assert ph['T_final_delta']['module']['replaced'] > 0  # the modified 1% went again as replacements
     again = ph['T_final_delta_again_content']['module']
     assert again['changed'] is False and again['bytes_sent'] == 0 and again['verified'] is True
+    warm = ph['T_final_delta_warm_cache']
+    assert warm['identical'] is True and warm['caches_dropped'] is False
+    assert warm['module']['dest_state'] == 'complete' and warm['module']['replaced'] > 0
     peak = res['targets']['peak_memory_mb_per_side']['value']
     assert set(peak) == {'h1', 'h2'} and all(0 < v < 200 for v in peak.values()), peak
     assert not os.path.exists(str(tmp_path / 'perf' / 'inventory.ini'))  # its bench was taken down

@@ -383,3 +383,121 @@ def test_docker_access_needs_the_hosts_own_unix_socket(tmp_path):
     access = _transfer.DockerAccess('unix://%s' % (tmp_path / 'missing.sock'))
     with pytest.raises(_transfer.TransferError, match='cannot reach the Docker daemon at unix://.*missing.sock'):
         access.inspect('vol')
+
+
+def _settled(summary):
+    """The summary with its change token as if the first walk began well after the newest ctime."""
+    token = summary.change_token
+    summary.change_token = _tree.ChangeToken(token.digest, token.max_ctime_ns,
+                                             token.max_ctime_ns + _tree.CTIME_SETTLED_NS + 1)
+    return summary
+
+
+@pytest.mark.parametrize('verify', ['metadata', 'content'])
+def test_source_recheck_after_streaming(tmp_path, verify):
+    # After streaming, the sender proves the source unchanged with a change-token walk (verify=metadata,
+    # settled token) or walks it again; any change made after the first walk must show up either way.
+    root = str(tmp_path / 'src')
+    os.mkdir(root)
+    _rich_tree(root)
+    sender = _transfer.Sender({'verify': verify}, root)
+    scan = _transfer.TreeScan(root, with_change_token=True)
+    first = _settled(scan.run())
+    assert first.as_dict() == _transfer.TreeScan(root).run().as_dict()  # the token changes no figure
+
+    after, first_content = sender._source_after(scan, None)
+    content = first_content
+    if verify == 'metadata':
+        assert sender.unchanged_proof == 'change_token' and after is first and content is None
+    else:
+        assert sender.unchanged_proof == 'fingerprint' and content == _transfer.content_digest(root)
+        assert after.fingerprint == first.fingerprint
+
+    # Same size, mtime put back: no fingerprinted property changes, only the ctime does. The token no
+    # longer matches, so the source is walked again (content is verify=content's business).
+    path = os.path.join(root, 'b')
+    st = os.lstat(path)
+    with open(path, 'r+b') as f:
+        f.write(b'X')
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+    after, content = sender._source_after(scan, None)
+    assert sender.unchanged_proof == 'fingerprint'
+    assert after.fingerprint == first.fingerprint
+    if verify == 'content':
+        assert content == _transfer.content_digest(root) != first_content  # the edit is seen
+
+    os.chmod(path, 0o600)
+    after, content = sender._source_after(scan, None)
+    assert sender.unchanged_proof == 'fingerprint'
+    assert after.fingerprint != first.fingerprint
+    assert after.as_dict() == _transfer.TreeScan(root).run().as_dict()
+
+
+def test_source_recheck_distrusts_an_unsettled_token(tmp_path):
+    root = str(tmp_path)
+    (tmp_path / 'f').write_text('x')
+    sender = _transfer.Sender({'verify': 'metadata'}, root)
+    scan = _transfer.TreeScan(root, with_change_token=True)
+    scan.run()
+    assert not scan.summary.change_token.settled  # written just now
+    after, dummy = sender._source_after(scan, None)
+    assert sender.unchanged_proof == 'fingerprint' and after.as_dict() == scan.summary.as_dict()
+
+
+def _spill_of(root, settled=True):
+    spill = _transfer.RecordSpill()
+    if settled:  # as if the tree had been written well before the walk
+        spill.started_ns += 10 * _tree.CTIME_SETTLED_NS
+    scan = _transfer.TreeScan(root, spill=spill)
+    return spill, scan.run()
+
+
+def test_record_spill_rescan_equals_a_full_walk(tmp_path):
+    root = str(tmp_path / 'tree')
+    os.mkdir(root)
+    _rich_tree(root)
+    spill, first = _spill_of(root)
+    assert spill.usable and spill.kept == first.entries
+    assert _transfer.rescan_summary(root, spill).as_dict() == first.as_dict() == _archive.tree_summary(root).as_dict()
+    spill.close()
+
+
+def test_record_spill_rereads_every_changed_entry(tmp_path):
+    # What a delta does to the destination's tree between its base walk and its verification: every change
+    # must reach the fingerprint (a reused stale record would hide it), in any position of the walk order.
+    root = str(tmp_path / 'tree')
+    os.mkdir(root)
+    _rich_tree(root)
+    spill, first = _spill_of(root)
+
+    def p(*parts):
+        return os.path.join(root, *parts)
+
+    os.chmod(p('a', 'z'), 0o640)                              # mode
+    st = os.lstat(p('z', 'a', 'a'))
+    os.utime(p('z', 'a', 'a'), ns=(st.st_atime_ns, st.st_mtime_ns + 1))  # sub-second mtime only
+    os.unlink(p('a-b', 'q'))                                  # removed in the middle of the order
+    os.unlink(p('b'))                                         # replaced by a directory (new inode, new type)
+    os.mkdir(p('b'))
+    with open(p('a', 'a0'), 'w') as f:                        # added before existing siblings
+        f.write('new')
+    with open(p('zz'), 'w') as f:                             # added after everything
+        f.write('new')
+    try:
+        os.setxattr(p('a.b', 'x'), 'user.k', b'v')             # xattr only
+    except OSError:
+        pass
+    rescanned = _transfer.rescan_summary(root, spill)
+    full = _transfer.TreeScan(root).run()
+    assert rescanned.as_dict() == full.as_dict()
+    assert rescanned.fingerprint != first.fingerprint
+    spill.close()
+
+
+def test_record_spill_keeps_nothing_changed_just_before_the_walk(tmp_path):
+    root = str(tmp_path)
+    (tmp_path / 'f').write_text('x')
+    spill, first = _spill_of(root, settled=False)
+    assert spill.usable and spill.kept == 0  # written just now: a same-tick change could keep its ctime
+    assert _transfer.rescan_summary(root, spill).as_dict() == first.as_dict()
+    spill.close()
