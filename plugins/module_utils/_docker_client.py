@@ -275,6 +275,17 @@ class AnsibleDockerClient(object):
 
     # --- volume helpers used by several modules -------------------------------------------------
 
+    def volume_disk_usage(self):
+        """The daemon's disk usage answer (GET /system/df), asking for the volumes only.
+
+        ``type=volume`` (Engine API 1.42+) spares the daemon computing the size of every image, container
+        and build cache entry on the host; older daemons ignore the parameter and answer everything.
+        """
+        answer = self._get_json('/system/df', {'type': 'volume'})
+        if answer is not None:
+            return answer[1] or {}
+        return self.api.df()
+
     def inspect_volume(self, name):
         """The volume's inspect dict, or None when it does not exist."""
         answer = self._get_json('/volumes/' + quote(name, safe=''))

@@ -1320,6 +1320,13 @@ class Relay(object):
         return answer['result']
 
 
+def source_in_use_message(volume, running):
+    """The refusal of source_in_use=fail: running containers use the source volume."""
+    return ('Container(s) %s still run or were started again and use source volume %s (a restart policy, supervisor '
+            'or orchestrator?). Refusing to copy a volume that is being written to (source_in_use=fail); nothing was '
+            'sent.' % (', '.join(sorted(running)), volume))
+
+
 def sender_main():
     """Entry point on the source host in relay mode: parameters on stdin, one JSON answer line on stdout."""
     stdin = sys.stdin.buffer
@@ -1336,6 +1343,10 @@ def sender_main():
         if not root or not os.path.isdir(root):
             raise TransferError('The mountpoint %r of source volume %s is not a directory on the source host; only '
                                 'local volumes can be transferred.' % (root, params['volume']))
+        if params.get('source_in_use') == 'fail':
+            running = docker_access.running_users(params['volume'])
+            if running:
+                raise TransferError(source_in_use_message(params['volume'], running))
         try:
             import paramiko  # noqa: F401 (the sender needs it on the source)
         except ImportError:

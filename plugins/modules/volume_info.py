@@ -47,9 +47,10 @@ options:
   usage:
     description:
       - Add RV(volumes[].size_bytes) and RV(volumes[].filesystem).
-      - The sizes come from ONE C(GET /system/df) call for all returned volumes. That call makes the daemon
-        compute the size of every local volume (and the images and containers) on the host, which can take
-        seconds to minutes on hosts with many files; it is never made per volume, and only when O(usage=true).
+      - The sizes come from ONE C(GET /system/df?type=volume) call for all returned volumes. That call makes the
+        daemon compute the size of every local volume on the host (daemons older than Engine API 1.42 ignore
+        C(type) and also size the images and containers), which can take seconds to minutes on hosts with many
+        files; it is never made per volume, and only when O(usage=true).
       - The filesystem figures cost one C(statvfs) per volume and need no Docker call.
     type: bool
     default: false
@@ -270,7 +271,7 @@ class VolumeInfoManager(object):
 
     def add_usage(self, volumes):
         with self.client.errors('Querying disk usage (GET /system/df)'):
-            sizes = sizes_from_df(self.client.api.df())
+            sizes = sizes_from_df(self.client.volume_disk_usage())
         local = self.client.is_local
         for vol in volumes:
             vol['size_bytes'], vol['ref_count'] = sizes.get(vol['name'], (None, None))

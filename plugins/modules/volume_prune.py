@@ -144,7 +144,7 @@ class VolumePruneManager(object):
             reclaimed = 0
             if removed:
                 with self.client.errors('Querying disk usage (GET /system/df)'):
-                    sizes = sizes_from_df(self.client.api.df())
+                    sizes = sizes_from_df(self.client.volume_disk_usage())
                 reclaimed = sum(sizes.get(n, (None, None))[0] or 0 for n in removed)
         elif before:
             with self.client.errors('Pruning volumes'):

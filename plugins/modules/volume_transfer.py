@@ -113,6 +113,15 @@ options:
         reported as RV(verified=false) instead of failing.
     type: bool
     default: true
+  source_in_use:
+    description:
+      - What to do when a running container uses the source volume.
+      - V(ignore) copies it anyway (a warm pass of a two-phase migration, while the application runs).
+      - V(fail) refuses before anything is sent, also in check mode. Use it for a final pass after the application
+        was stopped; it catches a container that a restart policy, supervisor or orchestrator started again.
+    type: str
+    choices: [ignore, fail]
+    default: ignore
   verify:
     description:
       - V(metadata) requires the destination tree's fingerprint (path, type, size, mtime, mode, owner, link
@@ -261,6 +270,7 @@ EXAMPLES = r'''
     pass: delta
     finalize: true
     verify: content
+    source_in_use: fail
 
 - name: Fast local link, no compression, into another volume name, replacing foreign data
   volumeops.docker.volume_transfer:
@@ -480,6 +490,11 @@ class VolumeTransferManager(object):
         if not root or not os.path.isdir(root):
             self.fail('The mountpoint %r of source volume %s is not a directory on this host (driver %s); only local '
                       'volumes can be transferred.' % (root, p['volume'], info.get('Driver')))
+        if p['source_in_use'] == 'fail':
+            with self.client.errors('Listing the containers using volume %s' % p['volume']):
+                running = [c['name'] for c in self.client.containers_using_volume(p['volume']) if c['running']]
+            if running:
+                self.fail(_transfer.source_in_use_message(p['volume'], running))
         warnings = []
         sender = _transfer.Sender(p, root, volume_info=info, check_mode=self.module.check_mode,
                                   diff=self.module._diff, warn=warnings.append)
@@ -518,6 +533,7 @@ def main():
         allow_devices=dict(type='bool', default=False),
         finalize=dict(type='bool', default=True),
         verify=dict(type='str', choices=['metadata', 'content'], default='metadata'),
+        source_in_use=dict(type='str', choices=['ignore', 'fail'], default='ignore'),
     )
     argument_spec['pass'] = dict(type='str', choices=['full', 'delta'], default='full', no_log=False)
     argument_spec.update(

@@ -107,7 +107,8 @@ def test_independent_faults_in_one_run_and_rerun(bench, migrate):
         summary_ok(proc, 'h1', h1_vols['good'], 'h2')
         assert 'h1:%s -> h2  FAILED' % h1_vols['badkey'] in out and 'Host key mismatch: h2' in out, out[-6000:]
         assert 'already exist with other data: %s' % taken in out, out[-6000:]
-        assert 'Container(s) %s on h1 still run or were started again' % apps[stubborn] in out, out[-6000:]
+        assert ('Container(s) %s still run or were started again and use source volume %s'
+                % (apps[stubborn], stubborn)) in out, out[-6000:]
         assert 'h2:%s -> h1  FAILED' % h2_vols['full'] in out and 'Not enough free space on h1' in out, out[-6000:]
         assert 'h2:%s -> h1  FAILED' % h2_vols['enospc'] in out, out[-6000:]
         assert 'Source containers restarted: %s' % apps[h2_vols['enospc']] in out, out[-6000:]
