@@ -335,10 +335,11 @@ def test_many_pairs_selections_options_relay_and_rerun(bench, migrate, tmp_path)
         cleanup(bench, list(c.values()), list(v.values()) + [ren_dest])
 
 
-def test_destination_host_key_from_gathered_facts(bench, migrate, tmp_path):
+def test_preflight_host_key_from_gathered_facts_and_unreachable_sshd(bench, migrate, tmp_path):
     """When the play gathered the destination's ssh host key fact, that fact is the pinned key (and is checked
     against what the destination's sshd presents); without it (every other run here) the role reads the sshd's
-    key file on the destination. Check mode: pre-flight only, nothing changes."""
+    key file on the destination. An sshd port nobody answers on is reported as unreachable, not as a key
+    mismatch. Check mode: pre-flight only, nothing changes."""
     vol = rand('vokey')
     wrapper = tmp_path / 'with-facts.yml'
     wrapper.write_text(
@@ -370,5 +371,11 @@ def test_destination_host_key_from_gathered_facts(bench, migrate, tmp_path):
         assert proc.returncode == 0, proc.stdout[-6000:]
         assert 'Would migrate 1 volume(s) from h1 to h2' in proc.stdout, proc.stdout[-6000:]
         assert not volume_inspect(bench, 'h2', vol)  # check mode: nothing on the destination
+
+        proc = migrate(dict(extra, migrate_dest_port=2222, migrate_connect_timeout=3), check=True)
+        assert proc.returncode != 0, proc.stdout[-6000:]
+        assert 'h1 cannot reach the SSH server of h2 at %s:2222 within 3s' % bench.ip('h2') in proc.stdout, \
+            proc.stdout[-6000:]
+        assert 'Host key mismatch' not in proc.stdout
     finally:
         cleanup(bench, volumes=[vol])
