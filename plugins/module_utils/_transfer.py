@@ -327,7 +327,8 @@ class RecordSpill(object):
                 self.close()
 
     def __iter__(self):
-        """(relpath, inode, ctime_ns, record) in the order they were kept."""
+        """(relpath, inode, ctime_ns, record) in the order they were kept, from the first one."""
+        self._file.seek(0)
         read = self._file.read
         size = self.HEAD.size
         unpack = self.HEAD.unpack

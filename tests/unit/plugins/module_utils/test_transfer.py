@@ -459,6 +459,9 @@ def test_record_spill_rescan_equals_a_full_walk(tmp_path):
     spill, first = _spill_of(root)
     assert spill.usable and spill.kept == first.entries
     assert _transfer.rescan_summary(root, spill).as_dict() == first.as_dict() == _archive.tree_summary(root).as_dict()
+    assert spill.reused == spill.kept
+    assert _transfer.rescan_summary(root, spill).as_dict() == first.as_dict()  # readable again from the start
+    assert spill.reused == spill.kept
     spill.close()
 
 
