@@ -225,14 +225,15 @@ class TreeScan(object):
     (records, then fingerprint, then content digest); this walks it once per use.
     """
 
-    def __init__(self, root, exclude=None, content=False, with_change_token=False, spill=None):
+    def __init__(self, root, exclude=None, content=False, with_change_token=False, spill=None, reuse=None):
         self.root = root
         self.exclude = exclude
         self.content = None
         self.summary = None
         self._want_content = content
         self._want_token = with_change_token
-        self._spill = spill  # a RecordSpill keeping this walk's records for a later rescan_summary()
+        self._spill = spill  # a RecordSpill keeping this walk's records for a later walk's ``reuse``
+        self._reuse = reuse  # a RecordSpill of an earlier walk: its records of unchanged entries are taken as they are
 
     def __iter__(self):
         fingerprint_sum = _tree.FingerprintAccumulator()
@@ -242,6 +243,9 @@ class TreeScan(object):
         buf = bytearray(CHUNK) if content is not None else None
         type_by_fmt = _tree.TYPE_BY_FMT
         sha256 = hashlib.sha256
+        reuse = self._reuse
+        if reuse is not None:
+            reuse.rewind()
         for entry in _tree.walk(self.root, self.exclude):
             if changes is not None:
                 changes.add(entry)  # every walked entry, as _tree.change_token() sees them
@@ -250,7 +254,9 @@ class TreeScan(object):
                 continue
             if code == 'f' and content is not None:
                 content.update(entry.relpath + b'\0' + _file_hash(entry, content_cache, buf) + b'\n')
-            record = _tree.entry_record(entry, code)
+            record = reuse.record_for(entry) if reuse is not None else None
+            if record is None:
+                record = _tree.entry_record(entry, code)
             fingerprint_sum.add(entry, code, record)
             if self._spill is not None:
                 self._spill.add(entry.relpath, entry.st, record)
@@ -271,7 +277,7 @@ class TreeScan(object):
 class RecordSpill(object):
     """The records of one walk, kept in walk order in an unnamed temporary file.
 
-    rescan_summary() re-fingerprints the same tree later and computes records again only for entries
+    A later TreeScan of the same tree given it as ``reuse`` computes records again only for entries
     that changed in between. The destination of a delta uses this: its verification walk after the
     delta re-reads the extended attributes and link targets only of what the delta touched.
 
@@ -290,6 +296,8 @@ class RecordSpill(object):
         self.reused = 0
         self._pending = []
         self._finished = False
+        self._kept_iter = None
+        self._cur = None
         try:
             self._file = tempfile.TemporaryFile(prefix='volumeops-records-')
         except OSError:
@@ -321,7 +329,6 @@ class RecordSpill(object):
         if self._file is not None:
             try:
                 self._file.flush()
-                self._file.seek(0)
                 self._finished = True
             except OSError:
                 self.close()
@@ -340,40 +347,37 @@ class RecordSpill(object):
             body = read(path_len + record_len)
             yield body[:path_len], ino, ctime_ns, body[path_len:]
 
+    def rewind(self):
+        """Start a walk that reuses the kept records (``record_for``), from the first one."""
+        self.reused = 0
+        self._kept_iter = iter(self)
+        self._cur = next(self._kept_iter, None)
+
+    def record_for(self, entry):
+        """The kept record of ``entry`` when its inode and ctime did not change, else None.
+
+        Entries come in walk order, as they were kept: one merge pass over both. Kept records of
+        entries removed since are skipped.
+        """
+        cur = self._cur
+        relpath = entry.relpath
+        if cur is not None and cur[0] != relpath:
+            key = walk_key(relpath)
+            while cur is not None and walk_key(cur[0]) < key:
+                cur = next(self._kept_iter, None)
+        record = None
+        if cur is not None and cur[0] == relpath:
+            if cur[1] == entry.st.st_ino and cur[2] == entry.st.st_ctime_ns:
+                record = cur[3]
+                self.reused += 1
+            cur = next(self._kept_iter, None)
+        self._cur = cur
+        return record
+
     def close(self):
         if self._file is not None:
             self._file.close()
             self._file = None
-
-
-def rescan_summary(root, spill):
-    """``_archive.tree_summary(root)`` (sockets skipped) from a new walk of ``root`` that reuses the records
-    ``spill`` kept of an earlier walk of it for every entry whose inode and ctime did not change."""
-    fingerprint_sum = _tree.FingerprintAccumulator()
-    spill.reused = 0
-    kept = iter(spill)
-    cur = next(kept, None)
-    type_by_fmt = _tree.TYPE_BY_FMT
-    for entry in _tree.walk(root):
-        st = entry.st
-        code = type_by_fmt.get(stat.S_IFMT(st.st_mode), '?')
-        if code in SKIP_TYPES:
-            continue
-        record = None
-        if cur is not None and cur[0] != entry.relpath:
-            # Entries removed since the first walk: skip their kept records (both walks share one order).
-            key = walk_key(entry.relpath)
-            while cur is not None and walk_key(cur[0]) < key:
-                cur = next(kept, None)
-        if cur is not None and cur[0] == entry.relpath:
-            if cur[1] == st.st_ino and cur[2] == st.st_ctime_ns:
-                record = cur[3]
-                spill.reused += 1
-            cur = next(kept, None)
-        if record is None:
-            record = _tree.entry_record(entry, code)
-        fingerprint_sum.add(entry, code, record)
-    return fingerprint_sum.summary()
 
 
 def _file_hash(entry, cache, buf):
@@ -1682,7 +1686,7 @@ class Receiver(object):
         summary = None
         if root is not None and os.path.isdir(root):
             # A delta's base walk keeps its records: the verification after the delta then re-reads only
-            # what changed (rescan_summary). verify=content reads every file again anyway.
+            # what changed (TreeScan reuse). verify=content reads every file again anyway.
             if records and self.hello.get('verify') != 'content':
                 self.spill = RecordSpill()
             scan = TreeScan(root, spill=self.spill)
@@ -1840,17 +1844,13 @@ class Receiver(object):
         h = self.hello
         done = self._keepalive()
         try:
-            # The one re-walk of the extracted tree: fingerprint and (verify=content) content digest together,
-            # or (a delta, verify=metadata) the fingerprint reusing the base walk's records of what is unchanged.
-            reused = 0
-            if self.spill is not None and self.spill.usable:
-                summary = rescan_summary(self.staging, self.spill)
-                dest_content = None
-                reused = self.spill.reused
-            else:
-                scan = TreeScan(self.staging, content=h.get('verify') == 'content')
-                summary = scan.run()
-                dest_content = scan.content
+            # The one re-walk of the extracted tree: fingerprint and (verify=content) content digest together.
+            # A delta with verify=metadata reuses its base walk's records of what the delta did not touch.
+            reuse = self.spill if self.spill is not None and self.spill.usable else None
+            scan = TreeScan(self.staging, content=h.get('verify') == 'content', reuse=reuse)
+            summary = scan.run()
+            dest_content = scan.content
+            reused = reuse.reused if reuse is not None else 0
             if self.spill is not None:
                 self.spill.close()
         finally:

@@ -458,9 +458,9 @@ def test_record_spill_rescan_equals_a_full_walk(tmp_path):
     _rich_tree(root)
     spill, first = _spill_of(root)
     assert spill.usable and spill.kept == first.entries
-    assert _transfer.rescan_summary(root, spill).as_dict() == first.as_dict() == _archive.tree_summary(root).as_dict()
+    assert _transfer.TreeScan(root, reuse=spill).run().as_dict() == first.as_dict() == _archive.tree_summary(root).as_dict()
     assert spill.reused == spill.kept
-    assert _transfer.rescan_summary(root, spill).as_dict() == first.as_dict()  # readable again from the start
+    assert _transfer.TreeScan(root, reuse=spill).run().as_dict() == first.as_dict()  # readable again from the start
     assert spill.reused == spill.kept
     spill.close()
 
@@ -490,7 +490,7 @@ def test_record_spill_rereads_every_changed_entry(tmp_path):
         os.setxattr(p('a.b', 'x'), 'user.k', b'v')             # xattr only
     except OSError:
         pass
-    rescanned = _transfer.rescan_summary(root, spill)
+    rescanned = _transfer.TreeScan(root, reuse=spill).run()
     full = _transfer.TreeScan(root).run()
     assert rescanned.as_dict() == full.as_dict()
     assert rescanned.fingerprint != first.fingerprint
@@ -502,5 +502,5 @@ def test_record_spill_keeps_nothing_changed_just_before_the_walk(tmp_path):
     (tmp_path / 'f').write_text('x')
     spill, first = _spill_of(root, settled=False)
     assert spill.usable and spill.kept == 0  # written just now: a same-tick change could keep its ctime
-    assert _transfer.rescan_summary(root, spill).as_dict() == first.as_dict()
+    assert _transfer.TreeScan(root, reuse=spill).run().as_dict() == first.as_dict()
     spill.close()
