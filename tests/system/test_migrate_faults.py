@@ -92,7 +92,9 @@ def test_independent_faults_in_one_run_and_rerun(bench, migrate):
             {'source': 'h1', 'destination': 'h2', 'volumes': [h1_vols['badkey']], 'dest_host_key': bench.host_key('h1')},
             {'source': 'h1', 'destination': 'h2', 'volumes': [taken]},
             {'source': 'h1', 'destination': 'h2', 'volumes': [stubborn], 'stop_timeout': 2},
-            {'source': 'h2', 'destination': 'h1', 'volumes': [h2_vols['full']], 'compression': 'none'},
+            # two problems at once (too little space and h2's own host key pinned for h1): both are named
+            {'source': 'h2', 'destination': 'h1', 'volumes': [h2_vols['full']], 'compression': 'none',
+             'dest_host_key': bench.host_key('h2')},
             {'source': 'h2', 'destination': 'h1', 'volumes': [h2_vols['enospc']], 'compression': 'none',
              'free_space_factor': 0},
             {'source': 'h2', 'destination': 'h1', 'volumes': [h2_vols['relaykey']], 'transfer': 'controller',
@@ -109,7 +111,8 @@ def test_independent_faults_in_one_run_and_rerun(bench, migrate):
         assert 'already exist with other data: %s' % taken in out, out[-6000:]
         assert ('Container(s) %s still run or were started again and use source volume %s'
                 % (apps[stubborn], stubborn)) in out, out[-6000:]
-        assert 'h2:%s -> h1  FAILED' % h2_vols['full'] in out and 'Not enough free space on h1' in out, out[-6000:]
+        full_line = out.split('h2:%s -> h1  FAILED' % h2_vols['full'])[1].split('\n')[0]
+        assert 'Not enough free space on h1' in full_line and 'Host key mismatch: h1' in full_line, full_line
         assert 'h2:%s -> h1  FAILED' % h2_vols['enospc'] in out, out[-6000:]
         assert 'Source containers restarted: %s' % apps[h2_vols['enospc']] in out, out[-6000:]
         # With the role's pre-flight disabled, volume_transfer's own check stops it (after the stop).
