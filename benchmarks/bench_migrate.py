@@ -503,8 +503,21 @@ def main(argv=None):
                     argv = [str(VENV_BIN / 'ansible-playbook'), str(PLAYBOOK), '-i', bench.inventory,
                             '-e', 'migrate_source=h1', '-e', 'migrate_destination=h2',
                             '-e', json.dumps({'migrate_volumes': [src]})]
-                    proc = subprocess.run(argv, check=False, env=env, cwd=str(REPO), text=True, stdout=subprocess.PIPE,
-                                          stderr=subprocess.STDOUT, timeout=7200)
+                    times_file = tempfile.NamedTemporaryFile(prefix='vo-bench-tasks-', suffix='.json', delete=False)
+                    times_file.close()
+                    # Per-task times (benchmarks/callbacks): where the playbook's time goes.
+                    timed_env = dict(env, VOLUMEOPS_TASK_TIMES=times_file.name,
+                                     ANSIBLE_CALLBACK_PLUGINS=str(REPO / 'benchmarks' / 'callbacks'),
+                                     ANSIBLE_CALLBACKS_ENABLED='volumeops_task_times')
+                    proc = subprocess.run(argv, check=False, env=timed_env, cwd=str(REPO), text=True,
+                                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, timeout=7200)
+                    try:
+                        with open(times_file.name) as f:
+                            task_times = json.load(f)
+                    except ValueError:
+                        task_times = {'tasks': [], 'since_start': None}
+                    finally:
+                        os.unlink(times_file.name)
                     RESULTS.mkdir(parents=True, exist_ok=True)
                     logfile = RESULTS / ('migrate-%s-playbook.log' % started.strftime('%Y%m%dT%H%M%SZ'))
                     with open(logfile, 'w') as f:
@@ -512,7 +525,14 @@ def main(argv=None):
                     if proc.returncode != 0:
                         raise RuntimeError('playbook failed rc=%d:\n%s' % (proc.returncode, proc.stdout[-4000:]))
                     recap = proc.stdout[proc.stdout.rfind('PLAY RECAP'):]
-                    return {'command': ' '.join(argv), 'recap': recap.strip(), 'log': str(logfile)}
+                    tasks = task_times['tasks']
+                    slow = [t for t in tasks if t['seconds'] >= 0.2]
+                    quick = [t for t in tasks if t['seconds'] < 0.2]
+                    return {'command': ' '.join(argv), 'recap': recap.strip(), 'log': str(logfile),
+                            'tasks': {'count': len(tasks), 'slow': slow,
+                                      'quick_count': len(quick),
+                                      'quick_seconds': round(sum(t['seconds'] for t in quick), 2),
+                                      'playbook_since_start': task_times['since_start']}}
                 try:
                     res = r.timed('P_playbook_full', playbook)
                     res.update(check_dest(src))
@@ -650,6 +670,13 @@ def summarize(results):
         print('%-30s %9.1f %9.1f %10.0f %10.0f  %s' % (
             name, v['seconds'], src.get('bytes', 0) / MB / v['seconds'] if v['seconds'] else 0,
             mem.get('h1', {}).get('pss_mb', 0), mem.get('h2', {}).get('pss_mb', 0), v.get('identical', '-')))
+    tasks = ph.get('P_playbook_full', {}).get('tasks')
+    if tasks:
+        print()
+        print('Playbook: %d tasks; %d under 0.2 s took %.1f s together; the others:' % (
+            tasks['count'], tasks['quick_count'], tasks['quick_seconds']))
+        for t in tasks['slow']:
+            print('  %6.2f s  %s' % (t['seconds'], t['task']))
     print()
     for k, t in targets.items():
         print('%-32s %-14s target %-22s %s' % (k, t['value'], t['target'], 'OK' if t['ok'] else 'MISSED'))

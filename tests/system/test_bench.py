@@ -279,6 +279,9 @@ def test_migration_benchmark_quick_run(repo_root, tmp_path):
     assert ph['A_tar_gzip_scp']['identical'] is False  # busybox tar drops sub-second mtimes
     assert ph['B_tar_zstd_ssh']['identical'] is True
     assert ph['P_playbook_full']['identical'] is True
+    tasks = ph['P_playbook_full']['tasks']  # the per-task times of benchmarks/callbacks
+    assert tasks['quick_count'] + len(tasks['slow']) == tasks['count'] > 10, tasks
+    assert any(t['task'].endswith('Transfer the volumes to the destination') for t in tasks['slow']), tasks
     assert ph['T_full_warm']['module']['dest_state'] == 'staging'
     assert ph['T_final_delta']['identical'] is True
     assert ph['T_final_delta']['module']['dest_state'] == 'complete'

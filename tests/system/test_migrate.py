@@ -339,8 +339,10 @@ def test_preflight_host_key_from_gathered_facts_and_unreachable_sshd(bench, migr
     """When the play gathered the destination's ssh host key fact, that fact is the pinned key (and is checked
     against what the destination's sshd presents); without it (every other run here) the role reads the sshd's
     key file on the destination. An sshd port nobody answers on is reported as unreachable, not as a key
-    mismatch. Check mode: pre-flight only, nothing changes."""
+    mismatch; a destination Docker daemon that does not answer and a destination Python that does not run
+    are named. Check mode: pre-flight only, nothing changes."""
     vol = rand('vokey')
+    nodocker_py = '/tmp/%s-python' % vol
     wrapper = tmp_path / 'with-facts.yml'
     wrapper.write_text(
         '- name: Host key facts of the destination\n'
@@ -377,5 +379,18 @@ def test_preflight_host_key_from_gathered_facts_and_unreachable_sshd(bench, migr
         assert 'h1 cannot reach the SSH server of h2 at %s:2222 within 3s' % bench.ip('h2') in proc.stdout, \
             proc.stdout[-6000:]
         assert 'Host key mismatch' not in proc.stdout
+
+        # The destination's Docker daemon does not answer (its CLI pointed at a socket nobody serves), then
+        # the destination's Python does not run: each is named, and check mode changed nothing.
+        bench.exec('h2', ['sh', '-c', 'cat > "$0" && chmod 0755 "$0"', nodocker_py],
+                   input=b'#!/bin/sh\nDOCKER_HOST=unix:///nonexistent/docker.sock exec /usr/bin/python3 "$@"\n')
+        proc = migrate(dict(extra, migrate_dest_python=nodocker_py), check=True)
+        assert proc.returncode != 0, proc.stdout[-6000:]
+        assert 'Docker on h2 does not answer: Cannot connect to the Docker daemon' in proc.stdout, proc.stdout[-6000:]
+        proc = migrate(dict(extra, migrate_dest_python='/nonexistent/python3'), check=True)
+        assert proc.returncode != 0, proc.stdout[-6000:]
+        assert 'Missing tools: h2: /nonexistent/python3 does not run' in proc.stdout, proc.stdout[-6000:]
+        assert not volume_inspect(bench, 'h2', vol)
     finally:
+        bench.exec('h2', ['rm', '-f', nodocker_py], check=False)
         cleanup(bench, volumes=[vol])
