@@ -12,6 +12,7 @@ digests the tree inside each host, and the digests are compared property by prop
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import random
@@ -320,8 +321,12 @@ def test_many_pairs_selections_options_relay_and_rerun(bench, migrate, tmp_path)
         assert_same_tree(tp_src, digest(bench, 'h1', v['tp']), 'h1:' + v['tp'])
         assert marker(bench, 'h1', v['tp'])['state'] == 'complete'
         assert volume_inspect(bench, 'h1', v['tp'])['Labels'] == {'team': t}
-        # The temporary keys are gone from both destinations.
+        # The temporary keys are gone from both destinations, and no key file was left anywhere: the key
+        # pairs were made on the controller in directories removed at once, and never written on a host.
         assert 'volumeops-migrate-' not in authorized_keys(bench, 'h2') + authorized_keys(bench, 'h1')
+        key_dirs = 'ls -d "${TMPDIR:-/tmp}"/volumeops-migrate-* 2>/dev/null; true'
+        assert [sh(bench, h, ['sh', '-c', key_dirs]).strip() for h in ('h1', 'h2')] == ['', ''], 'key files on a host'
+        assert not glob.glob(os.path.join(os.environ.get('TMPDIR', '/tmp'), 'volumeops-migrate-*')), 'controller'
 
         # --- rerun after success: nothing changes (the removed source counts as done) ---------
         proc = migrate({'migrate_pairs': pairs})

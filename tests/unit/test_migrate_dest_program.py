@@ -1,0 +1,106 @@
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+"""The migrate role's destination program (roles/migrate/vars/main.yml: migrate__dest_program),
+run as the role runs it (``python -c PROGRAM JSON``), on authorized_keys files in tmp_path.
+
+Only its authorized_keys part: adding the temporary key, removing it, keeping every other line,
+and staying correct when pairs from several sources edit one destination's file at once (without
+the program's lock, the concurrent test lost lines in 5 runs of 5).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+ROLE_VARS = Path(__file__).resolve().parents[2] / 'roles' / 'migrate' / 'vars' / 'main.yml'
+PROGRAM = yaml.safe_load(ROLE_VARS.read_text())['migrate__dest_program']
+
+
+def start(args, program=PROGRAM):
+    return subprocess.Popen([sys.executable, '-c', program, json.dumps(args)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def answer(proc):
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    return json.loads(out)
+
+
+def authorize_args(path, comment, root):
+    # No volumes, containers or tools: the program then touches nothing but authorized_keys.
+    return {'tools': [], 'root': str(root), 'volumes': [], 'containers': [], 'host_key': False,
+            'authorize': {'path': str(path), 'comment': comment,
+                          'line': 'from="10.0.0.1",no-pty ssh-ed25519 AAAAkey%s %s' % (comment[-2:], comment)}}
+
+
+def revoke_args(path, comment):
+    return {'revoke': {'path': str(path), 'comment': comment}}
+
+
+def test_authorize_replaces_only_its_own_line_and_keeps_the_file_mode(tmp_path):
+    keys = tmp_path / 'ssh' / 'authorized_keys'
+    keys.parent.mkdir()
+    # An admin's key, a stale line of this pair from an interrupted run, a comment; no final newline.
+    keys.write_text('ssh-ed25519 AAAAadmin admin@host\nssh-ed25519 AAAAold volumeops-migrate-aa\n# keep me')
+    keys.chmod(0o640)
+    res = answer(start(authorize_args(keys, 'volumeops-migrate-aa', tmp_path)))
+    assert res['authorized'] is True and res['missing'] == [] and res['volumes'] == {}
+    assert keys.read_text() == ('ssh-ed25519 AAAAadmin admin@host\n# keep me\n'
+                                'from="10.0.0.1",no-pty ssh-ed25519 AAAAkeyaa volumeops-migrate-aa\n')
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o640
+    assert sorted(os.listdir(keys.parent)) == ['authorized_keys']  # no temp file left
+
+    res = answer(start(revoke_args(keys, 'volumeops-migrate-aa')))
+    assert res == {'revoked': True}
+    assert keys.read_text() == 'ssh-ed25519 AAAAadmin admin@host\n# keep me\n'
+
+
+def test_authorize_creates_a_private_file_and_revoke_never_creates_one(tmp_path):
+    keys = tmp_path / 'new' / 'authorized_keys'
+    assert answer(start(revoke_args(keys, 'volumeops-migrate-bb'))) == {'revoked': True}
+    assert not keys.parent.exists()  # nothing to revoke: nothing made
+    res = answer(start(authorize_args(keys, 'volumeops-migrate-bb', tmp_path)))
+    assert res['authorized'] is True
+    assert stat.S_IMODE(keys.stat().st_mode) == 0o600 and stat.S_IMODE(keys.parent.stat().st_mode) == 0o700
+    before = keys.stat()
+    assert answer(start(revoke_args(keys, 'volumeops-migrate-other'))) == {'revoked': True}
+    after = keys.stat()
+    assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns)  # no line of its own: untouched
+
+
+def test_a_file_that_cannot_be_edited_is_reported_not_raised(tmp_path):
+    keys = tmp_path / 'file-not-dir' / 'authorized_keys'
+    (tmp_path / 'file-not-dir').write_text('')
+    res = answer(start(authorize_args(keys, 'volumeops-migrate-cc', tmp_path)))
+    assert 'authorized' not in res and 'file-not-dir' in res['authorize_error']
+    keys = tmp_path / 'dir-not-file'
+    keys.mkdir()
+    res = answer(start(revoke_args(keys, 'volumeops-migrate-cc')))
+    assert 'revoked' not in res and 'dir-not-file' in res['revoke_error']
+
+
+def _concurrent_edits(tmp_path, program):
+    keys = tmp_path / 'authorized_keys'
+    keys.write_text('ssh-ed25519 AAAAadmin admin@host\n')
+    comments = ['volumeops-migrate-%02d' % n for n in range(24)]
+    for proc in [start(authorize_args(keys, c, tmp_path), program) for c in comments]:
+        assert answer(proc)['authorized'] is True
+    added = keys.read_text().splitlines()
+    for proc in [start(revoke_args(keys, c), program) for c in comments[::2]]:
+        assert answer(proc) == {'revoked': True}
+    return added, keys.read_text().splitlines(), comments
+
+
+def test_pairs_from_several_sources_editing_one_file_at_once_lose_no_line(tmp_path):
+    added, left, comments = _concurrent_edits(tmp_path, PROGRAM)
+    assert added[0] == 'ssh-ed25519 AAAAadmin admin@host'
+    assert sorted(line.split()[-1] for line in added[1:]) == comments
+    assert left[0] == 'ssh-ed25519 AAAAadmin admin@host'
+    assert sorted(line.split()[-1] for line in left[1:]) == comments[1::2]
