@@ -128,6 +128,44 @@ def list_archives(directory, volume=None):
     return result
 
 
+def complete_archives(directory, volume):
+    """The whole archives of ``volume`` in ``directory``, oldest first (``list_archives`` entries).
+
+    Whole: both sidecars are present and the manifest copy names ``volume``. Anything else (an archive
+    copied in by hand, one whose write was cut short, a name that only looks like this volume's) is
+    never counted nor chosen by retention.
+    """
+    result = []
+    for info in list_archives(directory, volume):
+        if not os.path.exists(info['path'] + '.sha256'):
+            continue
+        manifest = read_sidecar_manifest(info['path'])
+        if manifest is not None and manifest.get('volume') == volume:
+            result.append(info)
+    return result
+
+
+def expired_archives(archives, keep, current=None):
+    """Which of ``archives`` (oldest first) retention deletes so that ``keep`` archives remain.
+
+    ``current`` (this run's archive: written, about to be written, or the unchanged one found) always
+    stays and counts as one of the ``keep``, wherever its time stamp sorts: a clock set back must not
+    make a run delete the archive it has just written.
+    """
+    others = [info for info in archives if info['path'] != current]
+    return others[:max(0, len(others) - (keep - 1))]
+
+
+def remove_archive(path):
+    """Delete an archive, then its sidecars: a run cut short in between leaves only sidecars of an archive
+    that does not exist, which ``cleanup_stale_temp`` removes, never an archive without its checksum."""
+    for name in (path,) + sidecar_paths(path):
+        try:
+            os.unlink(name)
+        except FileNotFoundError:
+            pass
+
+
 def compression_from_path(path):
     """Compression guessed from the file name, else from the magic bytes."""
     if path.endswith('.zst'):

@@ -82,6 +82,16 @@ options:
     description: Write a new archive even when the volume is unchanged since the newest archive.
     type: bool
     default: false
+  keep:
+    description:
+      - Retention. After every backup of the task succeeded, keep only the O(keep) newest archives of each of
+        its volumes in O(dest) and delete the older ones with their sidecars. This run's archive (written, or
+        the unchanged newest one) always stays and counts as one of them.
+      - Only whole archives of the volume count and are ever deleted (both sidecars present, the manifest copy
+        naming the volume); other files in O(dest) are never touched.
+      - Unset (the default), nothing is deleted. In check mode the archives that would be deleted are listed in
+        RV(backups[].removed_archives), and diff mode shows them.
+    type: int
   consistency:
     description:
       - V(strict) fails the backup when a file changes while it is read (GNU tar's "file changed as we read it")
@@ -147,6 +157,12 @@ EXAMPLES = r'''
     dest: /var/backups/volumes
     stop_containers: true
 
+- name: Nightly backup that keeps the 7 newest archives of each volume
+  volumeops.docker.volume_backup:
+    volumes: [pgdata, uploads]
+    dest: /var/backups/volumes
+    keep: 7
+
 - name: Back up all volumes of a container, gzip, readable by the backup group
   volumeops.docker.volume_backup:
     container: wiki
@@ -207,8 +223,15 @@ backups:
       description: For a skipped volume, whether the mode, owner or group of its newest archive and sidecars
         was (or would be) changed to the requested ones.
       type: bool
+    removed_archives:
+      description:
+        - Archives of this volume that retention (O(keep)) deleted, or in check mode would delete, oldest first.
+          Their sidecars went with them. Empty without O(keep).
+      type: list
+      elements: str
     changed:
-      description: Whether an archive was (or in check mode would be) written, or its file attributes changed.
+      description: Whether an archive was (or in check mode would be) written or deleted, or its file attributes
+        changed.
       type: bool
     duration:
       description: Seconds spent on this volume.
@@ -547,6 +570,26 @@ class BackupManager(object):
             except OSError:
                 pass
 
+    # -- retention
+    def expire(self, dest):
+        """keep: per volume of this task, delete (check mode: list) its whole archives beyond the keep newest.
+
+        Runs only after every backup of the task succeeded (a failed one fails the module before)."""
+        for r in self.results:
+            r['removed_archives'] = []
+            if self.p['keep'] is None:
+                continue
+            whole = _archive.complete_archives(dest, r['volume'])
+            for info in _archive.expired_archives(whole, self.p['keep'], current=r['archive']):
+                if not self.check_mode:
+                    try:
+                        _archive.remove_archive(info['path'])
+                    except OSError as exc:
+                        self.client.fail(_archive.describe_os_error(exc, 'Removing the expired archive %s' % info['path']),
+                                         backups=self.results)
+                r['removed_archives'].append(info['path'])
+                r['changed'] = True
+
     # -- main
     def run(self):
         p = self.p
@@ -613,11 +656,16 @@ class BackupManager(object):
                 if start_errors:
                     self.client.fail('Could not start again containers stopped for the backup: %s'
                                      % '; '.join(start_errors), backups=self.results)
+        self.expire(dest)
         changed = any(r['changed'] for r in self.results) or created_dest
         for w in self.warnings:
             self.module.warn(w)
         diff = dict(before=dict((r['volume'], r['archive'] if r['skipped'] else None) for r in self.results if r['changed']),
                     after=dict((r['volume'], r['archive']) for r in self.results if r['changed']))
+        for r in self.results:
+            if r['removed_archives']:
+                diff['before'][r['volume'] + ' (expired archives)'] = r['removed_archives']
+                diff['after'][r['volume'] + ' (expired archives)'] = []
         result = dict(changed=changed, backups=self.results, stopped_containers=[c['name'] for c in self.stopped],
                       removed_temp_files=removed)
         if self.module._diff:
@@ -644,6 +692,7 @@ def main():
         group=dict(type='str'),
         data_path=dict(type='str', choices=['auto', 'local', 'helper'], default='auto'),
         helper_image=dict(type='str'),
+        keep=dict(type='int'),
     )
     client = AnsibleDockerClient(
         argument_spec,
@@ -654,6 +703,8 @@ def main():
     p = client.params
     if p['path'] and p['data_path'] == 'helper':
         client.fail('path backups read the directory directly; data_path=helper applies to volumes only.')
+    if p['keep'] is not None and p['keep'] < 1:
+        client.fail('keep must be 1 or more (the archive of this run always stays); leave it unset to keep all.')
     lvl = p['compression_level']
     if lvl is not None:
         bounds = {'zstd': (1, 22), 'gzip': (1, 9)}.get(p['compression'])

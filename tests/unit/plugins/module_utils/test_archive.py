@@ -302,3 +302,45 @@ def test_early_writeback_without_enough_data_starts_no_thread(tmp_path):
         writeback.wrote(1)
         assert writeback._thread is None
         writeback.finish()
+
+
+# --- retention ------------------------------------------------------------------------------------
+
+def _whole_archive(directory, volume, stamp, manifest_volume=None, sha=True, manifest=True):
+    name = '%s_%s.tar.zst' % (volume, stamp)
+    path = os.path.join(str(directory), name)
+    with open(path, 'wb') as f:
+        f.write(b'x')
+    if sha:
+        with open(path + '.sha256', 'w') as f:
+            f.write('%s  %s\n' % ('0' * 64, name))
+    if manifest:
+        m = A.build_manifest(manifest_volume or volume, TreeSummary('sha256:x', 2, 1), compression='zstd')
+        with open(path + '.manifest.json', 'wb') as f:
+            f.write(A.manifest_bytes(m))
+    return path
+
+
+def test_retention_counts_only_whole_archives_of_the_volume(tmp_path):
+    old = _whole_archive(tmp_path, 'db', '20250101T000000.000000Z')
+    mid = _whole_archive(tmp_path, 'db', '20250102T000000.000000Z')
+    new = _whole_archive(tmp_path, 'db', '20250103T000000.000000Z')
+    _whole_archive(tmp_path, 'db', '20241231T000000.000000Z', sha=False)  # cut short: no checksum
+    _whole_archive(tmp_path, 'db', '20241230T000000.000000Z', manifest=False)  # copied in by hand
+    _whole_archive(tmp_path, 'db', '20241229T000000.000000Z', manifest_volume='other')  # not this volume's
+    _whole_archive(tmp_path, 'db_x', '20241228T000000.000000Z')  # another volume whose name starts alike
+    whole = A.complete_archives(str(tmp_path), 'db')
+    assert [i['path'] for i in whole] == [old, mid, new]
+
+    assert [i['path'] for i in A.expired_archives(whole, 2, current=new)] == [old]
+    assert [i['path'] for i in A.expired_archives(whole, 1, current=new)] == [old, mid]
+    assert A.expired_archives(whole, 3, current=new) == []
+    # about to write a new one (check mode): it counts as one of the keep
+    assert [i['path'] for i in A.expired_archives(whole, 2, current='/x/db_20250104T000000.000000Z.tar.zst')] == [old, mid]
+    # a clock set back: this run's archive sorts oldest, yet it stays and the others make room
+    assert [i['path'] for i in A.expired_archives(whole, 2, current=old)] == [mid]
+
+    A.remove_archive(old)
+    assert not any(n.startswith('db_20250101') for n in os.listdir(str(tmp_path)))  # sidecars went too
+    assert [i['path'] for i in A.complete_archives(str(tmp_path), 'db')] == [mid, new]
+    assert len(os.listdir(str(tmp_path))) == 2 * 3 + 2 + 2 + 3 + 3  # the others untouched
