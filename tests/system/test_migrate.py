@@ -340,12 +340,15 @@ def test_many_pairs_selections_options_relay_and_rerun(bench, migrate, tmp_path)
         cleanup(bench, list(c.values()), list(v.values()) + [ren_dest])
 
 
+HOST_PUB = '/etc/ssh/ssh_host_ed25519_key.pub'
+
+
 def test_preflight_host_key_from_gathered_facts_and_unreachable_sshd(bench, migrate, tmp_path):
     """When the play gathered the destination's ssh host key fact, that fact is the pinned key (and is checked
     against what the destination's sshd presents); without it (every other run here) the role reads the sshd's
     key file on the destination. An sshd port nobody answers on is reported as unreachable, not as a key
-    mismatch; a destination Docker daemon that does not answer and a destination Python that does not run
-    are named. Check mode: pre-flight only, nothing changes."""
+    mismatch; a destination Docker daemon that does not answer, a destination Python that does not run and a
+    destination without a host key file are named. Check mode: pre-flight only, nothing changes."""
     vol = rand('vokey')
     nodocker_py = '/tmp/%s-python' % vol
     wrapper = tmp_path / 'with-facts.yml'
@@ -395,7 +398,13 @@ def test_preflight_host_key_from_gathered_facts_and_unreachable_sshd(bench, migr
         proc = migrate(dict(extra, migrate_dest_python='/nonexistent/python3'), check=True)
         assert proc.returncode != 0, proc.stdout[-6000:]
         assert 'Missing tools: h2: /nonexistent/python3 does not run' in proc.stdout, proc.stdout[-6000:]
+        # No host key given, none gathered, and no key file to read (sshd itself reads the private key file).
+        bench.exec('h2', ['mv', HOST_PUB, HOST_PUB + '.aside'])
+        proc = migrate(extra, check=True)
+        assert proc.returncode != 0, proc.stdout[-6000:]
+        assert 'No ed25519 SSH host key found for h2' in proc.stdout, proc.stdout[-6000:]
         assert not volume_inspect(bench, 'h2', vol)
     finally:
+        bench.exec('h2', ['sh', '-c', '[ -e "$0.aside" ] && mv "$0.aside" "$0"; true', HOST_PUB], check=False)
         bench.exec('h2', ['rm', '-f', nodocker_py], check=False)
         cleanup(bench, volumes=[vol])
