@@ -9,7 +9,9 @@ The same ~1 GB mixed volume (benchmarks/datagen.py when present) on bench host h
   B  the best hand pipeline: GNU tar (full-fidelity flags) | zstd -T0 | ssh h2 'zstd -dc | tar -x ...';
   P  playbooks/migrate-volumes.yml (wall clock of ansible-playbook, as a user runs it);
   T  the volume_transfer module alone: a warm full pass (finalize=false), then 1% of the files are
-     modified and the final delta pass runs (finalize=true) - the two-phase downtime.
+     modified and the final delta pass runs (finalize=true) - the two-phase downtime. Then a rerun
+     (verify=content), and a second two-phase cycle with the caches kept: a warm delta pass
+     (finalize=false), another 1% modified, the final delta.
 
 Every destination tree is compared with the source by the collection's tree fingerprint
 (owners, modes, mtimes, xattrs/ACLs, link targets, sizes), so a fast but lossy copy shows as such.
@@ -606,7 +608,13 @@ def run_two_phase(bench, r, env, src, src_fp, args):
         res_c = r.timed('T_final_delta_again_content', transfer(again))
         res_c['note'] = 'rerun after completion: must send nothing (idempotency), verify=content'
         # A two-phase migration runs its final delta right after the warm pass and the application's
-        # stop: the trees' metadata is still in the page cache. Same 1% change, caches left as they are.
+        # stop: the trees' metadata is still in the page cache, and the destination is staged (not
+        # complete). So: the application writes (1%), a warm pass (a delta, not finalized) copies that,
+        # the application writes another 1% until it stops, then the final delta runs with the caches
+        # left as they are.
+        modify_fraction(r.root_of('h1', src), 0.01, args.seed + 3)
+        r.timed('T_warm_delta_before_final', transfer(dict(base, **{'pass': 'delta', 'finalize': False})),
+                cold=False)
         changed, total = modify_fraction(r.root_of('h1', src), 0.01, args.seed + 2)
         results['modified_files_warm'] = {'changed': changed, 'of': total}
         time.sleep(2.5)  # as after an application stop: the last writes are seconds old
@@ -615,7 +623,7 @@ def run_two_phase(bench, r, env, src, src_fp, args):
         new_fp = r.fp('h1', src)
         dest = r.fp('h2', dst)
         res_w.update({'dest': dest, 'identical': dest['fingerprint'] == new_fp['fingerprint'],
-                      'note': 'final delta with the caches as the previous passes left them'})
+                      'note': 'final delta onto the staged destination a warm pass left, caches as they were'})
     except Exception as exc:
         results['phases'].setdefault('T_error', {})['error'] = str(exc)[-4000:]
         log('two-phase run failed: %s' % str(exc)[:2000])

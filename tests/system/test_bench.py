@@ -289,6 +289,7 @@ def test_migration_benchmark_quick_run(repo_root, tmp_path):
     assert ph['T_final_delta']['module']['replaced'] > 0  # the modified 1% went again as replacements
     again = ph['T_final_delta_again_content']['module']
     assert again['changed'] is False and again['bytes_sent'] == 0 and again['verified'] is True
+    assert ph['T_warm_delta_before_final']['module']['dest_state'] == 'staging'  # the final delta builds on it
     warm = ph['T_final_delta_warm_cache']
     assert warm['identical'] is True and warm['caches_dropped'] is False
     assert warm['module']['dest_state'] == 'complete' and warm['module']['replaced'] > 0

@@ -504,3 +504,16 @@ def test_record_spill_keeps_nothing_changed_just_before_the_walk(tmp_path):
     assert spill.usable and spill.kept == 0  # written just now: a same-tick change could keep its ctime
     assert _transfer.TreeScan(root, reuse=spill).run().as_dict() == first.as_dict()
     spill.close()
+
+
+def test_marker_writes_reach_the_disk(tmp_path, monkeypatch):
+    """A destination turns 'staging' before anything moves: the marker must be on disk by then (file and
+    directory fsync), or a crash could leave an emptied _data under a marker that still says complete."""
+    synced = []
+    real_fsync = os.fsync
+    monkeypatch.setattr(os, 'fsync', lambda fd: synced.append(fd) or real_fsync(fd))
+    path = str(tmp_path / '.volumeops-migration.json')
+    _transfer.write_marker(path, {'state': 'staging', 'n': 1})
+    assert len(synced) == 2
+    assert _transfer.read_marker(path) == {'state': 'staging', 'n': 1}
+    assert os.listdir(str(tmp_path)) == ['.volumeops-migration.json']  # replaced by rename, no temp file left
