@@ -233,7 +233,8 @@ def test_many_pairs_selections_options_relay_and_rerun(bench, migrate, tmp_path)
             '    mode: "0600"\n'
             '    content: "{{ {\'destination\': migrate_result_pair.destination,'
             ' \'volumes\': migrate_result_volumes | map(attribute=\'volume\') | list,'
-            ' \'verified\': migrate_result_volumes | map(attribute=\'verified\') | list} | to_json }}"\n' % post_file)
+            ' \'verified\': migrate_result_volumes | map(attribute=\'verified\') | list,'
+            ' \'key_lines_left\': migrate__key_lines | default([]) | length} | to_json }}"\n' % post_file)
         ghost_inventory = tmp_path / 'ghost.ini'
         # A source host nobody can reach (nothing listens on port 1): connection refused at once.
         ghost_inventory.write_text('ghost ansible_host=127.0.0.1 ansible_port=1 ansible_user=root\n')
@@ -313,7 +314,9 @@ def test_many_pairs_selections_options_relay_and_rerun(bench, migrate, tmp_path)
         assert not running(bench, 'h2', c['relapp'])
         # The post_tasks hook ran on the source with the results of its (verified) pair only.
         post = json.loads(sh(bench, 'h1', ['cat', post_file]))
-        assert post == {'destination': 'h2', 'volumes': [v['fid'], v['rep']], 'verified': [True, True]}, post
+        # ... and could not find the temporary private key among the host's variables any more.
+        assert post == {'destination': 'h2', 'volumes': [v['fid'], v['rep']], 'verified': [True, True],
+                        'key_lines_left': 0}, post
         # two_phase h2 -> h1 while writing: the app was stopped for the final delta; copy == frozen source.
         assert not running(bench, 'h2', c['tpapp'])
         tp_src = digest(bench, 'h2', v['tp'])
