@@ -128,18 +128,25 @@ def list_archives(directory, volume=None):
     return result
 
 
-def complete_archives(directory, volume):
-    """The whole archives of ``volume`` in ``directory``, oldest first (``list_archives`` entries).
+def whole_archive_manifest(path):
+    """The manifest copy of the archive at ``path`` when the archive is whole (its checksum sidecar is
+    there too), else None: an archive whose write was cut short, or one copied in by hand."""
+    if not os.path.exists(path + '.sha256'):
+        return None
+    return read_sidecar_manifest(path)
 
-    Whole: both sidecars are present and the manifest copy names ``volume``. Anything else (an archive
-    copied in by hand, one whose write was cut short, a name that only looks like this volume's) is
-    never counted nor chosen by retention.
+
+def complete_archives(archives, volume):
+    """Those of ``archives`` (``list_archives`` entries, oldest first) that are whole archives of ``volume``.
+
+    Whole, and the manifest copy names ``volume``: anything else (an archive copied in by hand, one whose
+    write was cut short, a name that only looks like this volume's) is never counted nor chosen by retention.
     """
     result = []
-    for info in list_archives(directory, volume):
-        if not os.path.exists(info['path'] + '.sha256'):
+    for info in archives:
+        if info['volume'] != volume:
             continue
-        manifest = read_sidecar_manifest(info['path'])
+        manifest = whole_archive_manifest(info['path'])
         if manifest is not None and manifest.get('volume') == volume:
             result.append(info)
     return result

@@ -418,8 +418,8 @@ class BackupManager(object):
 
     def newest(self, src, archives):
         for info in reversed(archives.get(src.name, [])):
-            manifest = _archive.read_sidecar_manifest(info['path'])
-            if manifest is not None and os.path.exists(info['path'] + '.sha256'):
+            manifest = _archive.whole_archive_manifest(info['path'])
+            if manifest is not None:
                 return info, manifest
         return None, None
 
@@ -575,11 +575,12 @@ class BackupManager(object):
         """keep: per volume of this task, delete (check mode: list) its whole archives beyond the keep newest.
 
         Runs only after every backup of the task succeeded (a failed one fails the module before)."""
+        listing = _archive.list_archives(dest) if self.p['keep'] is not None else []  # once for all volumes
         for r in self.results:
             r['removed_archives'] = []
             if self.p['keep'] is None:
                 continue
-            whole = _archive.complete_archives(dest, r['volume'])
+            whole = _archive.complete_archives(listing, r['volume'])
             for info in _archive.expired_archives(whole, self.p['keep'], current=r['archive']):
                 if not self.check_mode:
                     try:

@@ -329,7 +329,7 @@ def test_retention_counts_only_whole_archives_of_the_volume(tmp_path):
     _whole_archive(tmp_path, 'db', '20241230T000000.000000Z', manifest=False)  # copied in by hand
     _whole_archive(tmp_path, 'db', '20241229T000000.000000Z', manifest_volume='other')  # not this volume's
     _whole_archive(tmp_path, 'db_x', '20241228T000000.000000Z')  # another volume whose name starts alike
-    whole = A.complete_archives(str(tmp_path), 'db')
+    whole = A.complete_archives(A.list_archives(str(tmp_path)), 'db')
     assert [i['path'] for i in whole] == [old, mid, new]
 
     assert [i['path'] for i in A.expired_archives(whole, 2, current=new)] == [old]
@@ -342,5 +342,5 @@ def test_retention_counts_only_whole_archives_of_the_volume(tmp_path):
 
     A.remove_archive(old)
     assert not any(n.startswith('db_20250101') for n in os.listdir(str(tmp_path)))  # sidecars went too
-    assert [i['path'] for i in A.complete_archives(str(tmp_path), 'db')] == [mid, new]
+    assert [i['path'] for i in A.complete_archives(A.list_archives(str(tmp_path)), 'db')] == [mid, new]
     assert len(os.listdir(str(tmp_path))) == 2 * 3 + 2 + 2 + 3 + 3  # the others untouched
