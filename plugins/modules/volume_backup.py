@@ -92,6 +92,18 @@ options:
       - Unset (the default), nothing is deleted. In check mode the archives that would be deleted are listed in
         RV(backups[].removed_archives), and diff mode shows them.
     type: int
+  on_error:
+    description:
+      - What a failure of one volume's backup does to the others of the task (a volume that does not exist, a
+        file changing while read, a volume that needs O(helper_image), a full disk, ...).
+      - V(stop) fails the task at once; volumes after the failed one are not backed up.
+      - V(continue) backs up every other volume, then fails the task naming each failed volume, with a result per
+        volume (RV(backups[].failed), RV(backups[].error)). A nightly fleet backup then still protects the
+        healthy volumes of a host when one of them fails. Retention (O(keep)) runs only when no volume failed.
+      - A failure that concerns every volume (O(dest) not writable, the daemon not answering) always stops.
+    type: str
+    choices: [stop, continue]
+    default: stop
   consistency:
     description:
       - V(strict) fails the backup when a file changes while it is read (GNU tar's "file changed as we read it")
@@ -236,6 +248,12 @@ backups:
     duration:
       description: Seconds spent on this volume.
       type: float
+    failed:
+      description: True when this volume's backup failed (only with O(on_error=continue); the task then fails).
+      type: bool
+    error:
+      description: Why this volume's backup failed; absent when it did not.
+      type: str
     data_path:
       description: V(local) or V(helper).
       type: str
@@ -267,6 +285,10 @@ from ansible_collections.volumeops.docker.plugins.module_utils import _archive, 
 from ansible_collections.volumeops.docker.plugins.module_utils._helper import Helper, HelperError
 
 DEFAULT_LEVELS = {'zstd': 3, 'gzip': 6, 'none': None}
+
+
+class VolumeFailure(Exception):
+    """The backup of one volume failed; with on_error=continue the task goes on with the others."""
 
 
 class Source(object):
@@ -310,14 +332,27 @@ class BackupManager(object):
         self.results = []
         self.stopped = []
         self.warnings = []
+        self.failed = []
         self._helper = None
+        self.order = {}
+
+    def volume_failed(self, name, msg, start=None):
+        """Record one volume's failure, or fail the task at once with on_error=stop."""
+        if self.p['on_error'] == 'stop':
+            self.client.fail(msg, backups=self.results)
+        self.failed.append(name)
+        self.results.append(dict(volume=name, archive=None, sha256=None, size=None, entries=None, bytes=None,
+                                 fingerprint=None, skipped=True, reason='failed', failed=True, error=msg,
+                                 changed=False, removed_archives=[],
+                                 duration=round(time.time() - start, 3) if start else 0.0, data_path=None))
 
     # -- sources
-    def helper(self):
+    def helper(self, src):
         if self._helper is None:
             if not self.p['helper_image']:
-                self.client.fail('This volume needs the helper container path (data_path=helper, a non-local '
-                                 'driver or daemon, or a local volume with mount options): set helper_image.')
+                raise VolumeFailure('Volume %s needs the helper container path (data_path=helper, a non-local '
+                                    'driver or daemon, or a local volume with mount options): set helper_image.'
+                                    % src.name)
             with self.client.errors('Inspecting the helper image'):
                 self.client.require_local_image(self.p['helper_image'])
             self._helper = Helper(self.client, self.p['helper_image'])
@@ -330,15 +365,15 @@ class BackupManager(object):
         with self.client.errors('Inspecting volume %s' % name):
             info = self.client.inspect_volume(name)
         if info is None:
-            self.client.fail('Volume %s does not exist; nothing was backed up (volumes are never created by a '
-                             'backup: a mistyped name would otherwise back up an empty volume).' % name)
+            raise VolumeFailure('Volume %s does not exist; nothing was backed up (volumes are never created by a '
+                                'backup: a mistyped name would otherwise back up an empty volume).' % name)
         mode = self.p['data_path']
         mountpoint = info.get('Mountpoint')
         direct_ok = (self.client.is_local and info.get('Driver') == 'local' and not info.get('Options')
                      and mountpoint and os.path.isdir(mountpoint))
         if mode == 'local' and not (self.client.is_local and mountpoint and os.path.isdir(mountpoint)):
-            self.client.fail('data_path=local needs a local daemon and a volume mountpoint on this host; '
-                             'volume %s has mountpoint %r.' % (name, mountpoint))
+            raise VolumeFailure('data_path=local needs a local daemon and a volume mountpoint on this host; '
+                                'volume %s has mountpoint %r.' % (name, mountpoint))
         use_local = mode == 'local' or (mode == 'auto' and direct_ok)
         return Source(name, root=mountpoint if use_local else None, inspect=info,
                       data_path='local' if use_local else 'helper')
@@ -366,10 +401,14 @@ class BackupManager(object):
                 self.client.fail('Container %s mounts no named volumes.' % p['container'])
         seen = set()
         result = []
+        self.order = dict((n, i) for i, n in reversed(list(enumerate(names))))
         for n in names:
             if n not in seen:
                 seen.add(n)
-                result.append(self._volume_source(n))
+                try:
+                    result.append(self._volume_source(n))
+                except VolumeFailure as exc:
+                    self.volume_failed(n, str(exc))
         return result
 
     # -- idempotency
@@ -377,9 +416,9 @@ class BackupManager(object):
         if src.data_path == 'local':
             return _archive.tree_summary(src.root, exclude=self.p['exclude'], with_change_token=src.ctime_trusted)
         try:
-            return self.helper().fingerprint(src.name, exclude=self.p['exclude'])
+            return self.helper(src).fingerprint(src.name, exclude=self.p['exclude'])
         except HelperError as exc:
-            self.client.fail(str(exc))
+            raise VolumeFailure(str(exc))
 
     def proven_unchanged(self, src, manifest):
         """The manifest's TreeSummary when a change-token walk proves the volume unchanged since it, else None.
@@ -515,18 +554,17 @@ class BackupManager(object):
             _archive.fsync_dir(dest)
         except OSError as exc:
             self._remove(written)
-            self.client.fail(_archive.describe_os_error(exc, 'Writing the archive of %s to %s' % (src.name, dest)),
-                             backups=self.results)
+            raise VolumeFailure(_archive.describe_os_error(exc, 'Writing the archive of %s to %s' % (src.name, dest)))
         except (_archive.ArchiveError, HelperError) as exc:
             self._remove(written)
-            self.client.fail(str(exc), backups=self.results)
+            raise VolumeFailure(str(exc))
         except BaseException:
             self._remove(written)
             raise
         return final, res
 
     def _write_via_helper(self, out, src, head):
-        runner = self.helper().backup_chunks(src.name, exclude=self.p['exclude'])
+        runner = self.helper(src).backup_chunks(src.name, exclude=self.p['exclude'])
         # The helper's stdout frames go into the compressor from a thread-fed pipe.
         import queue
         import threading
@@ -617,7 +655,11 @@ class BackupManager(object):
             summary = None if p['force'] or not self.settings_match(src, manifest) else self.proven_unchanged(src, manifest)
             proof = 'change_token'
             if summary is None:
-                summary = self.summary(src)
+                try:
+                    summary = self.summary(src)
+                except VolumeFailure as exc:
+                    self.volume_failed(src.name, str(exc), start)
+                    continue
                 proof = 'fingerprint'
             if not p['force'] and self.unchanged(src, summary, manifest):
                 # The data is archived already; the files still get the requested mode/owner/group
@@ -643,11 +685,15 @@ class BackupManager(object):
             try:
                 self.stop_containers([t[0] for t in todo])
                 for src, summary, start in todo:
-                    if self.stopped:
-                        summary = self.summary(src)  # the writers are stopped now: this is the state to archive
-                    if summary.entries <= 1:
-                        self.warnings.append('Volume %s is empty; backing it up anyway.' % src.name)
-                    final, res = self.write(src, summary)
+                    try:
+                        if self.stopped:
+                            summary = self.summary(src)  # the writers are stopped now: this is the state to archive
+                        if summary.entries <= 1:
+                            self.warnings.append('Volume %s is empty; backing it up anyway.' % src.name)
+                        final, res = self.write(src, summary)
+                    except VolumeFailure as exc:
+                        self.volume_failed(src.name, str(exc), start)
+                        continue
                     self.results.append(dict(volume=src.name, archive=final, sha256=res['sha256'], size=res['size'],
                                              entries=summary.entries, bytes=summary.bytes,
                                              fingerprint=summary.fingerprint, skipped=False, changed=True,
@@ -657,7 +703,12 @@ class BackupManager(object):
                 if start_errors:
                     self.client.fail('Could not start again containers stopped for the backup: %s'
                                      % '; '.join(start_errors), backups=self.results)
-        self.expire(dest)
+        self.results.sort(key=lambda r: self.order.get(r['volume'], 0))  # the task's order, failures included
+        if self.failed:
+            for r in self.results:
+                r.setdefault('removed_archives', [])
+        else:
+            self.expire(dest)
         changed = any(r['changed'] for r in self.results) or created_dest
         for w in self.warnings:
             self.module.warn(w)
@@ -671,6 +722,11 @@ class BackupManager(object):
                       removed_temp_files=removed)
         if self.module._diff:
             result['diff'] = diff
+        if self.failed:
+            errors = [r for r in self.results if r.get('failed')]
+            self.client.fail('The backup of %d of %d volumes failed (the others were %s; no archive was expired): %s'
+                             % (len(errors), len(self.results), 'checked' if self.check_mode else 'backed up',
+                                ' '.join('[%s] %s' % (r['volume'], r['error']) for r in errors)), **result)
         self.module.exit_json(**result)
 
 
@@ -694,6 +750,7 @@ def main():
         data_path=dict(type='str', choices=['auto', 'local', 'helper'], default='auto'),
         helper_image=dict(type='str'),
         keep=dict(type='int'),
+        on_error=dict(type='str', choices=['stop', 'continue'], default='stop'),
     )
     client = AnsibleDockerClient(
         argument_spec,

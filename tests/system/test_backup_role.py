@@ -1,0 +1,135 @@
+"""Role volumeops.docker.backup / playbooks/backup-volumes.yml on the two-host bench.
+
+Real ansible-playbook runs against bench hosts h1 and h2 (own sshd + dockerd each). What the role did
+is checked on the hosts themselves, independently of its report: the files in the backup directory,
+`sha256sum -c` of every archive, and a restore of one archive whose tree is compared with the source's
+by the fidelity oracle (tests/support/fidelity.py), property by property.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+from test_migrate import assert_same_tree, cleanup, digest, make_volume, rand, recap, sh
+
+PLAYBOOK = 'playbooks/backup-volumes.yml'
+
+
+def listing(bench, host, dest):
+    """Sorted file names in dest on host; None when dest does not exist."""
+    proc = bench.exec(host, ['ls', '-1', dest], check=False)
+    if proc.returncode != 0:
+        return None
+    return sorted(proc.stdout.decode().split())
+
+
+def archives_of(files, volume):
+    return [f for f in files or [] if re.match(r'^%s_\d{8}T\d{6}\.\d{6}Z\.tar\.zst$' % re.escape(volume), f)]
+
+
+def checksums_ok(bench, host, dest):
+    """sha256sum -c of every sidecar in dest, run on the host."""
+    proc = bench.exec(host, ['sh', '-c', 'cd "$1" && for f in *.sha256; do sha256sum -c --quiet "$f" || exit 1; done',
+                             'sh', dest], check=False)
+    return proc.returncode == 0
+
+
+def test_fleet_backup_selection_failure_isolation_check_mode_and_retention(bench, ansible_run, ansible_env):
+    tag = rand('vobk')
+    bk1, bk2, bk3, bk4, bkt = (tag + s for s in ('one', 'two', 'three', 'four', 'tmpfs'))
+    dest = '/var/backups/%s' % tag
+    nightly = {'backup': 'nightly'}
+    env = dict(ansible_env, ANSIBLE_PIPELINING='True')
+
+    def play(extra, *flags):
+        proc = ansible_run(['ansible-playbook', PLAYBOOK, '-e', json.dumps(dict(extra, backup_dest=dest))] + list(flags),
+                           env=env, timeout=600)
+        proc.recap = recap(proc.stdout)
+        return proc
+
+    anonymous = None
+    try:
+        make_volume(bench, 'h1', bk1, labels=nightly)  # the oracle's hard-case tree
+        sh(bench, 'h1', ['docker', 'volume', 'create', '--label', 'backup=nightly', bk2])
+        sh(bench, 'h1', ['docker', 'volume', 'create', bk3])
+        anonymous = sh(bench, 'h1', ['docker', 'volume', 'create', '--label', 'backup=nightly'])
+        assert re.match(r'^[0-9a-f]{64}$', anonymous), anonymous
+        for vol in (bk2, bk3):
+            sh(bench, 'h1', ['sh', '-c', 'echo data > "$(docker volume inspect -f "{{.Mountpoint}}" "$1")/f"', 'sh', vol])
+        sh(bench, 'h2', ['docker', 'volume', 'create', '--label', 'backup=nightly', bk4])
+        # Needs the helper container path (mount options) and no helper image is set: this volume fails.
+        sh(bench, 'h2', ['docker', 'volume', 'create', '--label', 'backup=nightly', '--opt', 'type=tmpfs',
+                         '--opt', 'device=tmpfs', bkt])
+        src_digest = digest(bench, 'h1', bk1)
+        labelled = {'backup_volume_labels': ['backup=nightly'], 'backup_skip_anonymous': True, 'backup_keep': 2}
+
+        # --check and --check --diff: report what would be written, write nothing.
+        check = play(labelled, '--check')
+        check_diff = play(labelled, '--check', '--diff')
+        for proc in (check, check_diff):
+            assert proc.recap['h1']['failed'] == 0 and proc.recap['h2']['failed'] == 1, proc.stdout[-6000:]
+            assert re.search(r'%s: would write %s_\S+\.tar\.zst' % (bk1, bk1), proc.stdout), proc.stdout[-6000:]
+            assert re.search(r'%s: would write' % bk4, proc.stdout), proc.stdout[-6000:]
+            assert '%s: FAILED: Volume %s needs the helper container path' % (bkt, bkt) in proc.stdout
+            assert bk3 not in proc.stdout and anonymous not in proc.stdout
+            assert listing(bench, 'h1', dest) is None and listing(bench, 'h2', dest) is None
+        assert re.search(r'^\+\+\+ after', check_diff.stdout, re.M) and '"%s"' % bk1 in check_diff.stdout, \
+            check_diff.stdout[-6000:]
+
+        # Real run: h1 backs up bk1 and bk2 (not the unlabelled bk3, not the anonymous volume); on h2 the
+        # tmpfs volume fails, bk4 is backed up all the same, and h2 fails naming the failed volume.
+        real = play(labelled)
+        assert real.recap['h1']['failed'] == 0 and real.recap['h1']['changed'] > 0, real.stdout[-6000:]
+        assert real.recap['h2']['failed'] == 1, real.stdout[-6000:]
+        assert 'The backup of 1 of 2 volumes failed' in real.stdout and 'set helper_image' in real.stdout
+        h1_files, h2_files = listing(bench, 'h1', dest), listing(bench, 'h2', dest)
+        assert len(archives_of(h1_files, bk1)) == 1 and len(archives_of(h1_files, bk2)) == 1, h1_files
+        assert not archives_of(h1_files, bk3) and not archives_of(h1_files, anonymous), h1_files
+        assert len(archives_of(h2_files, bk4)) == 1 and not archives_of(h2_files, bkt), h2_files
+        assert checksums_ok(bench, 'h1', dest) and checksums_ok(bench, 'h2', dest)
+        mode = sh(bench, 'h1', ['stat', '-c', '%a', '%s/%s' % (dest, archives_of(h1_files, bk1)[0])])
+        assert mode == '600', mode
+
+        # Rerun: nothing changes on h1; h2 still fails on the same volume and changes nothing.
+        again = play(labelled)
+        assert again.recap['h1']['changed'] == 0 and again.recap['h1']['failed'] == 0, again.stdout[-6000:]
+        assert again.recap['h2']['changed'] == 0 and again.recap['h2']['failed'] == 1, again.stdout[-6000:]
+        assert re.search(r'%s: unchanged since %s' % (bk1, re.escape(archives_of(h1_files, bk1)[0])), again.stdout)
+        assert listing(bench, 'h1', dest) == h1_files and listing(bench, 'h2', dest) == h2_files
+
+        # The archive restores to the very tree (restore into a new volume, which gets the
+        # archived labels too, oracle digest compared).
+        restored = tag + 'restored'
+        ansible_run(['ansible', 'h1', '-m', 'volumeops.docker.volume_restore', '-a', json.dumps(
+            {'volume': restored, 'archive': '%s/%s' % (dest, archives_of(h1_files, bk1)[0]), 'create': True})],
+            env=env, check=True)
+        assert_same_tree(src_digest, digest(bench, 'h1', restored), 'restored volume')
+
+        # Retention with every volume of h1 selected (minus an excluded one and the anonymous volumes),
+        # h1 only (backup_hosts): bk2 changes twice, keep=2 leaves its two newest archives.
+        every = {'backup_hosts': 'h1', 'backup_exclude_volumes': [bk3, restored], 'backup_skip_anonymous': True,
+                 'backup_keep': 2}
+        for n in (1, 2):
+            sh(bench, 'h1', ['sh', '-c', 'echo change%d >> "$(docker volume inspect -f "{{.Mountpoint}}" "$1")/f"' % n,
+                             'sh', bk2])
+            run = play(every)
+            assert set(run.recap) == {'h1'} and run.recap['h1']['failed'] == 0, run.stdout[-6000:]
+            assert re.search(r'%s: wrote %s_' % (bk2, bk2), run.stdout), run.stdout[-6000:]
+            assert re.search(r'%s: unchanged since' % bk1, run.stdout), run.stdout[-6000:]
+        assert '%s: wrote' % bk2 in run.stdout and '1 expired archive(s) deleted' in run.stdout
+        files = listing(bench, 'h1', dest)
+        bk2_archives = archives_of(files, bk2)
+        assert len(bk2_archives) == 2 and archives_of(h1_files, bk2)[0] not in bk2_archives, files
+        assert archives_of(files, bk1) == archives_of(h1_files, bk1), files
+        assert not archives_of(files, bk3) and not archives_of(files, restored) and not archives_of(files, anonymous)
+        for archive in bk2_archives:  # every archive kept still has both sidecars
+            assert archive + '.sha256' in files and archive + '.manifest.json' in files, files
+        assert len([f for f in files if f.startswith(bk2)]) == 6, files
+        assert checksums_ok(bench, 'h1', dest)
+        # The source volumes were only read.
+        assert_same_tree(src_digest, digest(bench, 'h1', bk1), 'source volume after the backups')
+    finally:
+        cleanup(bench, volumes=[v for v in (bk1, bk2, bk3, bk4, bkt, tag + 'restored', anonymous) if v])
+        for host in ('h1', 'h2'):
+            bench.exec(host, ['rm', '-rf', dest], check=False)
