@@ -33,6 +33,7 @@ IMAGE = os.environ.get('VOLUMEOPS_TEST_IMAGE', 'volumeops-test/busybox:1')
 # The oracle runs inside the bench hosts from stdin (the checkout may not be visible there).
 FIDELITY_SOURCE = (REPO_ROOT / 'tests' / 'support' / 'fidelity.py').read_bytes()
 HOST_PYTHON = '/usr/bin/python3'
+VENV_BIN = Path(os.environ.get('VOLUMEOPS_VENV', '/opt/volumeops/venv')) / 'bin'
 
 
 def rand(prefix='vomig'):
@@ -138,12 +139,14 @@ def recap(output):
     return out
 
 
-def playbook_argv(extra_vars, check=False, inventories=()):
+def playbook_argv(extra_vars, check=False, inventories=(), diff=False):
     argv = ['ansible-playbook', PLAYBOOK, '-e', json.dumps(extra_vars)]
     for inv in inventories:
         argv += ['-i', str(inv)]
     if check:
         argv.append('--check')
+    if diff:
+        argv.append('--diff')
     return argv
 
 
@@ -152,9 +155,9 @@ def migrate(ansible_run, ansible_env):
     # Pipelining: fewer SSH round trips per task (the bench connects as root, no sudo/requiretty).
     env = dict(ansible_env, ANSIBLE_PIPELINING='True')
 
-    def run(extra_vars, check=False, timeout=600, inventories=(), extra_env=None):
+    def run(extra_vars, check=False, timeout=600, inventories=(), extra_env=None, diff=False):
         started = time.time()
-        proc = ansible_run(playbook_argv(extra_vars, check, inventories), timeout=timeout,
+        proc = ansible_run(playbook_argv(extra_vars, check, inventories, diff), timeout=timeout,
                            env=dict(env, **(extra_env or {})))
         proc.seconds = time.time() - started
         proc.recap = recap(proc.stdout)
@@ -251,23 +254,24 @@ def test_many_pairs_selections_options_relay_and_rerun(bench, migrate, tmp_path)
         ]
         ghost_pair = {'source': 'ghost', 'destination': 'h2', 'volumes': [v['fid']]}
 
-        # --- --check: reports, changes nothing -------------------------------------------------
-        proc = migrate({'migrate_pairs': pairs}, check=True)
-        assert_unchanged(proc)
-        out = proc.stdout
-        assert 'Would migrate 2 volume(s) from h1 to h2' in out, out[-6000:]
-        assert re.search(r'Containers that would stop on h1: %s\.' % c['app'], out), out[-6000:]
-        assert re.search(r'Containers that would start on h2: %s\.' % c['app'], out), out[-6000:]
-        assert re.search(r'Would migrate 3 volume\(s\) from h1 to h2 .*%s -> h2:%s' % (v['ren'], ren_dest), out), out[-6000:]
-        assert v['decoy'] not in out
-        assert 'Would migrate 1 volume(s) from h2 to h1 (two_phase, verify=content)' in out
-        print('check run: %.1fs' % proc.seconds)
-        assert running(bench, 'h1', c['app']) and not running(bench, 'h2', c['app'])
-        for host, name in (('h2', 'fid'), ('h2', 'db'), ('h1', 'rm'), ('h1', 'rel')):
-            assert volume_inspect(bench, host, v[name]) is None or marker(bench, host, v[name]) is None
-        assert marker(bench, 'h2', v['rep']) is None
-        assert volume_inspect(bench, 'h1', v['tp']) is None
-        assert 'volumeops-migrate-' not in authorized_keys(bench, 'h2') + authorized_keys(bench, 'h1')
+        # --- --check, then --check --diff: report, change nothing ------------------------------
+        for diff in (False, True):
+            proc = migrate({'migrate_pairs': pairs}, check=True, diff=diff)
+            assert_unchanged(proc)
+            out = proc.stdout
+            assert 'Would migrate 2 volume(s) from h1 to h2' in out, out[-6000:]
+            assert re.search(r'Containers that would stop on h1: %s\.' % c['app'], out), out[-6000:]
+            assert re.search(r'Containers that would start on h2: %s\.' % c['app'], out), out[-6000:]
+            assert re.search(r'Would migrate 3 volume\(s\) from h1 to h2 .*%s -> h2:%s' % (v['ren'], ren_dest), out), out[-6000:]
+            assert v['decoy'] not in out
+            assert 'Would migrate 1 volume(s) from h2 to h1 (two_phase, verify=content)' in out
+            print('check run (diff=%s): %.1fs' % (diff, proc.seconds))
+            assert running(bench, 'h1', c['app']) and not running(bench, 'h2', c['app'])
+            for host, name in (('h2', 'fid'), ('h2', 'db'), ('h1', 'rm'), ('h1', 'rel')):
+                assert volume_inspect(bench, host, v[name]) is None or marker(bench, host, v[name]) is None
+            assert marker(bench, 'h2', v['rep']) is None
+            assert volume_inspect(bench, 'h1', v['tp']) is None
+            assert 'volumeops-migrate-' not in authorized_keys(bench, 'h2') + authorized_keys(bench, 'h1')
 
         # --- the real run, with the unreachable source beside --------------------------------
         proc = migrate({'migrate_pairs': pairs + [ghost_pair]}, inventories=[ghost_inventory])
@@ -401,6 +405,19 @@ def test_preflight_host_key_from_gathered_facts_and_unreachable_sshd(bench, migr
         proc = migrate(dict(extra, migrate_dest_python='/nonexistent/python3'), check=True)
         assert proc.returncode != 0, proc.stdout[-6000:]
         assert 'Missing tools: h2: /nonexistent/python3 does not run' in proc.stdout, proc.stdout[-6000:]
+        # A real run on a controller without ssh-keygen (PATH holds every other command): the pre-flight names it
+        # and nothing changes on either host.
+        nokeygen = tmp_path / 'bin-without-ssh-keygen'
+        nokeygen.mkdir()
+        for d in ('/usr/local/bin', '/usr/sbin', '/usr/bin'):
+            for name in os.listdir(d):
+                if name != 'ssh-keygen' and not (nokeygen / name).exists():
+                    (nokeygen / name).symlink_to(os.path.join(d, name))
+        proc = migrate(extra, extra_env={'PATH': '%s:%s' % (VENV_BIN, nokeygen)})
+        assert proc.returncode != 0, proc.stdout[-6000:]
+        assert 'ssh-keygen on the controller could not make the temporary key' in proc.stdout, proc.stdout[-6000:]
+        assert not volume_inspect(bench, 'h2', vol) and volume_inspect(bench, 'h1', vol)
+        assert 'volumeops-migrate-' not in authorized_keys(bench, 'h2')
         # No host key given, none gathered, and no key file to read (sshd itself reads the private key file).
         bench.exec('h2', ['mv', HOST_PUB, HOST_PUB + '.aside'])
         proc = migrate(extra, check=True)
