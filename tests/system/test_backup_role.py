@@ -108,7 +108,8 @@ def test_fleet_backup_selection_failure_isolation_check_mode_and_retention(bench
 
         # Retention with every volume of h1 selected (minus an excluded one and the anonymous volumes),
         # h1 only (backup_hosts): bk2 changes twice, keep=2 leaves its two newest archives.
-        every = {'backup_hosts': 'h1', 'backup_exclude_volumes': [bk3, restored], 'backup_skip_anonymous': True,
+        # The excluded names come as one comma-separated string, as from `-e` or an AWX survey's text field.
+        every = {'backup_hosts': 'h1', 'backup_exclude_volumes': '%s, %s' % (bk3, restored), 'backup_skip_anonymous': True,
                  'backup_keep': 2}
         for n in (1, 2):
             sh(bench, 'h1', ['sh', '-c', 'echo change%d >> "$(docker volume inspect -f "{{.Mountpoint}}" "$1")/f"' % n,
