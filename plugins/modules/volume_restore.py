@@ -228,6 +228,7 @@ class RestoreManager(object):
         self.p = client.params
         self.check_mode = self.module.check_mode
         self.stopped = []
+        self.current_listing = None  # diff mode, local path: the volume's listing from the summary's walk
         self.warnings = []
         self.merging = False  # set once a merge starts moving entries (a merge is not atomic)
         self.result = dict(changed=False, volume=self.p['volume'], created=False, stopped_containers=[])
@@ -285,6 +286,9 @@ class RestoreManager(object):
         if info is None:
             return None
         if path_kind == 'local':
+            if self.module._diff:  # the diff needs the listing too: one walk for both
+                summary, self.current_listing = _tree.fingerprint_and_listing(info['Mountpoint'], _archive.SKIP_TYPES)
+                return summary
             return _archive.tree_summary(info['Mountpoint'])
         # What an interrupted restore left in the volume (staging, parked old content, a half-done swap) is
         # resolved first, so that it neither counts in the comparison nor lingers; not in check mode.
@@ -423,8 +427,7 @@ class RestoreManager(object):
                           'the archive content) or existing: merge.' % (p['volume'], current.entries - 1))
             if self.module._diff:
                 try:
-                    listing = helper.listing(p['volume']) if helper is not None else \
-                        _tree.listing(info['Mountpoint'], _archive.SKIP_TYPES)
+                    listing = helper.listing(p['volume']) if helper is not None else self.current_listing
                     self.result['changes'] = self.changes(archive, compression, listing, p['existing'])
                 except (_archive.ArchiveError, HelperError) as exc:
                     self.fail('The archive cannot be restored: %s' % exc)

@@ -122,6 +122,27 @@ def _frozen_tree(root):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason='setting owners needs root')
+@pytest.mark.parametrize('skip_types', [(), ('s',), ('l',)])
+def test_fingerprint_and_listing_in_one_walk_equal_the_two_walks(tree, skip_types, monkeypatch):
+    import socket
+    sock = socket.socket(socket.AF_UNIX)
+    sock.bind(str(tree / 'sock'))  # a socket, left out with skip_types=('s',)
+    try:
+        summary, listed = _tree.fingerprint_and_listing(str(tree), skip_types)
+        separate = _tree.fingerprint(str(tree), skip_types=skip_types)
+        assert (summary.fingerprint, summary.entries, summary.bytes) == \
+            (separate.fingerprint, separate.entries, separate.bytes)
+        assert listed == _tree.listing(str(tree), skip_types)
+        assert (b'sock' in listed) == ('s' not in skip_types) and (b'link' in listed) == ('l' not in skip_types)
+        walks = []
+        real_walk = _tree.walk
+        monkeypatch.setattr(_tree, 'walk', lambda *a, **k: walks.append(a) or real_walk(*a, **k))
+        _tree.fingerprint_and_listing(str(tree), skip_types)
+        assert len(walks) == 1
+    finally:
+        sock.close()
+
+
 def test_fingerprint_format_is_frozen(tmp_path):
     # Manifests of existing archives hold fingerprints: the record format and hashing must not drift.
     root = tmp_path / 'frozen'
