@@ -76,6 +76,9 @@ options:
     description:
       - Stop the running containers that use the volume while it is archived, and start exactly those again
         afterwards, also when the backup fails. Only done when a new archive is needed.
+      - With several volumes, volumes that share a running container form a group, and each group's containers
+        are stopped only while that group's volumes are archived; they run again before the next group's
+        containers stop. Each application is down for the backup of its own volumes, not for the whole task's.
     type: bool
     default: false
   force:
@@ -270,7 +273,7 @@ backups:
       duration: 1.2
       data_path: local
 stopped_containers:
-  description: Containers stopped for the backup (and started again).
+  description: Containers stopped for the backup (and started again); in check mode, those that would be.
   returned: always
   type: list
   elements: str
@@ -467,22 +470,55 @@ class BackupManager(object):
                 and manifest.get('entries') == summary.entries)
 
     # -- containers
-    def stop_containers(self, sources):
+    def stop_groups(self, todo):
+        """[(items of todo, running containers to stop for them)], in the order of ``todo``.
+
+        With stop_containers, volumes that share a running container form one group; each group's
+        containers are stopped only while its own volumes are archived. A host's applications are
+        then each down for the backup of their own volumes, not for the whole task's."""
         if not self.p['stop_containers']:
-            return
-        for src in sources:
+            return [(todo, [])]
+        users = []
+        for src, _summary, _start in todo:
+            found = []
             if src.inspect:
                 with self.client.errors('Listing containers using %s' % src.name):
-                    users = self.client.containers_using_volume(src.name)
-                for c in users:
-                    if c['running'] and c['id'] not in [s['id'] for s in self.stopped]:
-                        with self.client.errors('Stopping container %s' % c['name']):
-                            self.client.api.stop(c['id'])
-                        self.stopped.append(c)
+                    found = [c for c in self.client.containers_using_volume(src.name) if c['running']]
+            users.append(found)
+        parent = list(range(len(todo)))
 
-    def start_containers(self):
+        def root(i):
+            while parent[i] != i:
+                i = parent[i]
+            return i
+        first_user = {}
+        for i, found in enumerate(users):
+            for c in found:
+                if c['id'] in first_user:
+                    a, b = root(i), root(first_user[c['id']])
+                    parent[max(a, b)] = min(a, b)  # a group's root is its first volume: groups keep the task's order
+                else:
+                    first_user[c['id']] = i
+        groups = {}
+        for i in range(len(todo)):
+            items, containers = groups.setdefault(root(i), ([], {}))
+            items.append(todo[i])
+            for c in users[i]:
+                containers.setdefault(c['id'], c)
+        return [(items, list(containers.values())) for _root, (items, containers) in sorted(groups.items())]
+
+    def stop_containers(self, containers, stopped):
+        """Stop ``containers``, appending each one stopped to ``stopped`` at once (so that it is started
+        again even when stopping the next one fails)."""
+        for c in containers:
+            with self.client.errors('Stopping container %s' % c['name']):
+                self.client.api.stop(c['id'])
+            stopped.append(c)
+            self.stopped.append(c)
+
+    def start_containers(self, stopped):
         errors = []
-        for c in self.stopped:
+        for c in stopped:
             try:
                 self.client.api.start(c['id'])
             except Exception as exc:  # keep starting the others; report all
@@ -676,33 +712,46 @@ class BackupManager(object):
             else:
                 todo.append((src, summary, start))
         if self.check_mode:
+            for _items, containers in self.stop_groups(todo):
+                self.stopped.extend(containers)  # reported as the containers that would be stopped
             for src, summary, start in todo:
                 self.results.append(dict(volume=src.name, archive=os.path.join(dest, _archive.archive_name(src.name, p['compression'])),
                                          sha256=None, size=None, entries=summary.entries, bytes=summary.bytes,
                                          fingerprint=summary.fingerprint, skipped=False, changed=True,
                                          duration=round(time.time() - start, 3), data_path=src.data_path))
         elif todo:
-            try:
-                self.stop_containers([t[0] for t in todo])
-                for src, summary, start in todo:
-                    try:
-                        if self.stopped:
-                            summary = self.summary(src)  # the writers are stopped now: this is the state to archive
-                        if summary.entries <= 1:
-                            self.warnings.append('Volume %s is empty; backing it up anyway.' % src.name)
-                        final, res = self.write(src, summary)
-                    except VolumeFailure as exc:
-                        self.volume_failed(src.name, str(exc), start)
-                        continue
-                    self.results.append(dict(volume=src.name, archive=final, sha256=res['sha256'], size=res['size'],
-                                             entries=summary.entries, bytes=summary.bytes,
-                                             fingerprint=summary.fingerprint, skipped=False, changed=True,
-                                             duration=round(time.time() - start, 3), data_path=src.data_path))
-            finally:
-                start_errors = self.start_containers()
-                if start_errors:
-                    self.client.fail('Could not start again containers stopped for the backup: %s'
-                                     % '; '.join(start_errors), backups=self.results)
+            start_errors = []
+            stop_failure = None  # on_error=stop: the failure, reported once this group's containers run again
+            for items, containers in self.stop_groups(todo):
+                stopped = []
+                try:
+                    self.stop_containers(containers, stopped)
+                    for src, summary, start in items:
+                        try:
+                            if stopped:
+                                summary = self.summary(src)  # the writers are stopped now: this is the state to archive
+                            if summary.entries <= 1:
+                                self.warnings.append('Volume %s is empty; backing it up anyway.' % src.name)
+                            final, res = self.write(src, summary)
+                        except VolumeFailure as exc:
+                            if p['on_error'] == 'stop':
+                                stop_failure = str(exc)
+                                break
+                            self.volume_failed(src.name, str(exc), start)
+                            continue
+                        self.results.append(dict(volume=src.name, archive=final, sha256=res['sha256'], size=res['size'],
+                                                 entries=summary.entries, bytes=summary.bytes,
+                                                 fingerprint=summary.fingerprint, skipped=False, changed=True,
+                                                 duration=round(time.time() - start, 3), data_path=src.data_path))
+                finally:
+                    start_errors.extend(self.start_containers(stopped))
+                if stop_failure is not None:
+                    break
+            if start_errors or stop_failure is not None:
+                msg = ('Could not start again containers stopped for the backup: %s.' % '; '.join(start_errors)
+                       if start_errors else '')
+                self.client.fail(' '.join(m for m in (stop_failure, msg) if m), backups=self.results,
+                                 stopped_containers=[c['name'] for c in self.stopped])
         self.results.sort(key=lambda r: self.order.get(r['volume'], 0))  # the task's order, failures included
         if self.failed:
             for r in self.results:
