@@ -130,6 +130,13 @@ def test_fleet_backup_selection_failure_isolation_check_mode_and_retention(bench
         assert checksums_ok(bench, 'h1', dest)
         # The source volumes were only read.
         assert_same_tree(src_digest, digest(bench, 'h1', bk1), 'source volume after the backups')
+
+        # A destination that cannot be created (below a regular file): one clear message for the host.
+        bad = ansible_run(['ansible-playbook', PLAYBOOK, '-e', json.dumps(
+            {'backup_hosts': 'h1', 'backup_volumes': [bk1], 'backup_dest': '/etc/hostname/backups'})],
+            env=env, timeout=600)
+        assert recap(bad.stdout)['h1']['failed'] == 1, bad.stdout[-6000:]
+        assert 'No volume was backed up: Creating /etc/hostname/backups' in bad.stdout, bad.stdout[-6000:]
     finally:
         cleanup(bench, volumes=[v for v in (bk1, bk2, bk3, bk4, bkt, tag + 'restored', anonymous) if v])
         for host in ('h1', 'h2'):
