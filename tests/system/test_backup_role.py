@@ -37,7 +37,7 @@ def checksums_ok(bench, host, dest):
 
 def test_fleet_backup_selection_failure_isolation_check_mode_and_retention(bench, ansible_run, ansible_env):
     tag = rand('vobk')
-    bk1, bk2, bk3, bk4, bkt = (tag + s for s in ('one', 'two', 'three', 'four', 'tmpfs'))
+    bk1, bk2, bk3, bk4, bk5, bkt = (tag + s for s in ('one', 'two', 'three', 'four', 'five', 'tmpfs'))
     dest = '/var/backups/%s' % tag
     nightly = {'backup': 'nightly'}
     env = dict(ansible_env, ANSIBLE_PIPELINING='True')
@@ -53,6 +53,7 @@ def test_fleet_backup_selection_failure_isolation_check_mode_and_retention(bench
         make_volume(bench, 'h1', bk1, labels=nightly)  # the oracle's hard-case tree
         sh(bench, 'h1', ['docker', 'volume', 'create', '--label', 'backup=nightly', bk2])
         sh(bench, 'h1', ['docker', 'volume', 'create', bk3])
+        sh(bench, 'h1', ['docker', 'volume', 'create', '--label', 'com.docker.compose.project=%sshop' % tag, bk5])
         anonymous = sh(bench, 'h1', ['docker', 'volume', 'create', '--label', 'backup=nightly'])
         assert re.match(r'^[0-9a-f]{64}$', anonymous), anonymous
         for vol in (bk2, bk3):
@@ -72,7 +73,7 @@ def test_fleet_backup_selection_failure_isolation_check_mode_and_retention(bench
             assert re.search(r'%s: would write %s_\S+\.tar\.zst' % (bk1, bk1), proc.stdout), proc.stdout[-6000:]
             assert re.search(r'%s: would write' % bk4, proc.stdout), proc.stdout[-6000:]
             assert '%s: FAILED: Volume %s needs the helper container path' % (bkt, bkt) in proc.stdout
-            assert bk3 not in proc.stdout and anonymous not in proc.stdout
+            assert bk3 not in proc.stdout and bk5 not in proc.stdout and anonymous not in proc.stdout
             assert listing(bench, 'h1', dest) is None and listing(bench, 'h2', dest) is None
         assert re.search(r'^\+\+\+ after', check_diff.stdout, re.M) and '"%s"' % bk1 in check_diff.stdout, \
             check_diff.stdout[-6000:]
@@ -109,7 +110,8 @@ def test_fleet_backup_selection_failure_isolation_check_mode_and_retention(bench
         # Retention with every volume of h1 selected (minus an excluded one and the anonymous volumes),
         # h1 only (backup_hosts): bk2 changes twice, keep=2 leaves its two newest archives.
         # The excluded names come as one comma-separated string, as from `-e` or an AWX survey's text field.
-        every = {'backup_hosts': 'h1', 'backup_exclude_volumes': '%s, %s' % (bk3, restored), 'backup_skip_anonymous': True,
+        every = {'backup_hosts': 'h1', 'backup_exclude_volumes': '%s, %s, %s' % (bk3, bk5, restored),
+                 'backup_skip_anonymous': True,
                  'backup_keep': 2}
         for n in (1, 2):
             sh(bench, 'h1', ['sh', '-c', 'echo change%d >> "$(docker volume inspect -f "{{.Mountpoint}}" "$1")/f"' % n,
@@ -131,6 +133,12 @@ def test_fleet_backup_selection_failure_isolation_check_mode_and_retention(bench
         # The source volumes were only read.
         assert_same_tree(src_digest, digest(bench, 'h1', bk1), 'source volume after the backups')
 
+        # A Compose project: only its volume.
+        shop = play({'backup_hosts': 'h1', 'backup_compose_project': tag + 'shop'})
+        assert shop.recap['h1']['failed'] == 0 and shop.recap['h1']['changed'] > 0, shop.stdout[-6000:]
+        assert re.search(r'%s: wrote %s_' % (bk5, bk5), shop.stdout) and '%s:' % bk1 not in shop.stdout, shop.stdout[-6000:]
+        assert len(archives_of(listing(bench, 'h1', dest), bk5)) == 1
+
         # A destination that cannot be created (below a regular file): one clear message for the host.
         bad = ansible_run(['ansible-playbook', PLAYBOOK, '-e', json.dumps(
             {'backup_hosts': 'h1', 'backup_volumes': [bk1], 'backup_dest': '/etc/hostname/backups'})],
@@ -138,6 +146,6 @@ def test_fleet_backup_selection_failure_isolation_check_mode_and_retention(bench
         assert recap(bad.stdout)['h1']['failed'] == 1, bad.stdout[-6000:]
         assert 'No volume was backed up: Creating /etc/hostname/backups' in bad.stdout, bad.stdout[-6000:]
     finally:
-        cleanup(bench, volumes=[v for v in (bk1, bk2, bk3, bk4, bkt, tag + 'restored', anonymous) if v])
+        cleanup(bench, volumes=[v for v in (bk1, bk2, bk3, bk4, bk5, bkt, tag + 'restored', anonymous) if v])
         for host in ('h1', 'h2'):
             bench.exec(host, ['rm', '-rf', dest], check=False)
