@@ -17,11 +17,13 @@ import json
 import os
 import random
 import re
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO_ROOT / 'tests' / 'support'))
@@ -428,3 +430,39 @@ def test_preflight_host_key_from_gathered_facts_and_unreachable_sshd(bench, migr
         bench.exec('h2', ['sh', '-c', '[ -e "$0.aside" ] && mv "$0.aside" "$0"; true', HOST_PUB], check=False)
         bench.exec('h2', ['rm', '-f', nodocker_py], check=False)
         cleanup(bench, volumes=[vol])
+
+
+def test_sshd_enforces_the_expiry_of_the_temporary_key(bench, tmp_path):
+    """What migrate_key_lifetime_hours relies on: the destination's sshd (the bench's, OpenSSH of this Debian)
+    reads the expiry-time option that the role's destination program writes, in the destination's local time.
+    The same key line is refused once its time has passed and accepted before it."""
+    program = yaml.safe_load((REPO_ROOT / 'roles' / 'migrate' / 'vars' / 'main.yml').read_text())['migrate__dest_program']
+    comment = rand('volumeops-migrate-expiry')
+    key = tmp_path / 'key'
+    subprocess.run(['ssh-keygen', '-q', '-t', 'ed25519', '-N', '', '-C', comment, '-f', str(key)], check=True)
+    private_on_h1 = '/tmp/%s' % comment
+
+    def authorize(expires_in):
+        args = {'tools': [], 'root': '/var/lib/docker', 'volumes': [], 'containers': [], 'host_key': False,
+                'authorize': {'path': '/root/.ssh/authorized_keys', 'comment': comment, 'expires_in': expires_in,
+                              'line': 'from="%s",no-pty %s' % (bench.ip('h1'), (tmp_path / 'key.pub').read_text().strip())}}
+        answer = json.loads(sh(bench, 'h2', [HOST_PYTHON, '-c', program, json.dumps(args)]))
+        assert answer.get('authorized') is True, answer
+        assert 'expiry-time="' in authorized_keys(bench, 'h2')
+
+    def login():
+        # Only authentication is under test here, so the host key is not pinned in this one command.
+        return bench.exec('h1', ['ssh', '-i', private_on_h1, '-o', 'BatchMode=yes', '-o', 'IdentitiesOnly=yes',
+                                 '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null',
+                                 '-o', 'ConnectTimeout=5', 'root@' + bench.ip('h2'), 'true'], check=False).returncode
+    try:
+        bench.exec('h1', ['sh', '-c', 'umask 077 && cat > "$0"', private_on_h1], input=key.read_bytes())
+        authorize(-120)  # expired two minutes ago
+        assert login() != 0
+        authorize(3600)
+        assert login() == 0
+    finally:
+        bench.exec('h2', [HOST_PYTHON, '-c', program, json.dumps({'revoke': {'path': '/root/.ssh/authorized_keys',
+                                                                             'comment': comment}})], check=False)
+        bench.exec('h1', ['rm', '-f', private_on_h1], check=False)
+    assert comment not in authorized_keys(bench, 'h2')

@@ -9,6 +9,7 @@ that succeeds once the fault is gone. Independent faults share one playbook run 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 
@@ -242,6 +243,12 @@ def test_connection_cut_and_link_down_mid_transfer(bench, ansible_env):
         assert 'Could not remove the temporary migration key' in out, out[-5000:]
         keys = authorized_keys(bench, 'h2')
         assert 'volumeops-migrate-' in keys and 'from="10.' in keys, keys
+        # ... and stops working by itself: sshd's expiry-time, migrate_key_lifetime_hours (24) ahead, local time.
+        expiry = re.search(r'expiry-time="(\d{14})",from="10\.', keys)
+        assert expiry, keys
+        ahead = time.mktime(time.strptime(expiry.group(1), '%Y%m%d%H%M%S')) - time.time()
+        assert 23.8 * 3600 < ahead <= 24 * 3600, ahead
+        assert 'expires within 24 h' in out, out[-5000:]
         assert_rolled_back(bench, 'h1', 'h2', vol, app, before, key_left=True)
 
         # 3. everything back: the rerun finishes and removes the left-over key.

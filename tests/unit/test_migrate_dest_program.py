@@ -14,6 +14,7 @@ import os
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
@@ -104,3 +105,21 @@ def test_pairs_from_several_sources_editing_one_file_at_once_lose_no_line(tmp_pa
     assert sorted(line.split()[-1] for line in added[1:]) == comments
     assert left[0] == 'ssh-ed25519 AAAAadmin admin@host'
     assert sorted(line.split()[-1] for line in left[1:]) == comments[1::2]
+
+
+def test_authorize_with_expires_in_adds_sshds_expiry_time_in_local_time(tmp_path):
+    keys = tmp_path / 'authorized_keys'
+    args = authorize_args(keys, 'volumeops-migrate-ee', tmp_path)
+    args['authorize']['expires_in'] = 2 * 3600
+    before = time.time()
+    assert answer(start(args))['authorized'] is True
+    line = keys.read_text().splitlines()[-1]
+    assert line.endswith('from="10.0.0.1",no-pty ssh-ed25519 AAAAkeyee volumeops-migrate-ee'), line
+    stamp = line.split('"')[1]
+    assert line.startswith('expiry-time="%s",' % stamp) and len(stamp) == 14, line
+    ahead = time.mktime(time.strptime(stamp, '%Y%m%d%H%M%S')) - before  # sshd reads it in local time
+    assert 2 * 3600 - 2 <= ahead <= 2 * 3600 + 2, ahead
+    # expires_in 0 (migrate_key_lifetime_hours: 0): no expiry option.
+    args['authorize']['expires_in'] = 0
+    assert answer(start(args))['authorized'] is True
+    assert keys.read_text().splitlines() == ['from="10.0.0.1",no-pty ssh-ed25519 AAAAkeyee volumeops-migrate-ee']
