@@ -385,7 +385,9 @@ def test_preflight_host_key_from_gathered_facts_and_unreachable_sshd(bench, migr
         assert ('Host key mismatch: h2' in proc.stdout and 'ssh-ed25519 %s (gathered facts)' % h1_key in proc.stdout), \
             proc.stdout[-6000:]
 
-        argv = ['ansible-playbook', str(wrapper), '--check', '-e', json.dumps(dict(extra, wrong_key=''))]
+        # migrate_volumes as one comma-separated string, as an AWX survey's text field gives it.
+        argv = ['ansible-playbook', str(wrapper), '--check', '-e',
+                json.dumps(dict(extra, wrong_key='', migrate_volumes='%s, ' % vol))]
         proc = migrate.raw(argv)
         assert proc.returncode == 0, proc.stdout[-6000:]
         assert 'Would migrate 1 volume(s) from h1 to h2' in proc.stdout, proc.stdout[-6000:]
