@@ -139,6 +139,25 @@ def test_fleet_backup_selection_failure_isolation_check_mode_and_retention(bench
         assert re.search(r'%s: wrote %s_' % (bk5, bk5), shop.stdout) and '%s:' % bk1 not in shop.stdout, shop.stdout[-6000:]
         assert len(archives_of(listing(bench, 'h1', dest), bk5)) == 1
 
+        # backup_verify: an older archive of bk2 damaged since it was written is found (with the others good),
+        # fails the host, and the backup of the selected volume still happens first. In check mode too
+        # (read-only); a destination that does not exist yet is nothing to verify there.
+        damaged = sorted(archives_of(listing(bench, 'h1', dest), bk2))[0]
+        sh(bench, 'h1', ['sh', '-c', 'printf X | dd of="$0" bs=1 seek=100 conv=notrunc 2>/dev/null', '%s/%s' % (dest, damaged)])
+        for flags in (('--check',), ()):
+            verify = play({'backup_hosts': 'h1', 'backup_volumes': [bk1], 'backup_verify': True}, *flags)
+            assert verify.recap['h1']['failed'] == 1, verify.stdout[-6000:]
+            assert 'verify: BAD archive %s/%s: checksum mismatch' % (dest, damaged) in verify.stdout, verify.stdout[-6000:]
+            good = len([f for f in listing(bench, 'h1', dest) if f.endswith('.tar.zst')]) - 1
+            assert 'verify: %d archive(s) in %s good' % (good, dest) in verify.stdout, verify.stdout[-6000:]
+            assert re.search(r'%s: unchanged since' % bk1, verify.stdout), verify.stdout[-6000:]
+        fresh = ansible_run(['ansible-playbook', PLAYBOOK, '--check', '-e', json.dumps(
+            {'backup_hosts': 'h1', 'backup_volumes': [bk1], 'backup_verify': True, 'backup_dest': dest + '-new'})],
+            env=env, timeout=600)
+        assert recap(fresh.stdout)['h1']['failed'] == 0, fresh.stdout[-6000:]
+        assert 'verify: 0 archive(s) in %s-new good' % dest in fresh.stdout, fresh.stdout[-6000:]
+        assert listing(bench, 'h1', dest + '-new') is None
+
         # A destination that cannot be created (below a regular file): one clear message for the host.
         bad = ansible_run(['ansible-playbook', PLAYBOOK, '-e', json.dumps(
             {'backup_hosts': 'h1', 'backup_volumes': [bk1], 'backup_dest': '/etc/hostname/backups'})],
