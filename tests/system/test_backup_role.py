@@ -40,7 +40,8 @@ def test_fleet_backup_selection_failure_isolation_check_mode_and_retention(bench
     bk1, bk2, bk3, bk4, bk5, bkt = (tag + s for s in ('one', 'two', 'three', 'four', 'five', 'tmpfs'))
     dest = '/var/backups/%s' % tag
     nightly = {'backup': 'nightly'}
-    env = dict(ansible_env, ANSIBLE_PIPELINING='True')
+    env = dict(ansible_env)  # no ANSIBLE_PIPELINING: the playbook turns pipelining on itself
+    env.pop('ANSIBLE_PIPELINING', None)
 
     def play(extra, *flags):
         proc = ansible_run(['ansible-playbook', PLAYBOOK, '-e', json.dumps(dict(extra, backup_dest=dest))] + list(flags),
@@ -92,12 +93,19 @@ def test_fleet_backup_selection_failure_isolation_check_mode_and_retention(bench
         mode = sh(bench, 'h1', ['stat', '-c', '%a', '%s/%s' % (dest, archives_of(h1_files, bk1)[0])])
         assert mode == '600', mode
 
-        # Rerun: nothing changes on h1; h2 still fails on the same volume and changes nothing.
-        again = play(labelled)
+        # Rerun: nothing changes on h1; h2 still fails on the same volume and changes nothing. -vvv shows that
+        # the playbook pipelines its modules (no module file is put on the hosts) ...
+        again = play(labelled, '-vvv')
+        assert 'PUT ' not in again.stdout and 'EXEC' in again.stdout, again.stdout[-3000:]
         assert again.recap['h1']['changed'] == 0 and again.recap['h1']['failed'] == 0, again.stdout[-6000:]
         assert again.recap['h2']['changed'] == 0 and again.recap['h2']['failed'] == 1, again.stdout[-6000:]
         assert re.search(r'%s: unchanged since %s' % (bk1, re.escape(archives_of(h1_files, bk1)[0])), again.stdout)
         assert listing(bench, 'h1', dest) == h1_files and listing(bench, 'h2', dest) == h2_files
+
+        # ... unless told not to (backup_pipelining=false, for hosts whose sudo requires a tty).
+        unpiped = play(dict(labelled, backup_hosts='h1', backup_pipelining=False), '-vvv')
+        assert unpiped.recap['h1']['failed'] == 0 and re.search(r'PUT .*AnsiballZ_volume_backup', unpiped.stdout), \
+            unpiped.stdout[-3000:]
 
         # The archive restores to the very tree (restore into a new volume, which gets the
         # archived labels too, oracle digest compared).
