@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 
-from test_migrate import assert_same_tree, cleanup, digest, make_volume, rand, recap, sh
+from test_migrate import IMAGE, assert_same_tree, cleanup, digest, make_volume, rand, recap, running, sh
 
 PLAYBOOK = 'playbooks/backup-volumes.yml'
 
@@ -118,8 +118,13 @@ def test_fleet_backup_selection_failure_isolation_check_mode_and_retention(bench
         # Retention with every volume of h1 selected (minus an excluded one and the anonymous volumes),
         # h1 only (backup_hosts): bk2 changes twice, keep=2 leaves its two newest archives.
         # The excluded names come as one comma-separated string, as from `-e` or an AWX survey's text field.
+        # A container uses bk2 and bk1: with backup_stop_containers it stops for bk2's backup (bk1 is unchanged,
+        # so not for that) and runs again afterwards.
+        app = tag + 'app'
+        sh(bench, 'h1', ['docker', 'run', '-d', '--name', app, '-v', '%s:/two' % bk2, '-v', '%s:/one:ro' % bk1, IMAGE,
+                         'sh', '-c', 'trap "exit 0" TERM; while :; do sleep 0.2; done'])
         every = {'backup_hosts': 'h1', 'backup_exclude_volumes': '%s, %s, %s' % (bk3, bk5, restored),
-                 'backup_skip_anonymous': True,
+                 'backup_skip_anonymous': True, 'backup_stop_containers': True,
                  'backup_keep': 2}
         for n in (1, 2):
             sh(bench, 'h1', ['sh', '-c', 'echo change%d >> "$(docker volume inspect -f "{{.Mountpoint}}" "$1")/f"' % n,
@@ -128,6 +133,8 @@ def test_fleet_backup_selection_failure_isolation_check_mode_and_retention(bench
             assert set(run.recap) == {'h1'} and run.recap['h1']['failed'] == 0, run.stdout[-6000:]
             assert re.search(r'%s: wrote %s_' % (bk2, bk2), run.stdout), run.stdout[-6000:]
             assert re.search(r'%s: unchanged since' % bk1, run.stdout), run.stdout[-6000:]
+            assert 'containers stopped for the backup and started again: %s' % app in run.stdout, run.stdout[-6000:]
+            assert running(bench, 'h1', app)
         assert '%s: wrote' % bk2 in run.stdout and '1 expired archive(s) deleted' in run.stdout
         files = listing(bench, 'h1', dest)
         bk2_archives = archives_of(files, bk2)
@@ -173,6 +180,7 @@ def test_fleet_backup_selection_failure_isolation_check_mode_and_retention(bench
         assert recap(bad.stdout)['h1']['failed'] == 1, bad.stdout[-6000:]
         assert 'No volume was backed up: Creating /etc/hostname/backups' in bad.stdout, bad.stdout[-6000:]
     finally:
+        bench.exec('h1', ['docker', 'rm', '-f', tag + 'app'], check=False)
         cleanup(bench, volumes=[v for v in (bk1, bk2, bk3, bk4, bk5, bkt, tag + 'restored', anonymous) if v])
         for host in ('h1', 'h2'):
             bench.exec(host, ['rm', '-rf', dest], check=False)
