@@ -196,14 +196,20 @@ def listing_record(entry):
             os.readlink(entry.abspath) if code == 'l' else b'')
 
 
+def _listing_into(result, entries, skip_types):
+    """Pass ``entries`` through, putting each one's listing_record into ``result`` (see listing())."""
+    for entry in entries:
+        record = listing_record(entry)
+        if record[0] not in skip_types:
+            result[b'.' if entry.relpath == b'.' else entry.relpath[2:]] = record
+        yield entry
+
+
 def listing(root, skip_types=()):
     """{relative path (bytes, without './'; b'.' for the root): listing_record} of the tree at ``root``."""
     result = {}
-    for entry in walk(root):
-        record = listing_record(entry)
-        if record[0] in skip_types:
-            continue
-        result[b'.' if entry.relpath == b'.' else entry.relpath[2:]] = record
+    for dummy in _listing_into(result, walk(root), skip_types):
+        pass
     return result
 
 
@@ -212,14 +218,7 @@ def fingerprint_and_listing(root, skip_types=()):
     ``fingerprint(root, skip_types=skip_types)`` and ``listing(root, skip_types)``.
     A restore in diff mode needs both; walking twice would double its cost on a big volume."""
     result = {}
-
-    def entries():
-        for entry in walk(root):
-            record = listing_record(entry)
-            if record[0] not in skip_types:
-                result[b'.' if entry.relpath == b'.' else entry.relpath[2:]] = record
-            yield entry
-    return summarize(entries(), skip_types=skip_types), result
+    return summarize(_listing_into(result, walk(root), skip_types), skip_types=skip_types), result
 
 
 class TreeSummary(object):

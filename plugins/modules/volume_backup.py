@@ -335,7 +335,6 @@ class BackupManager(object):
         self.results = []
         self.stopped = []
         self.warnings = []
-        self.failed = []
         self._helper = None
         self.order = {}
 
@@ -343,7 +342,6 @@ class BackupManager(object):
         """Record one volume's failure, or fail the task at once with on_error=stop."""
         if self.p['on_error'] == 'stop':
             self.client.fail(msg, backups=self.results)
-        self.failed.append(name)
         self.results.append(dict(volume=name, archive=None, sha256=None, size=None, entries=None, bytes=None,
                                  fingerprint=None, skipped=True, reason='failed', failed=True, error=msg,
                                  changed=False, removed_archives=[],
@@ -753,7 +751,8 @@ class BackupManager(object):
                 self.client.fail(' '.join(m for m in (stop_failure, msg) if m), backups=self.results,
                                  stopped_containers=[c['name'] for c in self.stopped])
         self.results.sort(key=lambda r: self.order.get(r['volume'], 0))  # the task's order, failures included
-        if self.failed:
+        errors = [r for r in self.results if r.get('failed')]
+        if errors:
             for r in self.results:
                 r.setdefault('removed_archives', [])
         else:
@@ -771,8 +770,7 @@ class BackupManager(object):
                       removed_temp_files=removed)
         if self.module._diff:
             result['diff'] = diff
-        if self.failed:
-            errors = [r for r in self.results if r.get('failed')]
+        if errors:
             self.client.fail('The backup of %d of %d volumes failed (the others were %s; no archive was expired): %s'
                              % (len(errors), len(self.results), 'checked' if self.check_mode else 'backed up',
                                 ' '.join('[%s] %s' % (r['volume'], r['error']) for r in errors)), **result)
