@@ -66,6 +66,9 @@ if _mode == 'abort':
         # Creating and removing the staging directory touched the volume root: give its times back.
         _os.utime(_root, ns=tuple(_json.loads(_sys.argv[5])), follow_symlinks=False)
     _sys.exit(0)
+# The restored tree is on disk before it replaces anything (a power loss right after must not leave
+# empty files where the old content was). sync(2): the helper image may lack ctypes for syncfs.
+_os.sync()
 if _mode == 'merge':
     _st = _os.lstat(_staging)
     merge_into(_staging, _root)

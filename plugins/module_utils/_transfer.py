@@ -1741,9 +1741,9 @@ class Receiver(object):
         vol = self._ensure_volume(vol)
         self._recover_swap()
         if h.get('pass_') == 'delta':
-            if self.base == 'staging':
-                self._marker('staging')
-            else:
+            # Onto this migration's staged tree the marker says 'staging' already: it is not rewritten
+            # (one durable write less before the delta starts); the end of the pass rewrites it.
+            if self.base != 'staging':
                 _archive.remove_tree(self.staging)
                 self._marker('staging')
                 if self.base == 'data':
@@ -1792,8 +1792,14 @@ class Receiver(object):
     def _extract(self, first, guard):
         h = self.hello
         self.end_info = None
+        frames = self._frames(first)
+        # A final pass ends with the tree synced to disk (_verify_and_finish): writing it back while it
+        # arrives leaves that sync little to wait for.
+        writeback = _archive.EarlyWriteback.for_tree(self.staging) if h.get('finalize', True) else None
+        if writeback is not None:
+            frames = writeback.counted(frames)
         try:
-            extract_frames(self._frames(first), h.get('compression') or 'zstd', self.staging,
+            extract_frames(frames, h.get('compression') or 'zstd', self.staging,
                            allow_devices=bool(h.get('allow_devices')), on_member=guard)
         except _archive.StreamRejected as exc:
             self._drain()
@@ -1807,7 +1813,26 @@ class Receiver(object):
                                     'volume is not complete (staging kept for a rerun after freeing space).'
                                     % os.path.dirname(self.data_dir))
             raise TransferError('Extraction on the destination failed: %s' % text)
+        finally:
+            # After an error, the extraction's own error is the one to report.
+            error = writeback.stop() if writeback is not None else None
+        if error is not None:
+            raise TransferError(self._not_written(error))
         return self.end_info or {}
+
+    def _not_written(self, exc):
+        self._drain()
+        if exc.errno == errno.ENOSPC:
+            return ('Destination disk full: no space left on the device holding %s. The destination volume is not '
+                    'complete (staging kept for a rerun after freeing space).' % os.path.dirname(self.data_dir))
+        return ('Writing the transferred data to disk on the destination failed: %s. The destination volume is not '
+                'complete.' % (exc.strerror or exc))
+
+    def _sync_staging(self):
+        try:
+            _archive.sync_filesystem(self.staging)
+        except OSError as exc:
+            raise TransferError(self._not_written(exc))
 
     def _drain(self):
         """Read and discard the rest of the stream so the sender sees our error frame, not a broken pipe."""
@@ -1848,7 +1873,13 @@ class Receiver(object):
             # A delta with verify=metadata reuses its base walk's records of what the delta did not touch.
             reuse = self.spill if self.spill is not None and self.spill.usable else None
             scan = TreeScan(self.staging, content=h.get('verify') == 'content', reuse=reuse)
-            summary = scan.run()
+            if h.get('finalize', True):
+                # The tree is on disk before it is swapped in and marked complete: a power loss after that
+                # must not leave a "complete" volume of empty files (delayed allocation) while the role
+                # goes on to remove the source. The sync waits on the disk while the walk uses the CPU.
+                summary = _archive.run_beside(self._sync_staging, scan.run)
+            else:
+                summary = scan.run()
             dest_content = scan.content
             reused = reuse.reused if reuse is not None else 0
             if self.spill is not None:

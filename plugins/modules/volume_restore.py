@@ -23,6 +23,10 @@ description:
     matches the manifest's entry count and tree fingerprint is the staging directory swapped in (atomically with
     C(renameat2(RENAME_EXCHANGE)) where available). On any failure the staging directory is removed and the volume
     is as it was.
+  - The staged tree is written to disk (C(syncfs), in the background while it is extracted and once more before the
+    swap; C(sync) inside the helper container on that path) before it replaces the old content, so a power loss
+    right after the restore cannot leave empty files where the old content was. The restore's duration includes
+    that write.
   - Refused archives are those with absolute paths, C(..), entries below a symlink or hard link, hard links to anything but an
     earlier member, device nodes (unless O(allow_devices=true)), unknown member types, truncated streams (also
     when cut at a file boundary), checksum or manifest mismatches.
@@ -512,17 +516,29 @@ class RestoreManager(object):
         mountpoint = info['Mountpoint'].rstrip('/')
         staging = _archive.new_staging_dir(os.path.dirname(mountpoint))
         try:
-            with open(archive, 'rb') as f:
-                res = _archive.extract_stream(_archive.file_chunks(f), compression, staging,
-                                              allow_devices=self.p['allow_devices'])
-            self._check(res['sha256'], expected_sha, res['manifest'], manifest)
+            writeback = _archive.EarlyWriteback.for_tree(staging)
             try:
-                _archive.verify_tree(staging, res['manifest'])
-            except _archive.StreamRejected:
-                if not self._tree_mismatch_ok(manifest):
-                    raise
-                self.warnings.append('The restored tree differs from the manifest: the backup was taken with '
-                                     'consistency=best_effort while the volume changed.')
+                with open(archive, 'rb') as f:
+                    res = _archive.extract_stream(writeback.counted(_archive.file_chunks(f)), compression, staging,
+                                                  allow_devices=self.p['allow_devices'])
+            finally:
+                error = writeback.stop()  # after an error, the extraction's own error is the one to report
+            if error is not None:
+                raise error
+            self._check(res['sha256'], expected_sha, res['manifest'], manifest)
+
+            def verify():
+                try:
+                    _archive.verify_tree(staging, res['manifest'])
+                except _archive.StreamRejected:
+                    if not self._tree_mismatch_ok(manifest):
+                        raise
+                    self.warnings.append('The restored tree differs from the manifest: the backup was taken with '
+                                         'consistency=best_effort while the volume changed.')
+            # The restored tree is on disk before it replaces anything (a power loss after the swap must
+            # not leave empty files where the old content was); the sync waits on the disk while the
+            # verification walk uses the CPU.
+            _archive.run_beside(lambda: _archive.sync_filesystem(staging), verify)
             if self.p['existing'] == 'merge':
                 self.merging = True
                 _archive.merge_into(staging, mountpoint)

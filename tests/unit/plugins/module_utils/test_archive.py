@@ -266,7 +266,7 @@ def test_early_writeback_syncs_while_writing_and_stops(tmp_path):
         synced.append(fd)
         real(fd)
     with open(path, 'wb') as f:
-        writeback = A.EarlyWriteback(f, every=16 * 1024)
+        writeback = A.EarlyWriteback.for_file(f, every=16 * 1024)
         A.os.fdatasync = counting
         try:
             for dummy in range(20):
@@ -286,7 +286,7 @@ def test_early_writeback_reports_a_background_error(tmp_path):
     rfd, wfd = os.pipe()
     try:
         with os.fdopen(wfd, 'wb') as f:
-            writeback = A.EarlyWriteback(f, every=1)
+            writeback = A.EarlyWriteback.for_file(f, every=1)
             f.write(b'abc')
             writeback.wrote(3)
             with pytest.raises(OSError):
@@ -297,11 +297,49 @@ def test_early_writeback_reports_a_background_error(tmp_path):
 
 def test_early_writeback_without_enough_data_starts_no_thread(tmp_path):
     with open(tmp_path / 'small', 'wb') as f:
-        writeback = A.EarlyWriteback(f)
+        writeback = A.EarlyWriteback.for_file(f)
         f.write(b'x')
         writeback.wrote(1)
         assert writeback._thread is None
         writeback.finish()
+
+
+def test_early_writeback_counted_passes_chunks_and_syncs_every_step():
+    calls = []
+    writeback = A.EarlyWriteback(lambda: calls.append('sync'), every=10)
+    chunks = [b'a' * 4, b'b' * 4, b'c' * 4, b'd' * 9, b'e']
+    assert list(writeback.counted(iter(chunks))) == chunks  # unchanged, in order
+    assert writeback.stop() is None
+    # 12 bytes after the third chunk ask for a background sync, 9+1 more for another (coalesced
+    # while one runs); stop() lets the thread run one last sync before it ends.
+    assert calls
+
+
+def test_early_writeback_stop_returns_the_error_and_finish_raises_it():
+    def failing():
+        raise OSError(5, 'Input/output error')
+    writeback = A.EarlyWriteback(failing, every=1)
+    writeback.wrote(1)
+    error = writeback.stop()
+    assert isinstance(error, OSError) and error.errno == 5
+    with pytest.raises(OSError):
+        writeback.finish()
+
+
+def test_early_writeback_for_tree_syncs_the_filesystem(tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(A, 'sync_filesystem', seen.append)
+    writeback = A.EarlyWriteback.for_tree(str(tmp_path), every=1)
+    writeback.wrote(1)
+    writeback.finish()
+    assert seen and all(p == str(tmp_path) for p in seen)
+
+
+def test_sync_filesystem_of_a_real_directory_and_of_a_missing_one(tmp_path):
+    (tmp_path / 'f').write_bytes(b'x' * 100000)
+    A.sync_filesystem(str(tmp_path))  # syncfs(2) on this machine's filesystem succeeds
+    with pytest.raises(OSError):
+        A.sync_filesystem(str(tmp_path / 'missing'))
 
 
 # --- retention ------------------------------------------------------------------------------------

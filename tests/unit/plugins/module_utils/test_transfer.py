@@ -517,3 +517,20 @@ def test_marker_writes_reach_the_disk(tmp_path, monkeypatch):
     assert len(synced) == 2
     assert _transfer.read_marker(path) == {'state': 'staging', 'n': 1}
     assert os.listdir(str(tmp_path)) == ['.volumeops-migration.json']  # replaced by rename, no temp file left
+
+
+@pytest.mark.parametrize('err, words', [(5, 'Writing the transferred data to disk on the destination failed'),
+                                         (28, 'Destination disk full')])
+def test_receiver_reports_a_failed_sync_as_not_complete(tmp_path, monkeypatch, err, words):
+    # A write error at sync time (EIO) or a full disk cannot be produced on demand here: the sync is
+    # replaced by one that fails as the kernel would report it.
+    def failing(path):
+        raise OSError(err, os.strerror(err), path)
+    monkeypatch.setattr(_archive, 'sync_filesystem', failing)
+    rec = _transfer.Receiver(None)
+    rec.staging = str(tmp_path / 'staging')
+    rec.data_dir = str(tmp_path / '_data')
+    rec.end_info = {}  # the stream was read to its end: nothing to drain
+    with pytest.raises(_transfer.TransferError) as info:
+        rec._sync_staging()
+    assert words in str(info.value) and 'not complete' in str(info.value)
