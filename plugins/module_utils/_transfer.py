@@ -1083,7 +1083,7 @@ class Sender(object):
         return after_scan.summary, after_scan.content
 
     def _final(self, allow_error=False):
-        kind, payload = self.io.recv_expect(b'F')
+        dummy, payload = self.io.recv_expect(b'F')
         final = _json(payload)
         if not final.get('ok') and not allow_error:
             raise TransferError(final.get('msg') or 'the destination did not accept the transfer')
@@ -1353,7 +1353,8 @@ def sender_main():
             if running:
                 raise TransferError(source_in_use_message(params['volume'], running))
         try:
-            import paramiko  # noqa: F401 (the sender needs it on the source)
+            # Only checked here: the sender needs it on the source, and a clear message beats an ImportError.
+            import paramiko  # noqa: F401  pylint: disable=unused-import
         except ImportError:
             raise TransferError('paramiko is not importable by the Python on the source host (relay_source_python).')
         result = Sender(params, root, volume_info=info, check_mode=params.get('_check_mode'),
