@@ -27,7 +27,7 @@ description:
     count and tree fingerprint (and with O(verify=content) a digest of every file's content) against the
     source's, and only then swaps the staging tree into the volume and marks it complete.
   - A final pass (O(finalize=true)) writes the tree to the destination's disk (C(syncfs), in the background while it
-    arrives and once more during the verification) before the swap and the C(complete) marker: a power loss on the
+    arrives and once more during the verification) before the swap and the C(complete) marker. A power loss on the
     destination right after the pass cannot leave a complete-looking volume of empty files while the source is
     removed. The pass's duration includes that write; a warm pass (O(finalize=false)) leaves it to the final one.
   - 'Destination state: the staging tree C(<volume dir>/.volumeops-incoming-<migration_id>/) and the marker
