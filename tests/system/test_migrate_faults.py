@@ -41,24 +41,30 @@ def assert_migrated(bench, src, dst, vol, app, source_digest):
     assert 'volumeops-migrate-' not in authorized_keys(bench, dst)
 
 
-def _tmpfs_over_volume(bench, host, vol, size):
-    """Put the destination volume's directory on a small tmpfs (a nearly full disk)."""
+def _tmpfs_over_volume(bench, host, vol, size, inodes=None):
+    """Put the destination volume's directory on a small tmpfs (a nearly full disk).
+
+    ``inodes`` limits the number of files it can hold: room enough by bytes (every free-space check
+    passes) and full after a few dozen files, in the middle of the stream."""
     sh(bench, host, ['docker', 'volume', 'create', vol])
     path = os.path.dirname(volume_mountpoint(bench, host, vol))
-    sh(bench, host, ['mount', '-t', 'tmpfs', '-o', 'size=%s,mode=0701' % size, 'vofull', path])
+    opts = 'size=%s,mode=0701' % size + (',nr_inodes=%d' % inodes if inodes else '')
+    sh(bench, host, ['mount', '-t', 'tmpfs', '-o', opts, 'vofull', path])
     sh(bench, host, ['mkdir', '-m', '0755', path + '/_data'])
     return path
 
 
 def test_independent_faults_in_one_run_and_rerun(bench, migrate):
-    """Seven pairs in one run, h1 -> h2 and h2 -> h1 in parallel: one good pair and six faults —
+    """Eight pairs in one run, h1 -> h2 and h2 -> h1 in parallel: one good pair and seven faults —
     wrong destination host key, destination name taken by other data, a source container that a
     supervisor restarts, too little space (the role's pre-flight; and, with it disabled, volume_transfer's
-    own check after the source containers were stopped), a wrong pinned SOURCE host key in relay mode. The good pair migrates; each faulty one
-    fails with its own message and is rolled back. Once the faults are gone, a rerun finishes all."""
+    own check after the source containers were stopped), a destination disk that fills up in the middle of
+    the stream (room by bytes, no inodes left), a wrong pinned SOURCE host key in relay mode. The good pair
+    migrates; each faulty one fails with its own message and is rolled back. Once the faults are gone, a rerun
+    finishes all."""
     t = rand('vof')
     h1_vols = {k: t + k for k in ('good', 'badkey', 'taken', 'stubborn')}
-    h2_vols = {k: t + k for k in ('full', 'enospc', 'relaykey')}
+    h2_vols = {k: t + k for k in ('full', 'enospc', 'midfull', 'relaykey')}
     src_of = dict([(v, 'h1') for v in h1_vols.values()] + [(v, 'h2') for v in h2_vols.values()])
     dst_of = dict((v, 'h2' if s == 'h1' else 'h1') for v, s in src_of.items())
     apps = dict((v, v + 'app') for v in src_of)
@@ -76,11 +82,13 @@ def test_independent_faults_in_one_run_and_rerun(bench, migrate):
         taken = h1_vols['taken']
         sh(bench, 'h2', ['sh', '-c', 'echo other > "$1/precious"', 'sh', volume_mountpoint(bench, 'h2', taken)])
         taken_dest_before = digest(bench, 'h2', taken)
-        # "full"/"enospc": their destination volumes on h1 live on a 2 MB tmpfs.
-        for v in (h2_vols['full'], h2_vols['enospc']):
+        # "full"/"enospc": their destination volumes on h1 live on a 2 MB tmpfs; "midfull" on a 64 MB tmpfs
+        # that holds 40 inodes: every free-space check passes, the stream fails part-way.
+        for v, size, inodes in ((h2_vols['full'], '2m', None), (h2_vols['enospc'], '2m', None),
+                                (h2_vols['midfull'], '64m', 40)):
             sh(bench, 'h1', ['docker', 'rm', '-f', apps[v]])
             sh(bench, 'h1', ['docker', 'volume', 'rm', v])
-            mounts.append(_tmpfs_over_volume(bench, 'h1', v, '2m'))
+            mounts.append(_tmpfs_over_volume(bench, 'h1', v, size, inodes))
             run_container(bench, 'h1', apps[v], v, start=False)
         # "stubborn": something on the source starts the container again whenever it stops.
         stubborn = h1_vols['stubborn']
@@ -98,6 +106,7 @@ def test_independent_faults_in_one_run_and_rerun(bench, migrate):
              'dest_host_key': bench.host_key('h2')},
             {'source': 'h2', 'destination': 'h1', 'volumes': [h2_vols['enospc']], 'compression': 'none',
              'free_space_factor': 0},
+            {'source': 'h2', 'destination': 'h1', 'volumes': [h2_vols['midfull']]},
             {'source': 'h2', 'destination': 'h1', 'volumes': [h2_vols['relaykey']], 'transfer': 'controller',
              'source_host_key': bench.host_key('h1')},
         ]
@@ -118,12 +127,16 @@ def test_independent_faults_in_one_run_and_rerun(bench, migrate):
         assert 'Source containers restarted: %s' % apps[h2_vols['enospc']] in out, out[-6000:]
         # With the role's pre-flight disabled, volume_transfer's own check stops it (after the stop).
         assert 'Not enough free space on the destination' in out.split('h2:%s -> h1  FAILED' % h2_vols['enospc'])[1][:600]
+        midfull_line = out.split('h2:%s -> h1  FAILED' % h2_vols['midfull'])[1].split('\n')[0]
+        assert 'Destination disk full' in midfull_line and 'not complete' in midfull_line, midfull_line
+        assert 'Source containers restarted: %s' % apps[h2_vols['midfull']] in out, out[-6000:]
         assert 'h2:%s -> h1  FAILED' % h2_vols['relaykey'] in out, out[-6000:]
         relay_line = out.split('h2:%s -> h1  FAILED' % h2_vols['relaykey'])[1].split('\n')[0].lower()
         assert 'host key mismatch' in relay_line and 'relay_source_host_key pins' in relay_line, relay_line
         # The good pair is done; the faulty ones are rolled back.
         assert_migrated(bench, 'h1', 'h2', h1_vols['good'], apps[h1_vols['good']], before[h1_vols['good']])
-        for v in (h1_vols['badkey'], stubborn, h2_vols['full'], h2_vols['enospc'], h2_vols['relaykey']):
+        for v in (h1_vols['badkey'], stubborn, h2_vols['full'], h2_vols['enospc'], h2_vols['midfull'],
+                  h2_vols['relaykey']):
             assert_rolled_back(bench, src_of[v], dst_of[v], v, apps[v], before[v])
         assert_same_tree(before[taken], digest(bench, 'h1', taken), 'source h1:' + taken)
         assert running(bench, 'h1', apps[taken])
