@@ -519,8 +519,10 @@ def test_marker_writes_reach_the_disk(tmp_path, monkeypatch):
     assert os.listdir(str(tmp_path)) == ['.volumeops-migration.json']  # replaced by rename, no temp file left
 
 
-@pytest.mark.parametrize('err, words', [(5, 'Writing the transferred data to disk on the destination failed'),
-                                         (28, 'Destination disk full')])
+SYNC_FAILURES = [(5, 'Writing the transferred data to disk on the destination failed'), (28, 'Destination disk full')]
+
+
+@pytest.mark.parametrize('err, words', SYNC_FAILURES)
 def test_receiver_reports_a_failed_sync_as_not_complete(tmp_path, monkeypatch, err, words):
     # A write error at sync time (EIO) or a full disk cannot be produced on demand here: the sync is
     # replaced by one that fails as the kernel would report it.
