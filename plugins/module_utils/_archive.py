@@ -399,15 +399,20 @@ WRITEBACK_EVERY = 32 * 1024 * 1024
 TREE_WRITEBACK_EVERY = 256 * 1024 * 1024
 
 
-def _libc_syncfs():
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6', use_errno=True)
-        fn = libc.syncfs
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int]
-    fn.restype = ctypes.c_int
-    return fn
+_LIBC_FUNCTIONS = {}
+
+
+def _libc_function(name, *argtypes):
+    """The C library's ``name`` (returning int, errno kept), or None where it has none; looked up once."""
+    if name not in _LIBC_FUNCTIONS:
+        try:
+            fn = getattr(ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6', use_errno=True), name)
+            fn.argtypes = list(argtypes)
+            fn.restype = ctypes.c_int
+        except (OSError, AttributeError):
+            fn = None
+        _LIBC_FUNCTIONS[name] = fn
+    return _LIBC_FUNCTIONS[name]
 
 
 def sync_filesystem(path):
@@ -418,7 +423,7 @@ def sync_filesystem(path):
     of empty files (delayed allocation) while the old content is already gone. One syncfs instead
     of an fsync per file. Without syncfs (not Linux/glibc), sync(2): the same, for every filesystem.
     """
-    fn = _libc_syncfs()
+    fn = _libc_function('syncfs', ctypes.c_int)
     if fn is None:
         os.sync()
         return
@@ -1338,24 +1343,13 @@ _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
 
-def _renameat2():
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6', use_errno=True)
-        fn = libc.renameat2
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
 def exchange_dirs(a, b):
     """Atomically exchange two paths on the same filesystem (renameat2 RENAME_EXCHANGE).
 
     Fallback when the kernel/libc/filesystem cannot: two renames through a
     temporary name (a short window where ``b`` is absent, never a mixed tree).
     """
-    fn = _renameat2()
+    fn = _libc_function('renameat2', ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
     if fn is not None:
         rc = fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE)
         if rc == 0:
