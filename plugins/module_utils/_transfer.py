@@ -1794,11 +1794,10 @@ class Receiver(object):
         h = self.hello
         self.end_info = None
         frames = self._frames(first)
-        # A final pass ends with the tree synced to disk (_verify_and_finish): writing it back while it
+        # Every pass ends with the tree synced to disk (_verify_and_finish): writing it back while it
         # arrives leaves that sync little to wait for.
-        writeback = _archive.EarlyWriteback.for_tree(self.staging) if h.get('finalize', True) else None
-        if writeback is not None:
-            frames = writeback.counted(frames)
+        writeback = _archive.EarlyWriteback.for_tree(self.staging)
+        frames = writeback.counted(frames)
         try:
             extract_frames(frames, h.get('compression') or 'zstd', self.staging,
                            allow_devices=bool(h.get('allow_devices')), on_member=guard)
@@ -1816,7 +1815,7 @@ class Receiver(object):
             raise TransferError('Extraction on the destination failed: %s' % text)
         finally:
             # After an error, the extraction's own error is the one to report.
-            error = writeback.stop() if writeback is not None else None
+            error = writeback.stop()
         if error is not None:
             raise TransferError(self._not_written(error))
         return self.end_info or {}
@@ -1874,13 +1873,13 @@ class Receiver(object):
             # A delta with verify=metadata reuses its base walk's records of what the delta did not touch.
             reuse = self.spill if self.spill is not None and self.spill.usable else None
             scan = TreeScan(self.staging, content=h.get('verify') == 'content', reuse=reuse)
-            if h.get('finalize', True):
-                # The tree is on disk before it is swapped in and marked complete: a power loss after that
-                # must not leave a "complete" volume of empty files (delayed allocation) while the role
-                # goes on to remove the source. The sync waits on the disk while the walk uses the CPU.
-                summary = _archive.run_beside(self._sync_staging, scan.run)
-            else:
-                summary = scan.run()
+            # A final pass: the tree is on disk before it is swapped in and marked complete, so a power loss
+            # after that cannot leave a "complete" volume of empty files (delayed allocation) while the role
+            # goes on to remove the source. A warm pass writes its data back too, while the application
+            # still runs: otherwise the final pass, during the downtime, would wait for the whole warm
+            # copy's dirty pages, not only for what changed. The sync waits on the disk while the walk
+            # uses the CPU.
+            summary = _archive.run_beside(self._sync_staging, scan.run)
             dest_content = scan.content
             reused = reuse.reused if reuse is not None else 0
             if self.spill is not None:

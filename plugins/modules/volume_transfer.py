@@ -29,7 +29,9 @@ description:
   - A final pass (O(finalize=true)) writes the tree to the destination's disk (C(syncfs), in the background while it
     arrives and once more during the verification) before the swap and the C(complete) marker. A power loss on the
     destination right after the pass cannot leave a complete-looking volume of empty files while the source is
-    removed. The pass's duration includes that write; a warm pass (O(finalize=false)) leaves it to the final one.
+    removed. The pass's duration includes that write. A warm pass (O(finalize=false)) writes its data to disk the
+    same way, while the application still runs, so that the final pass (during the downtime) waits only for
+    what it wrote itself.
   - 'Destination state: the staging tree C(<volume dir>/.volumeops-incoming-<migration_id>/) and the marker
     C(<volume dir>/.volumeops-migration.json) with C(migration_id), C(state) (C(staging), C(swapping) or
     C(complete)), the source fingerprint and a timestamp, where C(<volume dir>) is the parent of the

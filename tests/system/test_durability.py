@@ -23,14 +23,14 @@ SYSCALLS = 'syncfs,sync,renameat2'
 
 
 @contextlib.contextmanager
-def traced(bench, host, out):
+def traced(bench, host, out, extra=''):
     """strace -f of the host's sshd processes into ``out`` while the block runs.
 
     The listener and every session already open (Ansible keeps its SSH connection open between
     tasks): whatever runs on the host over SSH, now or in a new session, is traced.
     """
     pids = bench.sshd_pids(host)
-    argv = ['strace', '-f', '-qq', '-o', str(out), '-e', 'trace=' + SYSCALLS]
+    argv = ['strace', '-f', '-qq', '-o', str(out), '-e', 'trace=' + SYSCALLS + (',' + extra if extra else '')]
     for pid in pids:
         argv += ['-p', str(pid)]
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -93,6 +93,31 @@ def test_migration_syncs_the_destination_before_marking_it_complete(bench, migra
         data_dir = sh(bench, 'h2', ['docker', 'volume', 'inspect', '-f', '{{.Mountpoint}}', vol])
         synced, line = sync_then_exchange(trace, data_dir)
         assert synced, 'the transferred tree was swapped in before any sync returned: %s' % line
+        assert marker(bench, 'h2', vol)['state'] == 'complete'
+        assert_same_tree(before, digest(bench, 'h2', vol), 'h2:%s' % vol)
+    finally:
+        cleanup(bench, volumes=[vol])
+
+
+def test_two_phase_warm_pass_writes_its_data_back_before_the_downtime(bench, migrate, tmp_path):
+    """The warm pass syncs what it wrote, before the final pass starts: the final pass (the downtime) then
+    waits on the disk only for what changed, not for the whole warm copy's dirty pages."""
+    vol = rand('vodur')
+    try:
+        make_volume(bench, 'h1', vol)
+        before = digest(bench, 'h1', vol)
+        trace = tmp_path / 'two_phase.strace'
+        with traced(bench, 'h2', trace, extra='execve'):
+            proc = migrate({'migrate_source': 'h1', 'migrate_destination': 'h2', 'migrate_volumes': [vol],
+                            'migrate_strategy': 'two_phase'})
+        assert_ok(proc)
+        lines = open(trace).read().splitlines()
+        # Each pass starts its own receiver on the destination: "<python> -c <bootstrap> <length> receiver".
+        receivers = [i for i, line in enumerate(lines)
+                     if 'execve(' in line and '"receiver"]' in line and line.rstrip().endswith('= 0')]
+        assert len(receivers) == 2, 'expected a warm and a final receiver:\n%s' % '\n'.join(lines[-60:])
+        synced = [i for i in range(receivers[0], receivers[1]) if re.search(r'\b(syncfs|sync)\b.*\) += 0$', lines[i].rstrip())]
+        assert synced, 'the warm pass did not write its data back:\n%s' % '\n'.join(lines[receivers[0]:receivers[1]][-40:])
         assert marker(bench, 'h2', vol)['state'] == 'complete'
         assert_same_tree(before, digest(bench, 'h2', vol), 'h2:%s' % vol)
     finally:
