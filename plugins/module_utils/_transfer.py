@@ -238,6 +238,10 @@ class TreeScan(object):
     def __iter__(self):
         fingerprint_sum = _tree.FingerprintAccumulator()
         changes = _tree.ChangeHasher() if self._want_token else None
+        # Without exclusions, GNU find makes the token on the other CPU meanwhile: the re-check after
+        # the stream (_source_after) is then a find too, several times faster than a walk. The walk's
+        # own token stays the fallback (no GNU find on the host).
+        finder = _tree.FindChangeToken(self.root, changes.started_ns) if changes is not None and not self.exclude else None
         content = hashlib.sha256(b'volumeops-content-v1\n') if self._want_content else None
         content_cache = {}
         buf = bytearray(CHUNK) if content is not None else None
@@ -246,22 +250,30 @@ class TreeScan(object):
         reuse = self._reuse
         if reuse is not None:
             reuse.rewind()
-        for entry in _tree.walk(self.root, self.exclude):
-            if changes is not None:
-                changes.add(entry)  # every walked entry, as _tree.change_token() sees them
-            code = type_by_fmt.get(stat.S_IFMT(entry.st.st_mode), '?')
-            if code in SKIP_TYPES:
-                continue
-            if code == 'f' and content is not None:
-                content.update(entry.relpath + b'\0' + _file_hash(entry, content_cache, buf) + b'\n')
-            record = reuse.record_for(entry) if reuse is not None else None
-            if record is None:
-                record = _tree.entry_record(entry, code)
-            fingerprint_sum.add(entry, code, record)
-            if self._spill is not None:
-                self._spill.add(entry.relpath, entry.st, record)
-            yield entry.relpath, sha256(record).digest()[:16], code, entry
-        self.summary = fingerprint_sum.summary(changes.token() if changes is not None else None)
+        try:
+            for entry in _tree.walk(self.root, self.exclude):
+                if changes is not None:
+                    changes.add(entry)  # every walked entry, as _tree.change_token() sees them
+                code = type_by_fmt.get(stat.S_IFMT(entry.st.st_mode), '?')
+                if code in SKIP_TYPES:
+                    continue
+                if code == 'f' and content is not None:
+                    content.update(entry.relpath + b'\0' + _file_hash(entry, content_cache, buf) + b'\n')
+                record = reuse.record_for(entry) if reuse is not None else None
+                if record is None:
+                    record = _tree.entry_record(entry, code)
+                fingerprint_sum.add(entry, code, record)
+                if self._spill is not None:
+                    self._spill.add(entry.relpath, entry.st, record)
+                yield entry.relpath, sha256(record).digest()[:16], code, entry
+        except BaseException:
+            if finder is not None:
+                finder.close()
+            raise
+        token = None
+        if changes is not None:
+            token = (finder.result() if finder is not None else None) or changes.token()
+        self.summary = fingerprint_sum.summary(token)
         if self._spill is not None:
             self._spill.finish()
         if content is not None:
@@ -1061,8 +1073,8 @@ class Sender(object):
         """(summary, content digest or None) of the source after streaming.
 
         Re-checked in parallel with the destination's verification walk: a source changed during
-        the pass must not be declared verified. With verify=metadata, a change-token walk (lstat
-        only, about half a full walk) that matches the first walk's settled token proves the tree
+        the pass must not be declared verified. With verify=metadata, a change token (inodes and
+        ctimes only, listed by GNU find or walked) that matches the first walk's settled token proves the tree
         is still as first walked, so that walk's summary holds; otherwise, and with verify=content,
         one full walk gives the fingerprint and the content digest.
         """
@@ -1070,7 +1082,7 @@ class Sender(object):
         before = scan.summary.change_token
         if not want_content and before is not None and before.settled:
             try:
-                later = _tree.change_token(self.root, exclude)
+                later = before.again(self.root, exclude)
             except OSError as exc:
                 raise TransferError(_archive.describe_os_error(exc, 'Reading the source volume'))
             if before.proves_unchanged(later):

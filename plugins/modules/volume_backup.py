@@ -27,8 +27,10 @@ description:
     nothing is written and the result is not changed.
   - For a plain local volume read in place, the sidecar manifest also keeps a change token of that walk (the path,
     inode number and ctime of every entry). The kernel moves an entry's ctime on every change of its content, mode,
-    owner, link count or xattrs, so when a later walk that only reads inode metadata (no xattrs, no link targets)
-    finds the same token, the volume is proven unchanged at about half the cost of the full walk. Tokens younger
+    owner, link count or xattrs, so when a later listing that only reads inode metadata (no xattrs, no link targets)
+    finds the same token, the volume is proven unchanged at a fraction of the cost of the full walk. Without
+    O(exclude) GNU C(find) lists the entries (on a second CPU while the module walks for the fingerprint);
+    without a usable C(find), and with O(exclude), the module walks. Tokens younger
     than two seconds are not trusted (ctime comes from a clock that ticks every few milliseconds), and whenever a
     token cannot prove it, the full fingerprint decides (see RV(backups[].unchanged_proof)).
   - Archives are written under a temporary name (mode 0600 from the first byte), hashed while written, fsynced and
@@ -434,7 +436,7 @@ class BackupManager(object):
         token = _tree.ChangeToken.from_dict(manifest.get('change_token'))
         if token is None or not token.settled:
             return None
-        if not token.proves_unchanged(_tree.change_token(src.root, self.p['exclude'])):
+        if not token.proves_unchanged(token.again(src.root, self.p['exclude'])):
             return None
         return _tree.TreeSummary(manifest['fingerprint'], manifest['entries'], manifest['bytes'])
 
@@ -445,7 +447,7 @@ class BackupManager(object):
         harmless ctime change), the full fingerprint decides.
         """
         token = summary.change_token
-        if token is not None and token.settled and token.proves_unchanged(_tree.change_token(src.root, self.p['exclude'])):
+        if token is not None and token.settled and token.proves_unchanged(token.again(src.root, self.p['exclude'])):
             return True
         return self.summary(src).fingerprint == summary.fingerprint
 

@@ -336,7 +336,8 @@ source_recheck:
   description:
     - How the source was re-checked after streaming, before the destination was declared verified (a source
       that changed during the pass is never declared verified).
-    - V(change_token) when a walk reading only each entry's inode and change time (ctime) matched the first walk,
+    - V(change_token) when a listing of only each entry's inode and change time (ctime) matched the first walk's
+      (made by GNU C(find) when there is no O(exclude) and C(find) is usable, else by a walk),
       proving nothing changed since; it is used with O(verify=metadata) when the newest ctime was at least 2 s
       older than the first walk. V(fingerprint) when the source was walked and fingerprinted again.
   returned: when data was sent

@@ -173,11 +173,17 @@ def test_change_token_is_settled_only_for_old_ctimes(tree):
     assert not old.proves_unchanged(None)
 
 
+TOKEN_METHODS = {'walk': _tree.change_token, 'find': _tree.find_change_token}
+
+
+@pytest.mark.parametrize('method', sorted(TOKEN_METHODS))
 @pytest.mark.parametrize('change', ['mode', 'mtime_kept_content_same_size', 'xattr', 'owner', 'new_file',
                                     'rename', 'hard_link', 'symlink_retarget'])
-def test_change_token_sees_every_change_even_when_mtime_is_put_back(tree, change):
+def test_change_token_sees_every_change_even_when_mtime_is_put_back(tree, change, method):
     import time
-    before = _tree.change_token(str(tree))
+    make = TOKEN_METHODS[method]
+    before = make(str(tree))
+    assert before.method == method and make(str(tree)).digest == before.digest
     time.sleep(0.05)  # more than one tick of the kernel's coarse clock
     target = tree / 'b' / 'c' / 'deep'
     st = os.lstat(target)
@@ -199,4 +205,75 @@ def test_change_token_sees_every_change_even_when_mtime_is_put_back(tree, change
     elif change == 'symlink_retarget':
         os.unlink(tree / 'link')
         os.symlink('b', tree / 'link')
-    assert _tree.change_token(str(tree)).digest != before.digest
+    after = make(str(tree))
+    assert after.digest != before.digest
+    assert after.max_ctime_ns > before.max_ctime_ns
+
+
+def test_find_token_covers_the_walk_entries_with_their_newest_ctime(tree):
+    os.mkfifo(tree / 'fifo')
+    walked = _tree.change_token(str(tree))
+    found = _tree.find_change_token(str(tree))
+    assert found.method == 'find' and found.digest.startswith('sha256:') and found.digest != walked.digest
+    assert found.max_ctime_ns == walked.max_ctime_ns  # same entries, nanosecond ctimes
+    # Stored and read back; a token of the other method never proves anything.
+    assert _tree.ChangeToken.from_dict(found.as_dict()).as_dict() == found.as_dict()
+    settled_find = _tree.ChangeToken(found.digest, found.max_ctime_ns, found.max_ctime_ns + _tree.CTIME_SETTLED_NS + 1,
+                                     method='find')
+    assert settled_find.proves_unchanged(settled_find.again(str(tree)))
+    assert not settled_find.proves_unchanged(_tree.ChangeToken(found.digest, 1, 2, method='walk'))
+    assert settled_find.again(str(tree)).method == 'find'
+
+
+def test_token_from_dict_of_older_and_unknown_methods():
+    old = _tree.ChangeToken.from_dict({'digest': 'sha256:x', 'max_ctime_ns': 1, 'started_ns': 2})
+    assert old.method == 'walk'  # stored before find tokens existed
+    assert _tree.ChangeToken.from_dict({'digest': 'x', 'max_ctime_ns': 1, 'started_ns': 2, 'method': 'ls'}) is None
+
+
+def _fake_find(tmp_path, monkeypatch, script):
+    bindir = tmp_path / 'bin'
+    bindir.mkdir(parents=True)
+    (bindir / 'find').write_text('#!/bin/sh\n' + script + '\n')
+    os.chmod(bindir / 'find', 0o755)
+    monkeypatch.setenv('PATH', str(bindir))
+
+
+@pytest.mark.parametrize('script', ['echo "find: unrecognized: -printf"; exit 1',  # busybox
+                                    'printf "garbage"',  # not the expected records
+                                    'printf "12 1700000000.5 \\0"; exit 1'])  # an error while listing
+def test_find_token_is_none_when_find_is_not_gnu_find_or_fails(tree, tmp_path, monkeypatch, script):
+    _fake_find(tmp_path, monkeypatch, script)
+    assert _tree.find_change_token(str(tree)) is None
+
+
+def test_fingerprint_with_token_without_find_walks_for_the_token_from_the_first_start(tree, tmp_path, monkeypatch):
+    monkeypatch.setenv('PATH', str(tmp_path / 'nothing-here'))
+    import time
+    before = time.time_ns()
+    summary = _tree.fingerprint_with_token(str(tree))
+    plain = _tree.fingerprint(str(tree), with_change_token=True)
+    assert (summary.fingerprint, summary.entries, summary.bytes) == (plain.fingerprint, plain.entries, plain.bytes)
+    assert summary.change_token.method == 'walk' and summary.change_token.digest == plain.change_token.digest
+    assert before <= summary.change_token.started_ns <= plain.change_token.started_ns
+
+
+def test_fingerprint_with_token_uses_find_started_before_the_walk(tree):
+    import time
+    before = time.time_ns()
+    summary = _tree.fingerprint_with_token(str(tree))
+    assert summary.fingerprint == _tree.fingerprint(str(tree)).fingerprint
+    token = summary.change_token
+    assert token.method == 'find' and token.digest == _tree.find_change_token(str(tree)).digest
+    assert before <= token.started_ns <= time.time_ns()
+
+
+def test_find_token_newest_ctime_by_number_when_widths_differ(tree, tmp_path, monkeypatch):
+    # Byte order would take 999999999.5 (2001) for the newest; the numbers say 1000000000.25.
+    _fake_find(tmp_path, monkeypatch, 'printf "999999999.5 11 a\\0001000000000.25 12 b\\000"')
+    token = _tree.find_change_token(str(tree))
+    assert token.max_ctime_ns == 1000000000250000000
+    _fake_find(tmp_path / 'again', monkeypatch, 'printf "1700000000.5 11 a\\0001700000001.25 12 b\\000"')
+    assert _tree.find_change_token(str(tree)).max_ctime_ns == 1700000001250000000
+    _fake_find(tmp_path / 'odd-later', monkeypatch, 'printf "1000000000.25 12 b\\000999999999.5 11 a\\000"')
+    assert _tree.find_change_token(str(tree)).max_ctime_ns == 1000000000250000000
