@@ -389,7 +389,7 @@ def _settled(summary):
     """The summary with its change token as if the first walk began well after the newest ctime."""
     token = summary.change_token
     summary.change_token = _tree.ChangeToken(token.digest, token.max_ctime_ns,
-                                             token.max_ctime_ns + _tree.CTIME_SETTLED_NS + 1)
+                                             token.max_ctime_ns + _tree.CTIME_SETTLED_NS + 1, token.method)
     return summary
 
 
