@@ -415,27 +415,33 @@ class FindChangeToken(object):
 
     def __init__(self, root, started_ns=None):
         self.started_ns = time.time_ns() if started_ns is None else started_ns
-        # An unnamed file, not a pipe: find must not stop when a pipe is full while this process walks.
-        self._out = tempfile.TemporaryFile()
+        self._proc = None
+        self._out = None
         # -P: never follow symlinks; an absolute root cannot be taken for an option.
         argv = ['find', '-P', os.path.abspath(os.fsdecode(root)), '-printf', FIND_TOKEN_FORMAT]
         try:
+            # An unnamed file, not a pipe: find must not stop when a pipe is full while this process walks.
+            self._out = tempfile.TemporaryFile()
             self._proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=self._out,
                                           stderr=subprocess.DEVNULL)
         except OSError:
-            self._proc = None  # no find on this host: the caller walks instead
+            pass  # no find on this host, or no room for its list: the caller walks instead
 
     def close(self):
         """Stop find (the caller failed before it wanted the result)."""
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait()
-        self._out.close()
+        if self._out is not None:
+            self._out.close()
 
     def result(self):
         """The ChangeToken, or None when find is missing, is not GNU find, or reported an error."""
+        if self._proc is None:
+            self.close()
+            return None
         try:
-            if self._proc is None or self._proc.wait() != 0:
+            if self._proc.wait() != 0:
                 return None
             out = self._out
             out.seek(0)
@@ -460,8 +466,8 @@ class FindChangeToken(object):
                 newest = max(newest, top)
             if rest or newest == 0:
                 return None
-        except (IndexError, ValueError):
-            return None  # not the expected output (not GNU find): no token
+        except (IndexError, ValueError, OSError):
+            return None  # not the expected output (not GNU find), or its list unreadable: no token
         finally:
             self._out.close()
         return ChangeToken('sha256:' + digest.hexdigest(), newest, self.started_ns, method='find')

@@ -277,3 +277,13 @@ def test_find_token_newest_ctime_by_number_when_widths_differ(tree, tmp_path, mo
     assert _tree.find_change_token(str(tree)).max_ctime_ns == 1700000001250000000
     _fake_find(tmp_path / 'odd-later', monkeypatch, 'printf "1000000000.25 12 b\\000999999999.5 11 a\\000"')
     assert _tree.find_change_token(str(tree)).max_ctime_ns == 1000000000250000000
+
+
+def test_find_token_is_none_without_room_for_its_list(tree, monkeypatch):
+    def no_room(*args, **kwargs):
+        raise OSError(28, 'No space left on device')
+    monkeypatch.setattr(_tree.tempfile, 'TemporaryFile', no_room)
+    assert _tree.find_change_token(str(tree)) is None
+    summary = _tree.fingerprint_with_token(str(tree))  # falls back to a walk
+    assert summary.change_token.method == 'walk'
+    assert summary.change_token.digest == _tree.change_token(str(tree)).digest
