@@ -478,26 +478,52 @@ def find_change_token(root):
     return FindChangeToken(root).result()
 
 
-def fingerprint_with_token(root, skip_types=()):
-    """``fingerprint(root, skip_types=skip_types, with_change_token=True)``, faster: the token is made by
-    GNU find on the other CPU while this process walks for the fingerprint (no exclusions).
+# Below this many entries a walk's own token costs less than starting find (a fork and an exec).
+FIND_TOKEN_MIN_ENTRIES = 2048
 
-    Both walks count as started when the first did, so the token is settled only when nothing changed
-    shortly before or during either. Without a usable find, the token is walked afterwards under the
-    same rule.
+
+class TokenBesideWalk(object):
+    """A walk's change token, made by GNU find beside the walk once the tree proves big.
+
+    ``watch()`` passes the walk's entries through; at the FIND_TOKEN_MIN_ENTRIES-th it starts find
+    (FindChangeToken) with the walk's own start as ``started_ns``: the token is then settled only when
+    nothing changed shortly before or during either listing. ``token(walked)`` gives find's token, or
+    the walk's own ``walked`` token (small tree, no usable find).
     """
-    started = time.time_ns()
-    finder = FindChangeToken(root, started)
+
+    def __init__(self, root, started_ns):
+        self.root = root
+        self.started_ns = started_ns
+        self.finder = None
+
+    def watch(self, entries):
+        count = 0
+        for entry in entries:
+            count += 1
+            if count == FIND_TOKEN_MIN_ENTRIES:
+                self.finder = FindChangeToken(self.root, self.started_ns)
+            yield entry
+
+    def close(self):
+        if self.finder is not None:
+            self.finder.close()
+
+    def token(self, walked):
+        found = self.finder.result() if self.finder is not None else None
+        return found if found is not None else walked
+
+
+def fingerprint_with_token(root, skip_types=()):
+    """``fingerprint(root, skip_types=skip_types, with_change_token=True)``, with the token of a big tree made
+    by GNU find beside the walk (TokenBesideWalk): a later ``again()`` then lists it at a fraction of a
+    walk's cost. No exclusions."""
+    beside = TokenBesideWalk(root, time.time_ns())
     try:
-        summary = fingerprint(root, skip_types=skip_types)
+        summary = summarize(beside.watch(walk(root)), skip_types=skip_types, with_change_token=True)
     except BaseException:
-        finder.close()
+        beside.close()
         raise
-    token = finder.result()
-    if token is None:
-        walked = change_token(root)
-        token = ChangeToken(walked.digest, walked.max_ctime_ns, started)
-    summary.change_token = token
+    summary.change_token = beside.token(summary.change_token)
     return summary
 
 

@@ -393,16 +393,20 @@ def _settled(summary):
     return summary
 
 
-@pytest.mark.parametrize('verify', ['metadata', 'content'])
-def test_source_recheck_after_streaming(tmp_path, verify):
-    # After streaming, the sender proves the source unchanged with a change-token walk (verify=metadata,
+@pytest.mark.parametrize('verify, size', [('metadata', 'small'), ('metadata', 'big'), ('content', 'small')])
+def test_source_recheck_after_streaming(tmp_path, monkeypatch, verify, size):
+    # After streaming, the sender proves the source unchanged with a change token (verify=metadata,
     # settled token) or walks it again; any change made after the first walk must show up either way.
+    # A big tree's token is listed by find beside the first walk, a small one's by the walk itself.
+    if size == 'big':
+        monkeypatch.setattr(_tree, 'FIND_TOKEN_MIN_ENTRIES', 2)
     root = str(tmp_path / 'src')
     os.mkdir(root)
     _rich_tree(root)
     sender = _transfer.Sender({'verify': verify}, root)
     scan = _transfer.TreeScan(root, with_change_token=True)
     first = _settled(scan.run())
+    assert first.change_token.method == ('find' if size == 'big' else 'walk')
     assert first.as_dict() == _transfer.TreeScan(root).run().as_dict()  # the token changes no figure
 
     after, first_content = sender._source_after(scan, None)

@@ -247,19 +247,28 @@ def test_find_token_is_none_when_find_is_not_gnu_find_or_fails(tree, tmp_path, m
     assert _tree.find_change_token(str(tree)) is None
 
 
-def test_fingerprint_with_token_without_find_walks_for_the_token_from_the_first_start(tree, tmp_path, monkeypatch):
-    monkeypatch.setenv('PATH', str(tmp_path / 'nothing-here'))
-    import time
-    before = time.time_ns()
+def test_fingerprint_with_token_of_a_small_tree_is_the_walks_own(tree, monkeypatch):
+    def no_find(*args, **kwargs):
+        raise AssertionError('find started for a tree of %d entries' % _tree.fingerprint(str(tree)).entries)
+    monkeypatch.setattr(_tree, 'FindChangeToken', no_find)  # below FIND_TOKEN_MIN_ENTRIES: not worth a process
     summary = _tree.fingerprint_with_token(str(tree))
     plain = _tree.fingerprint(str(tree), with_change_token=True)
     assert (summary.fingerprint, summary.entries, summary.bytes) == (plain.fingerprint, plain.entries, plain.bytes)
     assert summary.change_token.method == 'walk' and summary.change_token.digest == plain.change_token.digest
-    assert before <= summary.change_token.started_ns <= plain.change_token.started_ns
 
 
-def test_fingerprint_with_token_uses_find_started_before_the_walk(tree):
+def test_fingerprint_with_token_without_find_keeps_the_walks_token(tree, tmp_path, monkeypatch):
+    monkeypatch.setattr(_tree, 'FIND_TOKEN_MIN_ENTRIES', 2)
+    monkeypatch.setenv('PATH', str(tmp_path / 'nothing-here'))
+    summary = _tree.fingerprint_with_token(str(tree))
+    plain = _tree.fingerprint(str(tree), with_change_token=True)
+    assert summary.fingerprint == plain.fingerprint
+    assert summary.change_token.method == 'walk' and summary.change_token.digest == plain.change_token.digest
+
+
+def test_fingerprint_with_token_of_a_big_tree_uses_find_from_the_walks_start(tree, monkeypatch):
     import time
+    monkeypatch.setattr(_tree, 'FIND_TOKEN_MIN_ENTRIES', 2)  # as if the tree were big
     before = time.time_ns()
     summary = _tree.fingerprint_with_token(str(tree))
     assert summary.fingerprint == _tree.fingerprint(str(tree)).fingerprint
@@ -284,6 +293,7 @@ def test_find_token_is_none_without_room_for_its_list(tree, monkeypatch):
         raise OSError(28, 'No space left on device')
     monkeypatch.setattr(_tree.tempfile, 'TemporaryFile', no_room)
     assert _tree.find_change_token(str(tree)) is None
-    summary = _tree.fingerprint_with_token(str(tree))  # falls back to a walk
+    monkeypatch.setattr(_tree, 'FIND_TOKEN_MIN_ENTRIES', 2)
+    summary = _tree.fingerprint_with_token(str(tree))  # falls back to the walk's token
     assert summary.change_token.method == 'walk'
     assert summary.change_token.digest == _tree.change_token(str(tree)).digest
