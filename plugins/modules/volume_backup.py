@@ -29,8 +29,9 @@ description:
     inode number and ctime of every entry). The kernel moves an entry's ctime on every change of its content, mode,
     owner, link count or xattrs, so when a later listing that only reads inode metadata (no xattrs, no link targets)
     finds the same token, the volume is proven unchanged at a fraction of the cost of the full walk. Without
-    O(exclude) GNU C(find) lists the entries (on a second CPU while the module walks for the fingerprint);
-    without a usable C(find), and with O(exclude), the module walks. Tokens younger
+    O(exclude), for a volume of 2048 entries or more, GNU C(find) lists the entries (on a second CPU while the
+    module walks for the fingerprint); for smaller volumes, with O(exclude) and without a usable C(find), the
+    module's walk makes the token. Tokens younger
     than two seconds are not trusted (ctime comes from a clock that ticks every few milliseconds), and whenever a
     token cannot prove it, the full fingerprint decides (see RV(backups[].unchanged_proof)).
   - Archives are written under a temporary name (mode 0600 from the first byte), hashed while written, fsynced and
