@@ -114,7 +114,8 @@ options:
   finalize:
     description:
       - After the pass, verify and swap the staging tree into the destination volume and mark it complete.
-      - With V(false) (warm copy) the data stays staged and the destination volume does not look complete;
+      - With V(false) (warm copy) the data stays staged (written to disk, so that the final pass waits only for
+        what changed) and the destination volume does not look complete;
         files changing while read (tar exit 1) are then a warning, not an error, and a fingerprint mismatch is
         reported as RV(verified=false) instead of failing.
     type: bool
