@@ -406,7 +406,7 @@ class FindChangeToken(object):
     """A change token made by GNU find in a child process: start it, do other work, then ``result()``.
 
     Same coverage as change_token() without exclusions: every entry below the root, lstat only
-    (find -P), never leaving the tree through symlinks. The entries come in directory order, which
+    (find -H), never leaving the tree through symlinks. The entries come in directory order, which
     is the same while a directory is unchanged, and a changed directory changes the digest anyway.
     ``started_ns`` is taken before find starts; a caller that walks the tree at the same time gives
     the start of its own walk (``started_ns``), so that the token cannot be settled when anything
@@ -417,8 +417,9 @@ class FindChangeToken(object):
         self.started_ns = time.time_ns() if started_ns is None else started_ns
         self._proc = None
         self._out = None
-        # -P: never follow symlinks; an absolute root cannot be taken for an option.
-        argv = ['find', '-P', os.path.abspath(os.fsdecode(root)), '-printf', FIND_TOKEN_FORMAT]
+        # -H: follow no symlink but the root itself, as walk() does (it opens the root to list it);
+        # an absolute root cannot be taken for an option.
+        argv = ['find', '-H', os.path.abspath(os.fsdecode(root)), '-printf', FIND_TOKEN_FORMAT]
         try:
             # An unnamed file, not a pipe: find must not stop when a pipe is full while this process walks.
             self._out = tempfile.TemporaryFile()

@@ -297,3 +297,14 @@ def test_find_token_is_none_without_room_for_its_list(tree, monkeypatch):
     summary = _tree.fingerprint_with_token(str(tree))  # falls back to the walk's token
     assert summary.change_token.method == 'walk'
     assert summary.change_token.digest == _tree.change_token(str(tree)).digest
+
+
+def test_find_token_of_a_symlinked_root_covers_the_tree_it_points_to(tree, tmp_path):
+    import time
+    link = tmp_path / 'root-link'
+    os.symlink(str(tree), link)  # walk() opens the root, following it: so does find -H
+    before = _tree.find_change_token(str(link))
+    assert before is not None and before.max_ctime_ns == _tree.find_change_token(str(tree)).max_ctime_ns
+    time.sleep(0.05)
+    os.chmod(tree / 'b' / 'c' / 'deep', 0o600)
+    assert _tree.find_change_token(str(link)).digest != before.digest
