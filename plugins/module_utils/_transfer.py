@@ -586,6 +586,23 @@ def check_migration_id(mid):
 
 # --- shipping the receiver -----------------------------------------------------------------------
 
+def unwritable_volume_error(name, driver, options):
+    """Why the receiver cannot write a volume of this driver and these options, or None.
+
+    It writes into the volume's _data directory on the host: plain local volumes only. With the local
+    driver's type/device mount options (NFS, tmpfs, a block device) or another driver, _data is mounted
+    only while a container uses the volume.
+    """
+    options = options or {}
+    if (driver or 'local') == 'local' and not set(options) & {'type', 'device'}:
+        return None
+    return ('Destination volume %s (driver %s, options %s) cannot be written by volume_transfer: it writes only into '
+            'plain local volumes (no type/device mount options such as NFS, no other driver), whose data directory '
+            'exists on the host only while a container uses them. Transfer into a plain local volume, or move the '
+            'data with volume_backup and volume_restore (whose helper container path writes such volumes).'
+            % (name, driver or 'local', json.dumps(options, sort_keys=True)))
+
+
 def build_remote_command(dest_python, source_length, mode='receiver'):
     """The command line executed on the destination; every argument shell-quoted."""
     import shlex
@@ -1647,14 +1664,12 @@ class Receiver(object):
 
     def _set_paths(self, vol):
         mp = vol.get('Mountpoint')
-        if vol.get('Driver') != 'local' or not mp or not os.path.isdir(mp) or os.path.basename(mp) != '_data':
-            raise TransferError('Destination volume %s (driver %s, mountpoint %s) is not a local volume with a '
-                                'directory on this host; volume_transfer writes into local volumes only.'
-                                % (vol.get('Name'), vol.get('Driver'), mp))
-        if (vol.get('Options') or {}).get('device') or (vol.get('Options') or {}).get('type'):
-            raise TransferError('Destination volume %s uses local driver mount options (%s): its _data directory is '
-                                'only mounted while a container uses it, so volume_transfer cannot write it.'
-                                % (vol.get('Name'), vol.get('Options')))
+        err = unwritable_volume_error(vol.get('Name'), vol.get('Driver'), vol.get('Options'))
+        if err:
+            raise TransferError(err)
+        if not mp or not os.path.isdir(mp) or os.path.basename(mp) != '_data':
+            raise TransferError('Destination volume %s (mountpoint %s) has no data directory on this host; '
+                                'volume_transfer writes into local volumes only.' % (vol.get('Name'), mp))
         self.data_dir = mp
         vdir = os.path.dirname(mp)
         self.marker_path = os.path.join(vdir, MARKER_NAME)
@@ -1669,6 +1684,9 @@ class Receiver(object):
             src = h.get('source_volume') or {}
             if not h.get('dest_labels'):
                 labels = dict(src.get('labels') or {})
+            err = unwritable_volume_error(h['dest_volume'], driver, options)
+            if err:
+                raise TransferError(err)  # before creating it: no empty volume is left behind
             self.docker.create(h['dest_volume'], driver, options, labels)
             vol = self.docker.inspect(h['dest_volume'])
             if vol is None:

@@ -453,6 +453,9 @@ class VolumeTransferManager(object):
                 p[key] = stringify_labels(p[key], what=key)
             except ValueError as exc:
                 self.fail(str(exc))
+        err = _transfer.unwritable_volume_error(p['dest_volume'], p['dest_driver'], p['dest_driver_options'])
+        if err:
+            self.fail(err + ' Nothing was changed.')
         if not 1 <= p['compression_level'] <= 19:
             self.fail('compression_level must be between 1 and 19.')
         if not HAS_PARAMIKO:

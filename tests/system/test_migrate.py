@@ -393,6 +393,22 @@ def test_preflight_host_key_from_gathered_facts_and_unreachable_sshd(bench, migr
         assert 'Would migrate 1 volume(s) from h1 to h2' in proc.stdout, proc.stdout[-6000:]
         assert not volume_inspect(bench, 'h2', vol)  # check mode: nothing on the destination
 
+        # Destination volumes the transfer cannot write (mount options: their _data is mounted only while a
+        # container uses them): a new one asked for by a driver_options override (NFS) and an existing one
+        # (tmpfs through the local driver). Both named by the pre-flight, which runs before any container stops.
+        sh(bench, 'h1', ['docker', 'volume', 'create', vol + 'tmp'])
+        sh(bench, 'h2', ['docker', 'volume', 'create', '-o', 'type=tmpfs', '-o', 'device=tmpfs', vol + 'tmp'])
+        nfs = {'type': 'nfs', 'device': ':/export', 'o': 'addr=192.0.2.1'}
+        argv = ['ansible-playbook', str(wrapper), '--check', '-e', json.dumps(dict(
+            extra, wrong_key='', migrate_volumes=[{'name': vol, 'driver_options': nfs}, vol + 'tmp']))]
+        proc = migrate.raw(argv)
+        assert proc.returncode != 0, proc.stdout[-6000:]
+        assert 'Destination volume(s) on h2 that the transfer cannot write: %s (would be created: local' % vol \
+            in proc.stdout, proc.stdout[-6000:]
+        assert '%stmp (exists: local {' % vol in proc.stdout and 'uses them. Migrate into a plain local volume' \
+            in proc.stdout, proc.stdout[-6000:]
+        assert not volume_inspect(bench, 'h2', vol)
+
         proc = migrate(dict(extra, migrate_dest_port=2222, migrate_connect_timeout=3), check=True)
         assert proc.returncode != 0, proc.stdout[-6000:]
         assert 'h1 cannot reach the SSH server of h2 at %s:2222 within 3s' % bench.ip('h2') in proc.stdout, \
@@ -431,7 +447,7 @@ def test_preflight_host_key_from_gathered_facts_and_unreachable_sshd(bench, migr
     finally:
         bench.exec('h2', ['sh', '-c', '[ -e "$0.aside" ] && mv "$0.aside" "$0"; true', HOST_PUB], check=False)
         bench.exec('h2', ['rm', '-f', nodocker_py], check=False)
-        cleanup(bench, volumes=[vol])
+        cleanup(bench, volumes=[vol, vol + 'tmp'])
 
 
 def test_sshd_enforces_the_expiry_of_the_temporary_key(bench, tmp_path):

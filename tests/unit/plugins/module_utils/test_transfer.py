@@ -540,3 +540,35 @@ def test_receiver_reports_a_failed_sync_as_not_complete(tmp_path, monkeypatch, e
     with pytest.raises(_transfer.TransferError) as info:
         rec._sync_staging()
     assert words in str(info.value) and 'not complete' in str(info.value)
+
+
+@pytest.mark.parametrize('driver, options, writable', [
+    ('local', {}, True), (None, None, True), ('local', {'o': 'uid=1000'}, True),
+    ('local', {'type': 'nfs', 'o': 'addr=10.0.0.1', 'device': ':/export'}, False),
+    ('local', {'type': 'tmpfs', 'device': 'tmpfs'}, False), ('local', {'device': '/dev/sdb1'}, False),
+    ('rexray', {}, False),
+])
+def test_unwritable_volume_error(driver, options, writable):
+    err = _transfer.unwritable_volume_error('vol', driver, options)
+    if writable:
+        assert err is None
+    else:
+        assert 'vol' in err and 'cannot be written by volume_transfer' in err and 'volume_restore' in err
+
+
+def test_receiver_refuses_a_volume_it_cannot_write_before_creating_it():
+    created = []
+
+    class Docker(object):
+        def create(self, *args):
+            created.append(args)
+
+        def inspect(self, name):
+            return None
+    receiver = _transfer.Receiver(io_=None)
+    receiver.hello = {'dest_volume': 'nfsvol', 'dest_driver': 'local', 'migration_id': 'm1',
+                      'dest_driver_options': {'type': 'nfs', 'device': ':/export', 'o': 'addr=10.0.0.1'}}
+    receiver.docker = Docker()
+    with pytest.raises(_transfer.TransferError, match='cannot be written by volume_transfer'):
+        receiver._ensure_volume(None)
+    assert created == []
