@@ -1306,8 +1306,6 @@ def cleanup_stale(parent, markers=(STAGING_MARKER, OLD_MARKER)):
 
 def tree_summary(root, exclude=None, with_change_token=False):
     """The fingerprint used for manifests and comparisons (sockets left out)."""
-    if with_change_token and not exclude:
-        return _tree.fingerprint_with_token(root, skip_types=SKIP_TYPES)
     return _tree.fingerprint(root, exclude=exclude, skip_types=SKIP_TYPES, with_change_token=with_change_token)
 
 

@@ -237,14 +237,9 @@ class TreeScan(object):
 
     def __iter__(self):
         fingerprint_sum = _tree.FingerprintAccumulator()
-        changes = _tree.ChangeHasher() if self._want_token else None
         # Without exclusions, GNU find makes the token of a big tree on the other CPU meanwhile: the
-        # re-check after the stream (_source_after) is then a find too, faster than a walk. The walk's
-        # own token stays the fallback (small tree, no GNU find on the host).
-        beside = _tree.TokenBesideWalk(self.root, changes.started_ns) if changes is not None and not self.exclude else None
-        entries = _tree.walk(self.root, self.exclude)
-        if beside is not None:
-            entries = beside.watch(entries)
+        # re-check after the stream (_source_after) is then a find too, faster than a walk.
+        changes = _tree.ChangeHasher(None if self.exclude else self.root) if self._want_token else None
         content = hashlib.sha256(b'volumeops-content-v1\n') if self._want_content else None
         content_cache = {}
         buf = bytearray(CHUNK) if content is not None else None
@@ -254,7 +249,7 @@ class TreeScan(object):
         if reuse is not None:
             reuse.rewind()
         try:
-            for entry in entries:
+            for entry in _tree.walk(self.root, self.exclude):
                 if changes is not None:
                     changes.add(entry)  # every walked entry, as _tree.change_token() sees them
                 code = type_by_fmt.get(stat.S_IFMT(entry.st.st_mode), '?')
@@ -270,15 +265,10 @@ class TreeScan(object):
                     self._spill.add(entry.relpath, entry.st, record)
                 yield entry.relpath, sha256(record).digest()[:16], code, entry
         except BaseException:
-            if beside is not None:
-                beside.close()
+            if changes is not None:
+                changes.close()
             raise
-        token = None
-        if changes is not None:
-            token = changes.token()
-            if beside is not None:
-                token = beside.token(token)
-        self.summary = fingerprint_sum.summary(token)
+        self.summary = fingerprint_sum.summary(changes.token() if changes is not None else None)
         if self._spill is not None:
             self._spill.finish()
         if content is not None:

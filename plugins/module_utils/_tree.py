@@ -348,19 +348,42 @@ class FingerprintAccumulator(object):
 
 
 class ChangeHasher(object):
-    """Accumulates a change token over the entries of a walk."""
+    """Accumulates a change token over the entries of a walk.
 
-    def __init__(self):
+    Given the walk's ``root`` (a walk without exclusions), it starts GNU find beside the walk once the
+    tree proves big (FIND_TOKEN_MIN_ENTRIES entries; a small tree's own token costs less than a
+    process), with the walk's start as find's ``started_ns``: that token is then settled only when
+    nothing changed shortly before or during either listing. ``token()`` gives find's token when it
+    made one (a later ``again()`` lists it at a fraction of a walk's cost), else the walk's own.
+    ``close()`` stops find when the walk fails.
+    """
+
+    def __init__(self, root=None):
         self.started_ns = time.time_ns()
         self._digest = _LineDigest(b'volumeops-change-v1\n')
         self.max_ctime_ns = 0
+        self._root = root  # None once find started (or when it must not)
+        self._count = 0
+        self._finder = None
 
     def add(self, entry):
         if entry.st.st_ctime_ns > self.max_ctime_ns:
             self.max_ctime_ns = entry.st.st_ctime_ns
         self._digest.add(change_record(entry))
+        if self._root is not None:
+            self._count += 1
+            if self._count >= FIND_TOKEN_MIN_ENTRIES:
+                self._finder = FindChangeToken(self._root, self.started_ns)
+                self._root = None
+
+    def close(self):
+        if self._finder is not None:
+            self._finder.close()
 
     def token(self):
+        found = self._finder.result() if self._finder is not None else None
+        if found is not None:
+            return found
         return ChangeToken(self._digest.hexdigest(), self.max_ctime_ns, self.started_ns)
 
 
@@ -483,51 +506,6 @@ def find_change_token(root):
 FIND_TOKEN_MIN_ENTRIES = 2048
 
 
-class TokenBesideWalk(object):
-    """A walk's change token, made by GNU find beside the walk once the tree proves big.
-
-    ``watch()`` passes the walk's entries through; at the FIND_TOKEN_MIN_ENTRIES-th it starts find
-    (FindChangeToken) with the walk's own start as ``started_ns``: the token is then settled only when
-    nothing changed shortly before or during either listing. ``token(walked)`` gives find's token, or
-    the walk's own ``walked`` token (small tree, no usable find).
-    """
-
-    def __init__(self, root, started_ns):
-        self.root = root
-        self.started_ns = started_ns
-        self.finder = None
-
-    def watch(self, entries):
-        count = 0
-        for entry in entries:
-            count += 1
-            if count == FIND_TOKEN_MIN_ENTRIES:
-                self.finder = FindChangeToken(self.root, self.started_ns)
-            yield entry
-
-    def close(self):
-        if self.finder is not None:
-            self.finder.close()
-
-    def token(self, walked):
-        found = self.finder.result() if self.finder is not None else None
-        return found if found is not None else walked
-
-
-def fingerprint_with_token(root, skip_types=()):
-    """``fingerprint(root, skip_types=skip_types, with_change_token=True)``, with the token of a big tree made
-    by GNU find beside the walk (TokenBesideWalk): a later ``again()`` then lists it at a fraction of a
-    walk's cost. No exclusions."""
-    beside = TokenBesideWalk(root, time.time_ns())
-    try:
-        summary = summarize(beside.watch(walk(root)), skip_types=skip_types, with_change_token=True)
-    except BaseException:
-        beside.close()
-        raise
-    summary.change_token = beside.token(summary.change_token)
-    return summary
-
-
 def fingerprint(root, exclude=None, include_root_mtime=True, skip_types=(), with_change_token=False):
     """Walk ``root`` once and return a TreeSummary.
 
@@ -538,26 +516,34 @@ def fingerprint(root, exclude=None, include_root_mtime=True, skip_types=(), with
     ``skip_types`` is a collection of type codes (e.g. ``('s',)``) left out of
     the fingerprint and counts: archives cannot hold sockets, so the backup's
     manifest must not count them either.
-    ``with_change_token`` also makes the summary's ``change_token`` in the same walk.
+    ``with_change_token`` also makes the summary's ``change_token`` in the same walk (listed by GNU
+    find beside it for a big tree without exclusions; see ChangeHasher).
     """
-    return summarize(walk(root, exclude), include_root_mtime, skip_types, with_change_token)
+    return summarize(walk(root, exclude), include_root_mtime, skip_types, with_change_token,
+                     token_root=None if exclude else root)
 
 
-def summarize(entries_iter, include_root_mtime=True, skip_types=(), with_change_token=False):
+def summarize(entries_iter, include_root_mtime=True, skip_types=(), with_change_token=False, token_root=None):
     """TreeSummary of the given walk entries (see fingerprint()); a filtered walk hashes exactly
-    like a full one (FingerprintAccumulator)."""
-    changes = ChangeHasher() if with_change_token else None
+    like a full one (FingerprintAccumulator). ``token_root``: the root of an unfiltered walk, whose
+    change token GNU find may make (ChangeHasher)."""
+    changes = ChangeHasher(token_root) if with_change_token else None
     fingerprint_sum = FingerprintAccumulator()
-    for entry in entries_iter:
+    try:
+        for entry in entries_iter:
+            if changes is not None:
+                changes.add(entry)  # every walked entry, as change_token() sees them
+            code = TYPE_BY_FMT.get(stat.S_IFMT(entry.st.st_mode), '?')
+            if code in skip_types:
+                continue
+            record = entry_record(entry, code)
+            if entry.relpath == b'.' and not include_root_mtime:
+                parts = record.split(b'\0')
+                parts[3] = b'-'
+                record = b'\0'.join(parts)
+            fingerprint_sum.add(entry, code, record)
+    except BaseException:
         if changes is not None:
-            changes.add(entry)  # every walked entry, as change_token() sees them
-        code = TYPE_BY_FMT.get(stat.S_IFMT(entry.st.st_mode), '?')
-        if code in skip_types:
-            continue
-        record = entry_record(entry, code)
-        if entry.relpath == b'.' and not include_root_mtime:
-            parts = record.split(b'\0')
-            parts[3] = b'-'
-            record = b'\0'.join(parts)
-        fingerprint_sum.add(entry, code, record)
+            changes.close()
+        raise
     return fingerprint_sum.summary(changes.token() if changes is not None else None)

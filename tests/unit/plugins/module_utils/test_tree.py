@@ -251,7 +251,7 @@ def test_fingerprint_with_token_of_a_small_tree_is_the_walks_own(tree, monkeypat
     def no_find(*args, **kwargs):
         raise AssertionError('find started for a tree of %d entries' % _tree.fingerprint(str(tree)).entries)
     monkeypatch.setattr(_tree, 'FindChangeToken', no_find)  # below FIND_TOKEN_MIN_ENTRIES: not worth a process
-    summary = _tree.fingerprint_with_token(str(tree))
+    summary = _tree.fingerprint(str(tree), with_change_token=True)
     plain = _tree.fingerprint(str(tree), with_change_token=True)
     assert (summary.fingerprint, summary.entries, summary.bytes) == (plain.fingerprint, plain.entries, plain.bytes)
     assert summary.change_token.method == 'walk' and summary.change_token.digest == plain.change_token.digest
@@ -260,7 +260,7 @@ def test_fingerprint_with_token_of_a_small_tree_is_the_walks_own(tree, monkeypat
 def test_fingerprint_with_token_without_find_keeps_the_walks_token(tree, tmp_path, monkeypatch):
     monkeypatch.setattr(_tree, 'FIND_TOKEN_MIN_ENTRIES', 2)
     monkeypatch.setenv('PATH', str(tmp_path / 'nothing-here'))
-    summary = _tree.fingerprint_with_token(str(tree))
+    summary = _tree.fingerprint(str(tree), with_change_token=True)
     plain = _tree.fingerprint(str(tree), with_change_token=True)
     assert summary.fingerprint == plain.fingerprint
     assert summary.change_token.method == 'walk' and summary.change_token.digest == plain.change_token.digest
@@ -270,7 +270,7 @@ def test_fingerprint_with_token_of_a_big_tree_uses_find_from_the_walks_start(tre
     import time
     monkeypatch.setattr(_tree, 'FIND_TOKEN_MIN_ENTRIES', 2)  # as if the tree were big
     before = time.time_ns()
-    summary = _tree.fingerprint_with_token(str(tree))
+    summary = _tree.fingerprint(str(tree), with_change_token=True)
     assert summary.fingerprint == _tree.fingerprint(str(tree)).fingerprint
     token = summary.change_token
     assert token.method == 'find' and token.digest == _tree.find_change_token(str(tree)).digest
@@ -294,7 +294,7 @@ def test_find_token_is_none_without_room_for_its_list(tree, monkeypatch):
     monkeypatch.setattr(_tree.tempfile, 'TemporaryFile', no_room)
     assert _tree.find_change_token(str(tree)) is None
     monkeypatch.setattr(_tree, 'FIND_TOKEN_MIN_ENTRIES', 2)
-    summary = _tree.fingerprint_with_token(str(tree))  # falls back to the walk's token
+    summary = _tree.fingerprint(str(tree), with_change_token=True)  # falls back to the walk's token
     assert summary.change_token.method == 'walk'
     assert summary.change_token.digest == _tree.change_token(str(tree)).digest
 
