@@ -1834,9 +1834,7 @@ class Receiver(object):
             self._drain()
             text = str(exc)
             if 'No space left on device' in text:
-                raise TransferError('Destination disk full: no space left on the device holding %s. The destination '
-                                    'volume is not complete (staging kept for a rerun after freeing space).'
-                                    % os.path.dirname(self.data_dir))
+                raise TransferError(self._disk_full())
             raise TransferError('Extraction on the destination failed: %s' % text)
         finally:
             # After an error, the extraction's own error is the one to report.
@@ -1845,11 +1843,14 @@ class Receiver(object):
             raise TransferError(self._not_written(error))
         return self.end_info or {}
 
+    def _disk_full(self):
+        return ('Destination disk full: no space left on the device holding %s. The destination volume is not '
+                'complete (staging kept for a rerun after freeing space).' % os.path.dirname(self.data_dir))
+
     def _not_written(self, exc):
         self._drain()
         if exc.errno == errno.ENOSPC:
-            return ('Destination disk full: no space left on the device holding %s. The destination volume is not '
-                    'complete (staging kept for a rerun after freeing space).' % os.path.dirname(self.data_dir))
+            return self._disk_full()
         return ('Writing the transferred data to disk on the destination failed: %s. The destination volume is not '
                 'complete.' % (exc.strerror or exc))
 
