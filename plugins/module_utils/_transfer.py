@@ -63,6 +63,7 @@ import sys
 import tempfile
 import threading
 import time
+import uuid
 from urllib.parse import quote
 
 from ansible_collections.volumeops.docker.plugins.module_utils import _tree
@@ -76,6 +77,12 @@ RECORD_BATCH = 128 * 1024    # bytes of path records per frame (small enough to 
 PREFETCH_ENTRIES = 65536     # source records walked ahead while waiting for the destination (~30 MB at most)
 MARKER_NAME = '.volumeops-migration.json'
 INCOMING_PREFIX = '.volumeops-incoming-'
+HOLDER_LABEL = 'io.volumeops.holder'  # value: the receiver's pid on the destination host
+HOLDER_MOUNT = '/volumeops/vol'
+HOLDER_COMMAND = ('/usr/bin/python3', '-c', 'import time\nwhile True: time.sleep(3600)')
+# A mounted volume's root holds the receiver's staging tree and restore-style swap directories
+# beside the data: the walks of its data leave them out.
+OWN_NAMES = (INCOMING_PREFIX, _archive.STAGING_MARKER, _archive.OLD_MARKER, _archive.READY_MARKER)
 SKIP_TYPES = _archive.SKIP_TYPES
 # SSH tuning: large windows so the sender is not throttled by window updates;
 # AES-GCM first (hardware AES through OpenSSL, no separate MAC pass).
@@ -576,21 +583,37 @@ def check_migration_id(mid):
 
 # --- shipping the receiver -----------------------------------------------------------------------
 
-def unwritable_volume_error(name, driver, options):
+def is_mounted_volume(driver, options):
+    """A local volume with type/device mount options (NFS, CIFS, a block device, a bind mount)."""
+    return (driver or 'local') == 'local' and bool(set(options or {}) & {'type', 'device'})
+
+
+def unwritable_volume_error(name, driver, options, helper_image=None):
     """Why the receiver cannot write a volume of this driver and these options, or None.
 
-    It writes into the volume's _data directory on the host: plain local volumes only. With the local
-    driver's type/device mount options (NFS, tmpfs, a block device) or another driver, _data is mounted
-    only while a container uses the volume.
+    A plain local volume is written in its _data directory on the host. A local volume with mount
+    options has its filesystem mounted only while a container uses it: the receiver keeps it mounted
+    with a holder container of ``helper_image`` and writes through that container's view of the
+    mount. A tmpfs volume loses its content when the last container stops, and another driver's data
+    has no place on the host the receiver can keep its state in: both are refused.
     """
     options = options or {}
-    if (driver or 'local') == 'local' and not set(options) & {'type', 'device'}:
+    if (driver or 'local') == 'local' and not is_mounted_volume(driver, options):
         return None
-    return ('Destination volume %s (driver %s, options %s) cannot be written by volume_transfer: it writes only into '
-            'plain local volumes (no type/device mount options such as NFS, no other driver), whose data directory '
-            'exists on the host only while a container uses them. Transfer into a plain local volume, or move the '
-            'data with volume_backup and volume_restore (whose helper container path writes such volumes).'
-            % (name, driver or 'local', json.dumps(options, sort_keys=True)))
+    what = 'Destination volume %s (driver %s, options %s)' % (name, driver or 'local', json.dumps(options, sort_keys=True))
+    if is_mounted_volume(driver, options):
+        if options.get('type') == 'tmpfs':
+            return ('%s is a tmpfs: its content is gone when no container uses it. Refusing to transfer data '
+                    'into it.' % what)
+        if helper_image:
+            return None
+        return ('%s is mounted only while a container uses it: set dest_helper_image (migrate_helper_image in '
+                'the migrate role) to a local image with /usr/bin/python3 on the destination, whose container '
+                'keeps it mounted while the transfer writes (never pulled).' % what)
+    return ('%s cannot be written by volume_transfer: it writes only into local volumes (plain, or with mount '
+            'options such as NFS and a helper image); another driver\'s data is not reachable on the host. Move '
+            'the data with volume_backup and volume_restore (whose helper container path writes such volumes).'
+            % what)
 
 
 def build_remote_command(dest_python, source_length, mode='receiver'):
@@ -970,6 +993,7 @@ class Sender(object):
         return dict(
             protocol=PROTOCOL_VERSION, migration_id=p['migration_id'], dest_volume=p['dest_volume'],
             dest_docker_host=p.get('dest_docker_host'), dest_driver=p.get('dest_driver'),
+            dest_helper_image=p.get('dest_helper_image'),
             dest_driver_options=p.get('dest_driver_options') or {}, dest_labels=p.get('dest_labels') or {},
             existing=p.get('existing') or 'fail', check_mode=self.check_mode, pass_=p.get('pass') or 'full',
             finalize=bool(p.get('finalize', True)), verify=p.get('verify') or 'metadata',
@@ -1409,6 +1433,7 @@ class DockerAccess(object):
     kind = 'docker socket'
 
     def __init__(self, docker_host):
+        self.holders = []
         self.host = docker_host or 'unix:///var/run/docker.sock'
         self.socket = _engine_http.unix_socket_path(self.host)
         if self.socket is None:
@@ -1437,11 +1462,63 @@ class DockerAccess(object):
                                            Labels=labels or {}), ok=(200, 201))[1]
 
     def running_users(self, name):
-        """Names of the running containers that mount the volume."""
+        """Names of the running containers that mount the volume (holder containers left out)."""
         found = self._request('Listing the containers using %s' % name, 'GET', '/containers/json',
                               query=dict(filters=json.dumps({'volume': [name]})))[1] or []
         return [(c.get('Names') or ['?'])[0].lstrip('/') for c in found
-                if any(m.get('Name') == name for m in c.get('Mounts') or [])]
+                if any(m.get('Name') == name for m in c.get('Mounts') or [])
+                and HOLDER_LABEL not in (c.get('Labels') or {})]
+
+    def hold(self, name, image):
+        """Keep volume ``name`` mounted by a holder container of ``image``; returns the mount as seen from here.
+
+        A local volume with mount options (NFS, ...) is mounted only while a container uses it. The holder
+        runs nothing but a sleep; the receiver writes through ``/proc/<holder pid>/root``, which reaches the
+        holder's mount whatever mount namespace the daemon runs in. Holders of receivers that died are
+        removed first (the label names the receiver's process).
+        """
+        self._remove_stale_holders()
+        document = dict(Image=image, Cmd=list(HOLDER_COMMAND), Entrypoint=[], User='0:0', NetworkDisabled=True,
+                        Labels={HOLDER_LABEL: str(os.getpid())},
+                        HostConfig=dict(Binds=['%s:%s' % (name, HOLDER_MOUNT)], NetworkMode='none'))
+        what = 'Starting a holder container of %s for volume %s' % (image, name)
+        try:
+            status, answer = _engine_http.request(self.socket, 'POST', '/containers/create',
+                                                  dict(name='volumeops-holder-%s' % uuid.uuid4().hex[:12]), document)
+        except (OSError, _engine_http.EngineAnswerError) as exc:
+            raise TransferError('%s failed: cannot reach the Docker daemon at %s (%s).' % (what, self.host, exc))
+        if status == 404:
+            raise TransferError('%s failed: the image is not on the destination host, and it is never pulled '
+                                '(load it there, or name a local image with /usr/bin/python3).' % what)
+        if status != 201:
+            raise TransferError('%s failed: %s' % (what, _engine_http.error_text(status, answer)))
+        cid = answer['Id']
+        self.holders.append(cid)
+        self._request(what, 'POST', '/containers/%s/start' % cid, ok=(204, 304))
+        info = self._request(what, 'GET', '/containers/%s/json' % cid)[1]
+        pid = (info.get('State') or {}).get('Pid')
+        root = '/proc/%s/root%s' % (pid, HOLDER_MOUNT)
+        if not pid or not os.path.isdir(root):
+            raise TransferError('%s failed: the volume is not reachable through the holder (%s).' % (what, root))
+        return root
+
+    def release(self):
+        for cid in self.holders:
+            try:
+                self._request('Removing the holder container', 'DELETE', '/containers/' + cid,
+                              query=dict(force='true'), ok=(204, 404))
+            except TransferError:
+                pass  # labelled: the next receiver on this host removes it
+        self.holders = []
+
+    def _remove_stale_holders(self):
+        found = self._request('Listing holder containers', 'GET', '/containers/json',
+                              query=dict(all='true', filters=json.dumps({'label': [HOLDER_LABEL]})))[1] or []
+        for c in found:
+            owner = (c.get('Labels') or {}).get(HOLDER_LABEL, '')
+            if owner.isdigit() and not os.path.exists('/proc/%s' % owner):
+                self._request('Removing a stale holder container', 'DELETE', '/containers/' + c['Id'],
+                              query=dict(force='true'), ok=(204, 404))
 
 
 def read_marker(path):
@@ -1576,6 +1653,9 @@ class Receiver(object):
         self.base = None
         self.walk_root = None
         self.spill = None
+        self.docker = None
+        self.held = False  # a volume with mount options, written through a holder container
+        self.volume_fs = None  # a directory on the filesystem that holds the staging tree
 
     # helpers ---------------------------------------------------------------
     def _marker(self, state, **extra):
@@ -1610,15 +1690,17 @@ class Receiver(object):
         if vol is None:
             parent = '/var/lib/docker/volumes'
             try:
-                st = os.statvfs(parent)
-                state['free_bytes'] = st.f_bavail * st.f_frsize
+                # A volume created with mount options gets its space from its own filesystem, which is
+                # not mounted before it exists: measured by the extraction itself (disk-full handling).
+                if not is_mounted_volume(h.get('dest_driver'), h.get('dest_driver_options')):
+                    st = os.statvfs(parent)
+                    state['free_bytes'] = st.f_bavail * st.f_frsize
             except OSError:
                 pass
             return state, None
         self._set_paths(vol)
-        vdir = os.path.dirname(self.data_dir)
-        state['volume_dir'] = vdir
-        st = os.statvfs(vdir)
+        state['volume_dir'] = self._where()
+        st = os.statvfs(self.volume_fs)
         state['free_bytes'] = st.f_bavail * st.f_frsize
         marker = read_marker(self.marker_path)
         ours = marker is not None and marker.get('migration_id') == h['migration_id']
@@ -1630,11 +1712,14 @@ class Receiver(object):
         state['complete'] = bool(ours and marker.get('state') == 'complete' and os.path.isdir(self.data_dir))
         if ours and marker.get('state') == 'staging' and os.path.isdir(self.staging):
             self.base = 'staging'
-        elif ours or _is_empty_dir(self.data_dir):
+        elif self.held and ours and marker.get('state') == 'swapping':
+            # Interrupted during a swap of entries: the volume's root may hold part of either tree.
+            self.base = None
+        elif ours or self._data_empty():
             # Our complete (or interrupted 'swapping': the staging path is then not trustworthy)
             # data, or nothing: _data becomes the base.
             self.base = 'data'
-        if not ours and not _is_empty_dir(self.data_dir) and h.get('existing') != 'replace':
+        if not ours and not self._data_empty() and h.get('existing') != 'replace':
             other = ('migration %r' % marker.get('migration_id')) if marker and marker.get('migration_id') \
                 else 'data that is not from this migration'
             state['conflict'] = ('Destination volume %s already exists and holds %s. Refusing to overwrite it; use '
@@ -1654,16 +1739,72 @@ class Receiver(object):
 
     def _set_paths(self, vol):
         mp = vol.get('Mountpoint')
-        err = unwritable_volume_error(vol.get('Name'), vol.get('Driver'), vol.get('Options'))
+        image = self.hello.get('dest_helper_image')
+        err = unwritable_volume_error(vol.get('Name'), vol.get('Driver'), vol.get('Options'), image)
         if err:
             raise TransferError(err)
         if not mp or not os.path.isdir(mp) or os.path.basename(mp) != '_data':
             raise TransferError('Destination volume %s (mountpoint %s) has no data directory on this host; '
                                 'volume_transfer writes into local volumes only.' % (vol.get('Name'), mp))
-        self.data_dir = mp
         vdir = os.path.dirname(mp)
+        # The marker lives in the volume's directory on the host's disk, beside _data, for both kinds.
         self.marker_path = os.path.join(vdir, MARKER_NAME)
-        self.staging = os.path.join(vdir, INCOMING_PREFIX + self.hello['migration_id'])
+        incoming = INCOMING_PREFIX + self.hello['migration_id']
+        if is_mounted_volume(vol.get('Driver'), vol.get('Options')):
+            # The staging tree lives inside the mounted filesystem (the swap renames within it).
+            self.held = True
+            self.data_dir = self.docker.hold(vol['Name'], image)
+            self.staging = os.path.join(self.data_dir, incoming)
+            self.volume_fs = self.data_dir
+        else:
+            self.data_dir = mp
+            self.staging = os.path.join(vdir, incoming)
+            self.volume_fs = vdir
+
+    def _where(self):
+        """The filesystem that holds the volume, for messages."""
+        if self.held:
+            return 'the filesystem mounted for volume %s' % self.hello['dest_volume']
+        return self.volume_fs
+
+    def _data_exclude(self, root):
+        """What a walk of ``root`` leaves out: the receiver's own directories in a mounted volume's root."""
+        if self.held and root == self.data_dir:
+            return [prefix + '*' for prefix in OWN_NAMES]
+        return None
+
+    def _data_empty(self):
+        if not self.held:
+            return _is_empty_dir(self.data_dir)
+        return not [n for n in os.listdir(self.data_dir) if not n.startswith(OWN_NAMES)]
+
+    def _park_data_in_staging(self):
+        """A mounted volume's root cannot be renamed: its entries move into the staging tree one by one.
+
+        The staging root takes the volume root's metadata as the records sent described it.
+        """
+        st = os.lstat(self.data_dir)
+        os.mkdir(self.staging, 0o700)
+        for name in sorted(os.listdir(self.data_dir)):
+            if not name.startswith(OWN_NAMES):
+                os.rename(os.path.join(self.data_dir, name), os.path.join(self.staging, name))
+        _archive.copy_dir_metadata(self.data_dir, self.staging, st)
+
+    def _swap_in(self):
+        """Make the verified staging tree the volume's content."""
+        if not self.held:
+            _archive.exchange_dirs(self.staging, self.data_dir)
+            _archive.remove_tree(self.staging)
+            return
+        # The restore's entry-by-entry swap (and its recovery, _recover_swap) inside the mounted filesystem.
+        staged = os.path.join(self.data_dir, _archive.STAGING_MARKER + self.hello['migration_id'])
+        os.rename(self.staging, staged)
+        _archive.swap_in(self.data_dir, staged)
+        fd = os.open(self.data_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(fd)  # the renames are on disk before the marker says complete
+        finally:
+            os.close(fd)
 
     def _ensure_volume(self, vol):
         h = self.hello
@@ -1674,7 +1815,7 @@ class Receiver(object):
             src = h.get('source_volume') or {}
             if not h.get('dest_labels'):
                 labels = dict(src.get('labels') or {})
-            err = unwritable_volume_error(h['dest_volume'], driver, options)
+            err = unwritable_volume_error(h['dest_volume'], driver, options, h.get('dest_helper_image'))
             if err:
                 raise TransferError(err)  # before creating it: no empty volume is left behind
             self.docker.create(h['dest_volume'], driver, options, labels)
@@ -1686,7 +1827,10 @@ class Receiver(object):
 
     def _recover_swap(self):
         """A crash between exchange and marker update leaves marker 'swapping': the staging path then holds
-        the old content (or the new one, if the crash was before the exchange): neither is a trustworthy base."""
+        the old content (or the new one, if the crash was before the exchange): neither is a trustworthy base.
+        In a mounted volume, an interrupted entry-by-entry swap is first rolled back or forward."""
+        if self.held:
+            _archive.recover_swaps(self.data_dir)
         marker = read_marker(self.marker_path)
         if marker and marker.get('state') == 'swapping' and marker.get('migration_id') == self.hello['migration_id']:
             _archive.remove_tree(self.staging)
@@ -1715,7 +1859,7 @@ class Receiver(object):
             # what changed (TreeScan reuse). verify=content reads every file again anyway.
             if records and self.hello.get('verify') != 'content':
                 self.spill = RecordSpill()
-            scan = TreeScan(root, spill=self.spill)
+            scan = TreeScan(root, exclude=self._data_exclude(root), spill=self.spill)
             if records:
                 batch = []
                 size = 0
@@ -1772,7 +1916,9 @@ class Receiver(object):
             if self.base != 'staging':
                 _archive.remove_tree(self.staging)
                 self._marker('staging')
-                if self.base == 'data':
+                if self.base == 'data' and self.held:
+                    self._park_data_in_staging()
+                elif self.base == 'data':
                     # The records sent describe _data: it becomes the staging tree. The volume stops
                     # looking complete before anything moves.
                     os.rename(self.data_dir, self.staging)
@@ -1845,7 +1991,7 @@ class Receiver(object):
 
     def _disk_full(self):
         return ('Destination disk full: no space left on the device holding %s. The destination volume is not '
-                'complete (staging kept for a rerun after freeing space).' % os.path.dirname(self.data_dir))
+                'complete (staging kept for a rerun after freeing space).' % self._where())
 
     def _not_written(self, exc):
         self._drain()
@@ -1940,8 +2086,7 @@ class Receiver(object):
             return
         self.hello['source']['fingerprint'] = src.get('fingerprint')
         self._marker('swapping')
-        _archive.exchange_dirs(self.staging, self.data_dir)
-        _archive.remove_tree(self.staging)
+        self._swap_in()
         self._marker('complete', dest_fingerprint=summary.fingerprint)
         result['dest_state'] = 'complete'
         self.io.send_json(b'F', result)
@@ -1949,6 +2094,8 @@ class Receiver(object):
     def cleanup(self):
         if self.spill is not None:
             self.spill.close()
+        if self.docker is not None:
+            self.docker.release()
         for p in self.procs:
             if p.poll() is None:
                 p.kill()

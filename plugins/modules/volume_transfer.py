@@ -36,7 +36,8 @@ description:
     C(<volume dir>/.volumeops-migration.json) with C(migration_id), C(state) (C(staging), C(swapping) or
     C(complete)), the source fingerprint and a timestamp, where C(<volume dir>) is the parent of the
     volume''s C(_data) (e.g. C(/var/lib/docker/volumes/<name>)). A destination is complete only when the marker
-    says C(complete) for this O(migration_id).'
+    says C(complete) for this O(migration_id). For a volume with mount options (see O(dest_helper_image)) the
+    staging tree is inside the mounted filesystem, and the marker in C(<volume dir>) on the host.'
   - A two-phase migration runs a O(pass=full) transfer with O(finalize=false) while the application is still
     running (warm copy), stops the application, then runs O(pass=delta) with O(finalize=true). Only entries whose
     metadata (type, size, mtime, mode, owner, link target, xattrs/ACLs) changed are sent, and what the source no
@@ -90,10 +91,22 @@ options:
     type: str
     default: unix:///var/run/docker.sock
   dest_driver:
-    description: Driver of the destination volume when it is created. Only C(local) volumes without mount options
-      can be written by the receiver.
+    description:
+      - Driver of the destination volume when it is created. Only C(local) volumes can be written by the receiver.
+      - A C(local) volume with mount options (O(dest_driver_options) C(type)/C(device), for example NFS) needs
+        O(dest_helper_image). A C(tmpfs) volume is refused (its content is gone when no container uses it).
     type: str
     default: local
+  dest_helper_image:
+    description:
+      - Image on the destination host (never pulled) for a holder container that keeps a destination volume with
+        mount options (NFS, CIFS, a block device, a bind mount) mounted while the receiver writes it. It needs
+        C(/usr/bin/python3), which only sleeps. The receiver writes through the holder's view of the mount,
+        stages inside the mounted filesystem and swaps entry by entry (renames, rolled back or forward after an
+        interruption, as O(volumeops.docker.volume_restore#module:data_path=helper) does). The holder is removed
+        when the receiver ends; one left by a killed receiver is removed by the next.
+      - Not needed (and not used) for plain local volumes.
+    type: str
   dest_driver_options:
     description: Driver options of the destination volume when it is created.
     type: dict
@@ -453,7 +466,8 @@ class VolumeTransferManager(object):
                 p[key] = stringify_labels(p[key], what=key)
             except ValueError as exc:
                 self.fail(str(exc))
-        err = _transfer.unwritable_volume_error(p['dest_volume'], p['dest_driver'], p['dest_driver_options'])
+        err = _transfer.unwritable_volume_error(p['dest_volume'], p['dest_driver'], p['dest_driver_options'],
+                                                p['dest_helper_image'])
         if err:
             self.fail(err + ' Nothing was changed.')
         if not 1 <= p['compression_level'] <= 19:
@@ -536,6 +550,7 @@ def main():
         dest_driver=dict(type='str', default='local'),
         dest_driver_options=dict(type='dict'),
         dest_labels=dict(type='dict'),
+        dest_helper_image=dict(type='str'),
         compression=dict(type='str', choices=['zstd', 'none'], default='zstd'),
         compression_level=dict(type='int', default=3),
         exclude=dict(type='list', elements='str', default=[]),

@@ -393,9 +393,9 @@ def test_preflight_host_key_from_gathered_facts_and_unreachable_sshd(bench, migr
         assert 'Would migrate 1 volume(s) from h1 to h2' in proc.stdout, proc.stdout[-6000:]
         assert not volume_inspect(bench, 'h2', vol)  # check mode: nothing on the destination
 
-        # Destination volumes the transfer cannot write (mount options: their _data is mounted only while a
-        # container uses them): a new one asked for by a driver_options override (NFS) and an existing one
-        # (tmpfs through the local driver). Both named by the pre-flight, which runs before any container stops.
+        # Destination volumes the transfer cannot write: a new one asked for by a driver_options override (NFS,
+        # mounted only while a container uses it) without migrate_helper_image, and an existing tmpfs volume
+        # (gone with its last user). Both named by the pre-flight, which runs before any container stops.
         sh(bench, 'h1', ['docker', 'volume', 'create', vol + 'tmp'])
         sh(bench, 'h2', ['docker', 'volume', 'create', '-o', 'type=tmpfs', '-o', 'device=tmpfs', vol + 'tmp'])
         nfs = {'type': 'nfs', 'device': ':/export', 'o': 'addr=192.0.2.1'}
@@ -405,8 +405,9 @@ def test_preflight_host_key_from_gathered_facts_and_unreachable_sshd(bench, migr
         assert proc.returncode != 0, proc.stdout[-6000:]
         assert 'Destination volume(s) on h2 that the transfer cannot write: %s (would be created: local' % vol \
             in proc.stdout, proc.stdout[-6000:]
-        assert '%stmp (exists: local {' % vol in proc.stdout and 'uses them. Migrate into a plain local volume' \
-            in proc.stdout, proc.stdout[-6000:]
+        assert 'set migrate_helper_image' in proc.stdout, proc.stdout[-6000:]
+        assert '%stmp (exists: local {' % vol in proc.stdout and 'a tmpfs: its content is gone' in proc.stdout, \
+            proc.stdout[-6000:]
         assert not volume_inspect(bench, 'h2', vol)
 
         proc = migrate(dict(extra, migrate_dest_port=2222, migrate_connect_timeout=3), check=True)
@@ -448,6 +449,51 @@ def test_preflight_host_key_from_gathered_facts_and_unreachable_sshd(bench, migr
         bench.exec('h2', ['sh', '-c', '[ -e "$0.aside" ] && mv "$0.aside" "$0"; true', HOST_PUB], check=False)
         bench.exec('h2', ['rm', '-f', nodocker_py], check=False)
         cleanup(bench, volumes=[vol, vol + 'tmp'])
+
+
+def test_two_phase_into_a_volume_with_mount_options(bench, migrate):
+    """Local to "NFS": the destination volume is created with mount options and written through a holder
+    container of migrate_helper_image (a bind mount stands in for NFS, which cannot be served here). Two-phase
+    while the application writes; --check first changes nothing; the data lands in the mounted filesystem,
+    digested there independently of Docker and of the module; a rerun changes nothing; no holder is left."""
+    vol = rand('vonfs')
+    app = vol + 'app'
+    device = '/srv/%s-export' % vol
+    options = {'type': 'none', 'o': 'bind', 'device': device}
+    writer = 'trap "exit 0" TERM; i=0; while :; do i=$((i+1)); echo $i > /var/lib/app/counter; sleep 0.1; done'
+    extra = {'migrate_source': 'h1', 'migrate_destination': 'h2', 'migrate_strategy': 'two_phase',
+             'migrate_helper_image': IMAGE, 'migrate_volumes': [{'name': vol, 'driver_options': options}]}
+    holders = ['docker', 'ps', '-aq', '--filter', 'label=io.volumeops.holder']
+    try:
+        make_volume(bench, 'h1', vol)
+        run_container(bench, 'h1', app, vol, script=writer)
+        sh(bench, 'h2', ['mkdir', '-m', '0755', device])
+
+        proc = migrate(extra, check=True)
+        assert_unchanged(proc)
+        assert 'Would migrate 1 volume(s) from h1 to h2 (two_phase' in proc.stdout, proc.stdout[-6000:]
+        assert volume_inspect(bench, 'h2', vol) is None and sh(bench, 'h2', ['ls', '-A', device]) == ''
+
+        proc = migrate(extra)
+        assert_ok(proc)
+        summary_ok(proc, 'h1', vol, 'h2')
+        assert not running(bench, 'h1', app)  # stopped for the final delta
+        src = digest(bench, 'h1', vol)
+        assert 'counter' in src['entries']
+        proc_d = bench.exec('h2', [HOST_PYTHON, '-', 'digest', device], input=FIDELITY_SOURCE, check=False)
+        assert proc_d.returncode == 0, proc_d.stderr.decode(errors='replace')
+        assert_same_tree(src, json.loads(proc_d.stdout.decode()), 'h2:' + device)
+        assert volume_inspect(bench, 'h2', vol)['Options'] == options
+        assert marker(bench, 'h2', vol)['state'] == 'complete'
+        assert sh(bench, 'h2', holders) == ''
+
+        proc = migrate(extra)
+        assert_unchanged(proc)
+        assert 'OK (unchanged' in proc.stdout, proc.stdout[-6000:]
+        assert sh(bench, 'h2', holders) == ''
+    finally:
+        cleanup(bench, [app], [vol])
+        sh(bench, 'h2', ['rm', '-rf', device], check=False)
 
 
 def test_sshd_enforces_the_expiry_of_the_temporary_key(bench, tmp_path):

@@ -542,18 +542,35 @@ def test_receiver_reports_a_failed_sync_as_not_complete(tmp_path, monkeypatch, e
     assert words in str(info.value) and 'not complete' in str(info.value)
 
 
-@pytest.mark.parametrize('driver, options, writable', [
-    ('local', {}, True), (None, None, True), ('local', {'o': 'uid=1000'}, True),
-    ('local', {'type': 'nfs', 'o': 'addr=10.0.0.1', 'device': ':/export'}, False),
-    ('local', {'type': 'tmpfs', 'device': 'tmpfs'}, False), ('local', {'device': '/dev/sdb1'}, False),
-    ('rexray', {}, False),
+NFS = {'type': 'nfs', 'o': 'addr=10.0.0.1', 'device': ':/export'}
+
+
+@pytest.mark.parametrize('driver, options, image, refusal', [
+    ('local', {}, None, None), (None, None, None, None), ('local', {'o': 'uid=1000'}, None, None),
+    ('local', {}, 'img', None),
+    # mounted only while a container uses it: written through a holder container of the helper image
+    ('local', NFS, None, 'set dest_helper_image'), ('local', NFS, 'img', None),
+    ('local', {'device': '/dev/sdb1'}, None, 'set dest_helper_image'), ('local', {'device': '/dev/sdb1'}, 'img', None),
+    # a tmpfs forgets its content when the holder stops: never, with or without an image
+    ('local', {'type': 'tmpfs', 'device': 'tmpfs'}, None, 'is a tmpfs'),
+    ('local', {'type': 'tmpfs', 'device': 'tmpfs'}, 'img', 'is a tmpfs'),
+    ('rexray', {}, None, 'cannot be written by volume_transfer'),
+    ('rexray', {}, 'img', 'cannot be written by volume_transfer'),
 ])
-def test_unwritable_volume_error(driver, options, writable):
-    err = _transfer.unwritable_volume_error('vol', driver, options)
-    if writable:
+def test_unwritable_volume_error(driver, options, image, refusal):
+    err = _transfer.unwritable_volume_error('vol', driver, options, image)
+    if refusal is None:
         assert err is None
     else:
-        assert 'vol' in err and 'cannot be written by volume_transfer' in err and 'volume_restore' in err
+        assert 'vol' in err and refusal in err
+
+
+def test_holder_containers_do_not_count_as_users_of_the_volume(monkeypatch):
+    answers = [{'Names': ['/app'], 'Mounts': [{'Name': 'v'}], 'Labels': {}},
+               {'Names': ['/volumeops-holder-1'], 'Mounts': [{'Name': 'v'}],
+                'Labels': {_transfer.HOLDER_LABEL: '123'}}]
+    monkeypatch.setattr(_transfer._engine_http, 'request', lambda *a, **k: (200, answers))
+    assert _transfer.DockerAccess(None).running_users('v') == ['app']
 
 
 def test_receiver_refuses_a_volume_it_cannot_write_before_creating_it():
@@ -569,6 +586,89 @@ def test_receiver_refuses_a_volume_it_cannot_write_before_creating_it():
     receiver.hello = {'dest_volume': 'nfsvol', 'dest_driver': 'local', 'migration_id': 'm1',
                       'dest_driver_options': {'type': 'nfs', 'device': ':/export', 'o': 'addr=10.0.0.1'}}
     receiver.docker = Docker()
-    with pytest.raises(_transfer.TransferError, match='cannot be written by volume_transfer'):
+    with pytest.raises(_transfer.TransferError, match='set dest_helper_image'):
         receiver._ensure_volume(None)
     assert created == []
+
+
+def _held_receiver(root, mid='m1'):
+    """A receiver writing a mounted volume (held by a holder container): ``root`` stands in for the mount."""
+    receiver = _transfer.Receiver(io_=None)
+    receiver.hello = {'dest_volume': 'v', 'migration_id': mid}
+    receiver.held = True
+    receiver.data_dir = str(root)
+    receiver.volume_fs = str(root)
+    receiver.staging = os.path.join(str(root), _transfer.INCOMING_PREFIX + mid)
+    return receiver
+
+
+def test_held_volume_walks_leave_out_only_the_receivers_own_directories(tmp_path):
+    root = tmp_path / 'mount'
+    root.mkdir()
+    receiver = _held_receiver(root)
+    os.mkdir(receiver.staging)
+    os.mkdir(str(root / (_archive.OLD_MARKER + 'x')))
+    assert receiver._data_empty()
+    (root / 'data').write_text('x')
+    assert not receiver._data_empty()
+    exclude = receiver._data_exclude(receiver.data_dir)
+    assert [e.relpath for e in _tree.walk(receiver.data_dir, exclude)] == [b'.', b'./data']
+    assert receiver._data_exclude(receiver.staging) is None  # the staging tree is walked whole
+
+
+def test_held_volume_delta_base_keeps_the_roots_metadata(tmp_path):
+    """The delta's base records described the volume root: the staging root takes its owner, mode and times."""
+    root = tmp_path / 'mount'
+    root.mkdir()
+    (root / 'a').write_text('a')
+    (root / 'd').mkdir()
+    (root / 'd' / 'b').write_text('b')
+    os.chmod(str(root), 0o751)
+    os.utime(str(root), ns=(1000000001, 2000000002))
+    before = os.lstat(str(root))
+    receiver = _held_receiver(root)
+    receiver._park_data_in_staging()
+    st = os.lstat(receiver.staging)
+    assert sorted(os.listdir(receiver.staging)) == ['a', 'd']
+    assert sorted(os.listdir(str(root))) == [os.path.basename(receiver.staging)]
+    assert (st.st_mode, st.st_uid, st.st_gid, st.st_mtime_ns) == (
+        before.st_mode, before.st_uid, before.st_gid, before.st_mtime_ns)
+
+
+def test_held_volume_swap_and_recovery_of_an_interrupted_swap(tmp_path, monkeypatch):
+    root = tmp_path / 'mount'
+    root.mkdir()
+    (root / 'old').write_text('old')
+    receiver = _held_receiver(root)
+    os.mkdir(receiver.staging)
+    with open(os.path.join(receiver.staging, 'new'), 'w') as f:
+        f.write('new')
+    os.utime(receiver.staging, ns=(5, 6000000007))
+    receiver._swap_in()
+    assert sorted(os.listdir(str(root))) == ['new']
+    assert os.lstat(str(root)).st_mtime_ns == 6000000007
+
+    # Killed in phase 2 of the next swap (after the ready rename): the next receiver rolls forward.
+    receiver2 = _held_receiver(root, 'm2')
+    os.mkdir(receiver2.staging)
+    for name in ('x', 'y'):
+        with open(os.path.join(receiver2.staging, name), 'w') as f:
+            f.write(name)
+    pid = os.fork()
+    if pid == 0:  # the child is killed (os._exit: no rollback runs) after moving one entry up
+        real_rename = os.rename
+
+        def killed_after_first_move(src, dst):
+            real_rename(src, dst)
+            if os.path.basename(os.path.dirname(src)).startswith(_archive.READY_MARKER):
+                os._exit(9)
+        os.rename = killed_after_first_move
+        try:
+            receiver2._swap_in()
+        finally:
+            os._exit(0)
+    assert os.waitpid(pid, 0)[1] >> 8 == 9
+    assert sorted(n for n in os.listdir(str(root)) if not n.startswith('.')) == ['x']  # half swapped
+    receiver2.marker_path = str(tmp_path / 'marker.json')
+    receiver2._recover_swap()
+    assert sorted(os.listdir(str(root))) == ['x', 'y']
