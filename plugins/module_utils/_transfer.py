@@ -1497,9 +1497,18 @@ class DockerAccess(object):
         self._request(what, 'POST', '/containers/%s/start' % cid, ok=(204, 304))
         info = self._request(what, 'GET', '/containers/%s/json' % cid)[1]
         pid = (info.get('State') or {}).get('Pid')
-        root = '/proc/%s/root%s' % (pid, HOLDER_MOUNT)
-        if not pid or not os.path.isdir(root):
-            raise TransferError('%s failed: the volume is not reachable through the holder (%s).' % (what, root))
+        root = '/proc/%s/root' % pid
+        # Each component a real directory: a symlink in the image (say /volumeops -> /etc) would resolve
+        # against this host's root, not the container's.
+        for part in HOLDER_MOUNT.strip('/').split('/'):
+            root = os.path.join(root, part)
+            try:
+                st = os.lstat(root)
+            except OSError:
+                st = None
+            if not pid or st is None or not stat.S_ISDIR(st.st_mode):
+                raise TransferError('%s failed: the volume is not reachable through the holder (%s is not a '
+                                    'directory).' % (what, root))
         return root
 
     def release(self):

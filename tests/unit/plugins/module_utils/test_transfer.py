@@ -8,6 +8,7 @@ plus the receiver's untrusted-stream guards on a local directory."""
 from __future__ import annotations
 
 import io
+import json
 import os
 import shlex
 import subprocess
@@ -672,3 +673,39 @@ def test_held_volume_swap_and_recovery_of_an_interrupted_swap(tmp_path, monkeypa
     receiver2.marker_path = str(tmp_path / 'marker.json')
     receiver2._recover_swap()
     assert sorted(os.listdir(str(root))) == ['x', 'y']
+
+
+def test_holder_path_refuses_a_symlink_in_the_image(tmp_path, monkeypatch):
+    """/proc/<pid>/root/volumeops -> /etc in a hostile image would resolve on this host: refused."""
+    fake_proc = tmp_path / 'proc'
+    (fake_proc / '42' / 'root').mkdir(parents=True)
+    (tmp_path / 'elsewhere' / 'vol').mkdir(parents=True)
+    os.symlink(str(tmp_path / 'elsewhere'), str(fake_proc / '42' / 'root' / 'volumeops'))
+    answers = {'/containers/create': (201, {'Id': 'c1'}), '/containers/c1/start': (204, None),
+               '/containers/c1/json': (200, {'State': {'Pid': 42}}), '/containers/json': (200, [])}
+    monkeypatch.setattr(_transfer._engine_http, 'request', lambda sock, method, path, *a, **k: answers[path])
+    real_join = os.path.join
+    monkeypatch.setattr(_transfer.os.path, 'join', lambda a, *rest: real_join(
+        a.replace('/proc/42', str(fake_proc / '42')) if a.startswith('/proc/42') else a, *rest))
+    docker = _transfer.DockerAccess(None)
+    with pytest.raises(_transfer.TransferError, match='not reachable through the holder'):
+        docker.hold('v', 'img')
+    assert docker.holders == ['c1']  # removed by release()
+
+
+def test_holders_of_dead_receivers_are_removed_live_ones_kept(monkeypatch):
+    dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+    dead.wait()
+    listed = [{'Id': 'stale', 'Labels': {_transfer.HOLDER_LABEL: str(dead.pid)}},
+              {'Id': 'live', 'Labels': {_transfer.HOLDER_LABEL: str(os.getpid())}}]
+    deleted = []
+
+    def request(sock, method, path, query=None, document=None):
+        if method == 'DELETE':
+            deleted.append(path)
+            return 204, None
+        assert json.loads(query['filters']) == {'label': [_transfer.HOLDER_LABEL]}
+        return 200, listed
+    monkeypatch.setattr(_transfer._engine_http, 'request', request)
+    _transfer.DockerAccess(None)._remove_stale_holders()
+    assert deleted == ['/containers/stale']
