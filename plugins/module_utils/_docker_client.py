@@ -313,7 +313,7 @@ class AnsibleDockerClient(object):
     def containers_using_volume(self, name):
         """Containers (running or not) that mount the volume.
 
-        Returns dicts with name, id, running, state, destination, read_only.
+        Returns dicts with name, id, running, state, destination, read_only, labels.
         """
         result = []
         for summary in self.list_containers(filters={'volume': [name]}):
@@ -326,6 +326,7 @@ class AnsibleDockerClient(object):
                         running=summary.get('State') == 'running',
                         destination=mount.get('Destination'),
                         read_only=not mount.get('RW', True),
+                        labels=summary.get('Labels') or {},
                     ))
         return result
 

@@ -607,13 +607,37 @@ def unwritable_volume_error(name, driver, options, helper_image=None):
                     'into it.' % what)
         if helper_image:
             return None
-        return ('%s is mounted only while a container uses it: set dest_helper_image (migrate_helper_image in '
+        return ('%s is mounted only while a container uses it: set helper_image (migrate_helper_image in '
                 'the migrate role) to a local image with /usr/bin/python3 on the destination, whose container '
                 'keeps it mounted while the transfer writes (never pulled).' % what)
     return ('%s cannot be written by volume_transfer: it writes only into local volumes (plain, or with mount '
             'options such as NFS and a helper image); another driver\'s data is not reachable on the host. Move '
             'the data with volume_backup and volume_restore (whose helper container path writes such volumes).'
             % what)
+
+
+def source_root(docker_access, info, helper_image):
+    """The directory the sender reads source volume ``info`` from (holding it mounted when needed).
+
+    A plain local volume is read in its _data directory. Any other volume (mount options such as NFS,
+    another driver) is mounted only while a container uses it: its _data directory is then an empty
+    directory, which must never be sent as the volume's content. It is read through a holder container
+    of ``helper_image`` (``docker_access.release()`` removes it).
+    """
+    name, driver, options = info.get('Name'), info.get('Driver') or 'local', info.get('Options') or {}
+    if driver == 'local' and not is_mounted_volume(driver, options):
+        root = info.get('Mountpoint')
+        if not root or not os.path.isdir(root):
+            raise TransferError('The mountpoint %r of source volume %s is not a directory on the source host.'
+                                % (root, name))
+        return root
+    if not helper_image:
+        raise TransferError('Source volume %s (driver %s, options %s) is mounted only while a container uses it; '
+                            'its directory on the host does not show its data otherwise. Set helper_image '
+                            '(migrate_helper_image in the migrate role) to a local image on the source with '
+                            '/usr/bin/python3 (never pulled), whose container keeps it mounted while it is read.'
+                            % (name, driver, json.dumps(options, sort_keys=True)))
+    return docker_access.hold(name, helper_image, read_only=True)
 
 
 def build_remote_command(dest_python, source_length, mode='receiver'):
@@ -993,7 +1017,7 @@ class Sender(object):
         return dict(
             protocol=PROTOCOL_VERSION, migration_id=p['migration_id'], dest_volume=p['dest_volume'],
             dest_docker_host=p.get('dest_docker_host'), dest_driver=p.get('dest_driver'),
-            dest_helper_image=p.get('dest_helper_image'),
+            dest_helper_image=p.get('helper_image'),
             dest_driver_options=p.get('dest_driver_options') or {}, dest_labels=p.get('dest_labels') or {},
             existing=p.get('existing') or 'fail', check_mode=self.check_mode, pass_=p.get('pass') or 'full',
             finalize=bool(p.get('finalize', True)), verify=p.get('verify') or 'metadata',
@@ -1392,10 +1416,6 @@ def sender_main():
         if info is None:
             raise TransferError('Source volume %s does not exist on the source host (it is never created by '
                                 'volume_transfer).' % params['volume'])
-        root = info.get('Mountpoint')
-        if not root or not os.path.isdir(root):
-            raise TransferError('The mountpoint %r of source volume %s is not a directory on the source host; only '
-                                'local volumes can be transferred.' % (root, params['volume']))
         if params.get('source_in_use') == 'fail':
             running = docker_access.running_users(params['volume'])
             if running:
@@ -1405,8 +1425,12 @@ def sender_main():
             import paramiko  # noqa: F401  pylint: disable=unused-import
         except ImportError:
             raise TransferError('paramiko is not importable by the Python on the source host (relay_source_python).')
-        result = Sender(params, root, volume_info=info, check_mode=params.get('_check_mode'),
-                        diff=params.get('_diff'), warn=warnings.append).run()
+        try:
+            root = source_root(docker_access, info, params.get('helper_image'))
+            result = Sender(params, root, volume_info=info, check_mode=params.get('_check_mode'),
+                            diff=params.get('_diff'), warn=warnings.append).run()
+        finally:
+            docker_access.release()
         result['warnings'] = warnings
         answer = dict(ok=True, result=result)
     except TransferError as exc:
@@ -1469,7 +1493,7 @@ class DockerAccess(object):
                 if any(m.get('Name') == name for m in c.get('Mounts') or [])
                 and HOLDER_LABEL not in (c.get('Labels') or {})]
 
-    def hold(self, name, image):
+    def hold(self, name, image, read_only=False):
         """Keep volume ``name`` mounted by a holder container of ``image``; returns the mount as seen from here.
 
         A local volume with mount options (NFS, ...) is mounted only while a container uses it. The holder
@@ -1480,7 +1504,8 @@ class DockerAccess(object):
         self._remove_stale_holders()
         document = dict(Image=image, Cmd=list(HOLDER_COMMAND), Entrypoint=[], User='0:0', NetworkDisabled=True,
                         Labels={HOLDER_LABEL: str(os.getpid())},
-                        HostConfig=dict(Binds=['%s:%s' % (name, HOLDER_MOUNT)], NetworkMode='none'))
+                        HostConfig=dict(Binds=['%s:%s%s' % (name, HOLDER_MOUNT, ':ro' if read_only else '')],
+                                        NetworkMode='none'))
         what = 'Starting a holder container of %s for volume %s' % (image, name)
         try:
             status, answer = _engine_http.request(self.socket, 'POST', '/containers/create',

@@ -36,7 +36,7 @@ description:
     C(<volume dir>/.volumeops-migration.json) with C(migration_id), C(state) (C(staging), C(swapping) or
     C(complete)), the source fingerprint and a timestamp, where C(<volume dir>) is the parent of the
     volume''s C(_data) (e.g. C(/var/lib/docker/volumes/<name>)). A destination is complete only when the marker
-    says C(complete) for this O(migration_id). For a volume with mount options (see O(dest_helper_image)) the
+    says C(complete) for this O(migration_id). For a volume with mount options (see O(helper_image)) the
     staging tree is inside the mounted filesystem, and the marker in C(<volume dir>) on the host.'
   - A two-phase migration runs a O(pass=full) transfer with O(finalize=false) while the application is still
     running (warm copy), stops the application, then runs O(pass=delta) with O(finalize=true). Only entries whose
@@ -94,17 +94,23 @@ options:
     description:
       - Driver of the destination volume when it is created. Only C(local) volumes can be written by the receiver.
       - A C(local) volume with mount options (O(dest_driver_options) C(type)/C(device), for example NFS) needs
-        O(dest_helper_image). A C(tmpfs) volume is refused (its content is gone when no container uses it).
+        O(helper_image). A C(tmpfs) volume is refused (its content is gone when no container uses it).
     type: str
     default: local
-  dest_helper_image:
+  helper_image:
     description:
-      - Image on the destination host (never pulled) for a holder container that keeps a destination volume with
-        mount options (NFS, CIFS, a block device, a bind mount) mounted while the receiver writes it. It needs
-        C(/usr/bin/python3), which only sleeps. The receiver writes through the holder's view of the mount,
+      - Image (never pulled; it needs C(/usr/bin/python3), which only sleeps) for a holder container that keeps a
+        volume mounted while it is read or written. Such a volume is mounted only while a container uses it, and
+        its directory on the host is empty otherwise. It must exist on each host that has such a volume.
+      - Source side, on the host the module runs on (or O(relay_source_host)) - a volume of the C(local) driver
+        with mount options (NFS, CIFS, a block device, a bind mount, tmpfs) or of another driver. Without this
+        option such a source is refused (also in check mode), never sent as the empty directory it looks like.
+      - Destination side - a C(local) volume with mount options (not C(tmpfs), whose content is gone when no
+        container uses it; other drivers are refused). The receiver writes through the holder's view of the mount,
         stages inside the mounted filesystem and swaps entry by entry (renames, rolled back or forward after an
-        interruption, as O(volumeops.docker.volume_restore#module:data_path=helper) does). The holder is removed
-        when the receiver ends; one left by a killed receiver is removed by the next.
+        interruption, as O(volumeops.docker.volume_restore#module:data_path=helper) does).
+      - The holder is removed when the transfer ends; one left by a killed receiver is removed by the next
+        receiver on that host.
       - Not needed (and not used) for plain local volumes.
     type: str
   dest_driver_options:
@@ -406,8 +412,6 @@ sample_deleted:
   elements: str
 '''
 
-import os
-
 from ansible.module_utils.basic import AnsibleModule, missing_required_lib
 
 from ansible_collections.volumeops.docker.plugins.module_utils._docker_client import (
@@ -467,7 +471,7 @@ class VolumeTransferManager(object):
             except ValueError as exc:
                 self.fail(str(exc))
         err = _transfer.unwritable_volume_error(p['dest_volume'], p['dest_driver'], p['dest_driver_options'],
-                                                p['dest_helper_image'])
+                                                p['helper_image'])
         if err:
             self.fail(err + ' Nothing was changed.')
         if not 1 <= p['compression_level'] <= 19:
@@ -511,24 +515,28 @@ class VolumeTransferManager(object):
         if info is None:
             self.fail('Source volume %s does not exist on this host (it is never created by volume_transfer).'
                       % p['volume'])
-        root = info.get('Mountpoint')
-        if not root or not os.path.isdir(root):
-            self.fail('The mountpoint %r of source volume %s is not a directory on this host (driver %s); only local '
-                      'volumes can be transferred.' % (root, p['volume'], info.get('Driver')))
         if p['source_in_use'] == 'fail':
             with self.client.errors('Listing the containers using volume %s' % p['volume']):
-                running = [c['name'] for c in self.client.containers_using_volume(p['volume']) if c['running']]
+                # A holder container of a killed transfer is no application writing to the volume.
+                running = [c['name'] for c in self.client.containers_using_volume(p['volume'])
+                           if c['running'] and _transfer.HOLDER_LABEL not in c['labels']]
             if running:
                 self.fail(_transfer.source_in_use_message(p['volume'], running))
         warnings = []
-        sender = _transfer.Sender(p, root, volume_info=info, check_mode=self.module.check_mode,
-                                  diff=self.module._diff, warn=warnings.append)
+        holder = None
         try:
+            holder = _transfer.DockerAccess(p['docker_host'])
+            root = _transfer.source_root(holder, info, p['helper_image'])
+            sender = _transfer.Sender(p, root, volume_info=info, check_mode=self.module.check_mode,
+                                      diff=self.module._diff, warn=warnings.append)
             result = sender.run()
         except _transfer.TransferError as exc:
             self.fail('%s (volume %s -> %s:%s)' % (exc, p['volume'], p['dest_host'], p['dest_volume']))
         except OSError as exc:
             self.fail(_archive.describe_os_error(exc, 'Transferring volume %s' % p['volume']))
+        finally:
+            if holder is not None:
+                holder.release()
         for w in warnings:
             self.module.warn(w)
         result.pop('dest_state_before', None)
@@ -550,7 +558,7 @@ def main():
         dest_driver=dict(type='str', default='local'),
         dest_driver_options=dict(type='dict'),
         dest_labels=dict(type='dict'),
-        dest_helper_image=dict(type='str'),
+        helper_image=dict(type='str'),
         compression=dict(type='str', choices=['zstd', 'none'], default='zstd'),
         compression_level=dict(type='int', default=3),
         exclude=dict(type='list', elements='str', default=[]),

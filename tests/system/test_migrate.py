@@ -451,49 +451,80 @@ def test_preflight_host_key_from_gathered_facts_and_unreachable_sshd(bench, migr
         cleanup(bench, volumes=[vol, vol + 'tmp'])
 
 
-def test_two_phase_into_a_volume_with_mount_options(bench, migrate):
-    """Local to "NFS": the destination volume is created with mount options and written through a holder
-    container of migrate_helper_image (a bind mount stands in for NFS, which cannot be served here). Two-phase
-    while the application writes; --check first changes nothing; the data lands in the mounted filesystem,
-    digested there independently of Docker and of the module; a rerun changes nothing; no holder is left."""
+def test_two_phase_into_and_out_of_volumes_with_mount_options(bench, migrate):
+    """Local to "NFS" and "NFS" to local: volumes with mount options are mounted only while a container uses
+    them (a bind mount stands in for NFS, which cannot be served here), and are read or written through a
+    holder container of migrate_helper_image.
+
+    - Without migrate_helper_image, the --check pre-flight names both (the source's empty-looking directory is
+      never sent as its content).
+    - Two-phase while the application writes; --check changes nothing; the data lands in the destination's
+      mounted filesystem, and the mounted source's data in a plain local volume, both digested independently
+      of Docker and of the module; a rerun changes nothing; no holder container is left.
+    """
     vol = rand('vonfs')
+    msrc = vol + 'src'
     app = vol + 'app'
     device = '/srv/%s-export' % vol
+    src_device = '/srv/%s-srcexport' % vol
     options = {'type': 'none', 'o': 'bind', 'device': device}
     writer = 'trap "exit 0" TERM; i=0; while :; do i=$((i+1)); echo $i > /var/lib/app/counter; sleep 0.1; done'
     extra = {'migrate_source': 'h1', 'migrate_destination': 'h2', 'migrate_strategy': 'two_phase',
-             'migrate_helper_image': IMAGE, 'migrate_volumes': [{'name': vol, 'driver_options': options}]}
+             'migrate_helper_image': IMAGE, 'migrate_volumes': [{'name': vol, 'driver_options': options}, msrc]}
     holders = ['docker', 'ps', '-aq', '--filter', 'label=io.volumeops.holder']
     try:
         make_volume(bench, 'h1', vol)
         run_container(bench, 'h1', app, vol, script=writer)
         sh(bench, 'h2', ['mkdir', '-m', '0755', device])
+        sh(bench, 'h1', ['mkdir', '-m', '0755', src_device])
+        proc = bench.exec('h1', [HOST_PYTHON, '-', 'build', src_device], input=FIDELITY_SOURCE, check=False)
+        assert proc.returncode == 0, proc.stderr.decode(errors='replace')
+        sh(bench, 'h1', ['docker', 'volume', 'create', '-o', 'type=none', '-o', 'o=bind', '-o',
+                         'device=' + src_device, msrc])
+
+        proc = migrate(dict(extra, migrate_helper_image=''), check=True)
+        assert proc.returncode != 0, proc.stdout[-6000:]
+        assert 'Source volume(s) on h1 mounted only while a container uses them' in proc.stdout, proc.stdout[-6000:]
+        assert '%s (would be created: local' % vol in proc.stdout and 'set migrate_helper_image' in proc.stdout, \
+            proc.stdout[-6000:]
 
         proc = migrate(extra, check=True)
         assert_unchanged(proc)
-        assert 'Would migrate 1 volume(s) from h1 to h2 (two_phase' in proc.stdout, proc.stdout[-6000:]
+        assert 'Would migrate 2 volume(s) from h1 to h2 (two_phase' in proc.stdout, proc.stdout[-6000:]
+        assert '%s -> h2:%s (size unknown: mounted only while a container uses it)' % (msrc, msrc) in proc.stdout, \
+            proc.stdout[-6000:]
         assert volume_inspect(bench, 'h2', vol) is None and sh(bench, 'h2', ['ls', '-A', device]) == ''
+        assert volume_inspect(bench, 'h2', msrc) is None
 
         proc = migrate(extra)
         assert_ok(proc)
         summary_ok(proc, 'h1', vol, 'h2')
+        summary_ok(proc, 'h1', msrc, 'h2')
         assert not running(bench, 'h1', app)  # stopped for the final delta
         src = digest(bench, 'h1', vol)
         assert 'counter' in src['entries']
-        proc_d = bench.exec('h2', [HOST_PYTHON, '-', 'digest', device], input=FIDELITY_SOURCE, check=False)
-        assert proc_d.returncode == 0, proc_d.stderr.decode(errors='replace')
-        assert_same_tree(src, json.loads(proc_d.stdout.decode()), 'h2:' + device)
+        for host, path, expected, what in (('h2', device, src, 'into the mounted volume'),
+                                           ('h1', src_device, None, 'the mounted source')):
+            proc_d = bench.exec(host, [HOST_PYTHON, '-', 'digest', path], input=FIDELITY_SOURCE, check=False)
+            assert proc_d.returncode == 0, proc_d.stderr.decode(errors='replace')
+            tree = json.loads(proc_d.stdout.decode())
+            if expected is None:
+                assert_same_tree(tree, digest(bench, 'h2', msrc), 'h2:%s (%s)' % (msrc, what))
+            else:
+                assert_same_tree(expected, tree, 'h2:%s (%s)' % (path, what))
         assert volume_inspect(bench, 'h2', vol)['Options'] == options
+        assert volume_inspect(bench, 'h2', msrc)['Options'] in (None, {})
         assert marker(bench, 'h2', vol)['state'] == 'complete'
-        assert sh(bench, 'h2', holders) == ''
+        assert sh(bench, 'h2', holders) == '' and sh(bench, 'h1', holders) == ''
 
         proc = migrate(extra)
         assert_unchanged(proc)
-        assert 'OK (unchanged' in proc.stdout, proc.stdout[-6000:]
-        assert sh(bench, 'h2', holders) == ''
+        assert len(re.findall(r'  OK \(unchanged', proc.stdout)) == 2, proc.stdout[-6000:]
+        assert sh(bench, 'h2', holders) == '' and sh(bench, 'h1', holders) == ''
     finally:
-        cleanup(bench, [app], [vol])
+        cleanup(bench, [app], [vol, msrc])
         sh(bench, 'h2', ['rm', '-rf', device], check=False)
+        sh(bench, 'h1', ['rm', '-rf', src_device], check=False)
 
 
 def test_sshd_enforces_the_expiry_of_the_temporary_key(bench, tmp_path):

@@ -550,8 +550,8 @@ NFS = {'type': 'nfs', 'o': 'addr=10.0.0.1', 'device': ':/export'}
     ('local', {}, None, None), (None, None, None, None), ('local', {'o': 'uid=1000'}, None, None),
     ('local', {}, 'img', None),
     # mounted only while a container uses it: written through a holder container of the helper image
-    ('local', NFS, None, 'set dest_helper_image'), ('local', NFS, 'img', None),
-    ('local', {'device': '/dev/sdb1'}, None, 'set dest_helper_image'), ('local', {'device': '/dev/sdb1'}, 'img', None),
+    ('local', NFS, None, 'set helper_image'), ('local', NFS, 'img', None),
+    ('local', {'device': '/dev/sdb1'}, None, 'set helper_image'), ('local', {'device': '/dev/sdb1'}, 'img', None),
     # a tmpfs forgets its content when the holder stops: never, with or without an image
     ('local', {'type': 'tmpfs', 'device': 'tmpfs'}, None, 'is a tmpfs'),
     ('local', {'type': 'tmpfs', 'device': 'tmpfs'}, 'img', 'is a tmpfs'),
@@ -587,7 +587,7 @@ def test_receiver_refuses_a_volume_it_cannot_write_before_creating_it():
     receiver.hello = {'dest_volume': 'nfsvol', 'dest_driver': 'local', 'migration_id': 'm1',
                       'dest_driver_options': {'type': 'nfs', 'device': ':/export', 'o': 'addr=10.0.0.1'}}
     receiver.docker = Docker()
-    with pytest.raises(_transfer.TransferError, match='set dest_helper_image'):
+    with pytest.raises(_transfer.TransferError, match='set helper_image'):
         receiver._ensure_volume(None)
     assert created == []
 
