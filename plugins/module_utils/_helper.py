@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
+import re
 import socket
 import threading
 import uuid
@@ -33,6 +35,45 @@ LABEL = 'io.volumeops.helper'
 
 class HelperError(Exception):
     pass
+
+
+def mounted_only_in_use(driver, options):
+    """Whether a volume's data is mounted only while a container uses it (mount options, another driver)."""
+    return (driver or 'local') != 'local' or bool(set(options or {}) & {'type', 'device'})
+
+
+def is_mount_point(path):
+    """Whether ``path`` is a mount point in this process's mount namespace (bind mounts included, which
+    os.path.ismount does not see when they come from the same filesystem)."""
+    target = os.fsencode(os.path.realpath(path))
+    try:
+        with open('/proc/self/mountinfo', 'rb') as f:
+            for line in f:
+                fields = line.split(b' ')
+                # The mount point is the fifth field; spaces and other bytes are octal escapes (\040).
+                if len(fields) > 4 and re.sub(br'\\([0-7]{3})', lambda m: bytes([int(m.group(1), 8)]),
+                                              fields[4]) == target:
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def local_path_error(name, driver, options, mountpoint):
+    """Why data_path=local cannot use the volume's mountpoint now, or None.
+
+    A volume with mount options (NFS, a bind mount, ...) or of another driver is mounted only while a
+    container uses it; otherwise its directory on the host is an empty directory that is not its data
+    (a backup of it would be empty, a restore into it invisible to containers).
+    """
+    if not mounted_only_in_use(driver, options) or (mountpoint and is_mount_point(mountpoint)):
+        return None
+    what = 'Volume %s (driver %s, options %s)' % (name, driver or 'local', json.dumps(options or {}, sort_keys=True))
+    if not mountpoint:
+        return ('%s would be mounted only while a container uses it: its directory on this host would not be its '
+                'data. Use data_path=auto or data_path=helper (with helper_image).' % what)
+    return ('%s is mounted only while a container uses it, and it is not mounted now: its directory %s on this '
+            'host is not its data. Use data_path=auto or data_path=helper (with helper_image).' % (what, mountpoint))
 
 
 def _tree_source():

@@ -134,6 +134,8 @@ options:
       - How the volume's data is read. V(auto) reads the mountpoint directly for C(local) volumes without mount
         options when the daemon is local, and uses a helper container otherwise.
       - V(local) forces the direct path, V(helper) forces the helper container.
+      - V(local) on a volume with mount options (NFS, a bind mount, ...) or of another driver works only while a
+        container uses it (mounted); otherwise its directory on the host is not its data, and it fails.
     type: str
     choices: [auto, local, helper]
     default: auto
@@ -288,7 +290,7 @@ import time
 from ansible_collections.volumeops.docker.plugins.module_utils._docker_client import AnsibleDockerClient
 from ansible_collections.volumeops.docker.plugins.module_utils._validation import volume_name_error
 from ansible_collections.volumeops.docker.plugins.module_utils import _archive, _tree
-from ansible_collections.volumeops.docker.plugins.module_utils._helper import Helper, HelperError
+from ansible_collections.volumeops.docker.plugins.module_utils._helper import Helper, HelperError, local_path_error
 
 DEFAULT_LEVELS = {'zstd': 3, 'gzip': 6, 'none': None}
 
@@ -378,6 +380,10 @@ class BackupManager(object):
         if mode == 'local' and not (self.client.is_local and mountpoint and os.path.isdir(mountpoint)):
             raise VolumeFailure('data_path=local needs a local daemon and a volume mountpoint on this host; '
                                 'volume %s has mountpoint %r.' % (name, mountpoint))
+        if mode == 'local':
+            err = local_path_error(name, info.get('Driver'), info.get('Options'), mountpoint)
+            if err:
+                raise VolumeFailure(err)
         use_local = mode == 'local' or (mode == 'auto' and direct_ok)
         return Source(name, root=mountpoint if use_local else None, inspect=info,
                       data_path='local' if use_local else 'helper')

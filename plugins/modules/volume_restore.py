@@ -94,6 +94,9 @@ options:
     description:
       - V(auto) writes the mountpoint directly for C(local) volumes without mount options when the daemon is local,
         and uses a helper container otherwise. V(local) and V(helper) force one path.
+      - V(local) on a volume with mount options (NFS, a bind mount, ...) or of another driver works only while a
+        container uses it (mounted); otherwise its directory on the host is not its data, and it fails before
+        anything changes.
     type: str
     choices: [auto, local, helper]
     default: auto
@@ -209,7 +212,7 @@ import uuid
 from ansible_collections.volumeops.docker.plugins.module_utils._docker_client import AnsibleDockerClient
 from ansible_collections.volumeops.docker.plugins.module_utils._validation import volume_name_error, stringify_labels
 from ansible_collections.volumeops.docker.plugins.module_utils import _archive, _tree
-from ansible_collections.volumeops.docker.plugins.module_utils._helper import Helper, HelperError
+from ansible_collections.volumeops.docker.plugins.module_utils._helper import Helper, HelperError, local_path_error
 
 SAMPLE = 20
 
@@ -281,6 +284,12 @@ class RestoreManager(object):
         if mode == 'local':
             if not self.client.is_local:
                 self.fail('data_path=local needs a local daemon (docker_host unix://).')
+            if info is not None:
+                err = local_path_error(self.p['volume'], info.get('Driver'), info.get('Options'), info.get('Mountpoint'))
+            else:
+                err = local_path_error(self.p['volume'], driver, options, None)
+            if err:
+                self.fail(err + ' Nothing was changed.')
             return 'local'
         if mode == 'helper':
             return 'helper'

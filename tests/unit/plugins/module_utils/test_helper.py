@@ -1,0 +1,40 @@
+# -*- coding: utf-8 -*-
+# Copyright: volumeops contributors
+# GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
+# SPDX-License-Identifier: GPL-3.0-or-later
+"""Which volumes data_path=local may read or write through their mountpoint (pure logic, /proc of this process)."""
+
+from __future__ import annotations
+
+import pytest
+
+from ansible_collections.volumeops.docker.plugins.module_utils import _helper
+
+MOUNTINFO = (b'22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n'
+             b'40 22 8:1 /srv/export /var/lib/docker/volumes/nfs\\040data/_data rw - ext4 /dev/sda1 rw\n')
+
+
+@pytest.mark.parametrize('driver, options, mounted', [
+    ('local', {}, False), (None, None, False), ('local', {'o': 'uid=1'}, False),
+    ('local', {'type': 'nfs', 'device': ':/x'}, True), ('local', {'device': '/dev/sdb'}, True),
+    ('rexray', {}, True),
+])
+def test_mounted_only_in_use(driver, options, mounted):
+    assert _helper.mounted_only_in_use(driver, options) is mounted
+
+
+def test_mount_points_read_from_mountinfo_with_escapes(monkeypatch, tmp_path):
+    info = tmp_path / 'mountinfo'
+    info.write_bytes(MOUNTINFO)
+    real_open = open
+    monkeypatch.setattr('builtins.open', lambda path, *a, **k: real_open(
+        str(info) if path == '/proc/self/mountinfo' else path, *a, **k))
+    monkeypatch.setattr(_helper.os.path, 'realpath', lambda p: p)
+    assert _helper.is_mount_point('/var/lib/docker/volumes/nfs data/_data')
+    assert not _helper.is_mount_point('/var/lib/docker/volumes/other/_data')
+    nfs = {'type': 'nfs', 'device': ':/x'}
+    assert _helper.local_path_error('v', 'local', nfs, '/var/lib/docker/volumes/nfs data/_data') is None
+    err = _helper.local_path_error('v', 'local', nfs, '/var/lib/docker/volumes/other/_data')
+    assert 'mounted only while a container uses it' in err and 'data_path=helper' in err
+    assert _helper.local_path_error('v', 'local', {}, '/var/lib/docker/volumes/other/_data') is None
+    assert 'would be mounted only while' in _helper.local_path_error('v', 'local', nfs, None)
