@@ -77,7 +77,7 @@ RECORD_BATCH = 128 * 1024    # bytes of path records per frame (small enough to 
 PREFETCH_ENTRIES = 65536     # source records walked ahead while waiting for the destination (~30 MB at most)
 MARKER_NAME = '.volumeops-migration.json'
 INCOMING_PREFIX = '.volumeops-incoming-'
-HOLDER_LABEL = 'io.volumeops.holder'  # value: the receiver's pid on the destination host
+HOLDER_LABEL = 'io.volumeops.holder'  # value: the pid of the receiver or sender that holds the volume
 HOLDER_MOUNT = '/volumeops/vol'
 HOLDER_COMMAND = ('/usr/bin/python3', '-c', 'import time\nwhile True: time.sleep(3600)')
 # A mounted volume's root holds the receiver's staging tree and restore-style swap directories
@@ -1496,10 +1496,10 @@ class DockerAccess(object):
     def hold(self, name, image, read_only=False):
         """Keep volume ``name`` mounted by a holder container of ``image``; returns the mount as seen from here.
 
-        A local volume with mount options (NFS, ...) is mounted only while a container uses it. The holder
-        runs nothing but a sleep; the receiver writes through ``/proc/<holder pid>/root``, which reaches the
-        holder's mount whatever mount namespace the daemon runs in. Holders of receivers that died are
-        removed first (the label names the receiver's process).
+        A volume with mount options (NFS, ...) is mounted only while a container uses it. The holder runs
+        nothing but a sleep; the receiver (or the sender) reaches the data through ``/proc/<holder pid>/root``,
+        which shows the holder's mount whatever mount namespace the daemon runs in. Holders whose process
+        died are removed first (the label names the process).
         """
         self._remove_stale_holders()
         document = dict(Image=image, Cmd=list(HOLDER_COMMAND), Entrypoint=[], User='0:0', NetworkDisabled=True,
@@ -1513,8 +1513,8 @@ class DockerAccess(object):
         except (OSError, _engine_http.EngineAnswerError) as exc:
             raise TransferError('%s failed: cannot reach the Docker daemon at %s (%s).' % (what, self.host, exc))
         if status == 404:
-            raise TransferError('%s failed: the image is not on the destination host, and it is never pulled '
-                                '(load it there, or name a local image with /usr/bin/python3).' % what)
+            raise TransferError('%s failed: the image is not on this host, and it is never pulled (load it '
+                                'there, or name a local image with /usr/bin/python3).' % what)
         if status != 201:
             raise TransferError('%s failed: %s' % (what, _engine_http.error_text(status, answer)))
         cid = answer['Id']
