@@ -709,3 +709,22 @@ def test_holders_of_dead_receivers_are_removed_live_ones_kept(monkeypatch):
     monkeypatch.setattr(_transfer._engine_http, 'request', request)
     _transfer.DockerAccess(None)._remove_stale_holders()
     assert deleted == ['/containers/stale']
+
+
+def test_source_root_never_reads_the_empty_directory_of_a_mounted_volume(tmp_path):
+    held = []
+
+    class Docker(object):
+        def hold(self, name, image, read_only=False):
+            held.append((name, image, read_only))
+            return '/proc/1/root/volumeops/vol'
+    plain = {'Name': 'p', 'Driver': 'local', 'Options': None, 'Mountpoint': str(tmp_path)}
+    assert _transfer.source_root(Docker(), plain, None) == str(tmp_path)
+    assert _transfer.source_root(Docker(), plain, 'img') == str(tmp_path)  # no holder for a plain volume
+    nfs = {'Name': 'n', 'Driver': 'local', 'Options': {'type': 'nfs', 'device': ':/x'}, 'Mountpoint': str(tmp_path)}
+    other = {'Name': 'o', 'Driver': 'rexray', 'Options': {}, 'Mountpoint': str(tmp_path)}
+    for info in (nfs, other):
+        with pytest.raises(_transfer.TransferError, match='mounted only while a container uses it'):
+            _transfer.source_root(Docker(), info, None)
+        assert _transfer.source_root(Docker(), info, 'img') == '/proc/1/root/volumeops/vol'
+    assert held == [('n', 'img', True), ('o', 'img', True)]  # read-only holders
