@@ -2,9 +2,10 @@
 """The migrate role's destination program (roles/migrate/vars/main.yml: migrate__dest_program),
 run as the role runs it (``python -c PROGRAM JSON``), on authorized_keys files in tmp_path.
 
-Only its authorized_keys part: adding the temporary key, removing it, keeping every other line,
-and staying correct when pairs from several sources edit one destination's file at once (without
-the program's lock, the concurrent test lost lines in 5 runs of 5).
+Its authorized_keys part: adding the temporary key, removing it, keeping every other line, and
+staying correct when pairs from several sources edit one destination's file at once (without the
+program's lock, the concurrent test lost lines in 5 runs of 5). And its judgement of which
+destination volumes the transfer can write, against volume_transfer's own rule.
 """
 
 from __future__ import annotations
@@ -123,3 +124,34 @@ def test_authorize_with_expires_in_adds_sshds_expiry_time_in_local_time(tmp_path
     args['authorize']['expires_in'] = 0
     assert answer(start(args))['authorized'] is True
     assert keys.read_text().splitlines() == ['from="10.0.0.1",no-pty ssh-ed25519 AAAAkeyee volumeops-migrate-ee']
+
+
+NFS = {'type': 'nfs', 'device': ':/export', 'o': 'addr=10.0.0.1'}
+
+
+def test_which_volumes_the_transfer_can_write_is_judged_as_volume_transfer_judges_it(tmp_path):
+    """The pre-flight's copy of the rule (the destination program cannot import the collection) agrees with
+    volume_transfer's unwritable_volume_error for every kind of volume, with and without a helper image.
+    No docker CLI on PATH: every volume counts as missing and is judged as the transfer would create it."""
+    from ansible_collections.volumeops.docker.plugins.module_utils import _transfer
+    cases = {'plain': ('local', {}), 'uid': ('local', {'o': 'uid=1000'}), 'nfs': ('local', NFS),
+             'block': ('local', {'device': '/dev/sdb1'}), 'tmpfs': ('local', {'type': 'tmpfs', 'device': 'tmpfs'}),
+             'plugin': ('rexray', {}), 'default': ('', {})}
+    empty_path = tmp_path / 'bin'
+    empty_path.mkdir()
+    (tmp_path / 'volumes').mkdir()  # the Docker root's volumes directory, measured for plain volumes
+    for image in ('', 'img'):
+        args = {'tools': [], 'root': str(tmp_path), 'volumes': sorted(cases), 'containers': [], 'host_key': False,
+                'helper_image': image,
+                'create': {name: {'driver': d, 'options': o} for name, (d, o) in cases.items()}}
+        proc = subprocess.run([sys.executable, '-c', PROGRAM, json.dumps(args)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=dict(os.environ, PATH=str(empty_path)),
+                              check=False)
+        assert proc.returncode == 0, proc.stderr
+        volumes = json.loads(proc.stdout)['volumes']
+        for name, (driver, options) in cases.items():
+            refusal = _transfer.unwritable_volume_error(name, driver, options, image or None)
+            got = volumes[name]
+            assert (got['unwritable'] == '') == (refusal is None), (name, image, got, refusal)
+            assert got['mounted'] == _transfer.is_mounted_volume(driver, options), (name, got)
+            assert ('avail' in got) == (not got['mounted']), (name, got)  # a mounted one's space is unknown here
