@@ -457,7 +457,8 @@ def test_two_phase_into_and_out_of_volumes_with_mount_options(bench, migrate):
     holder container of migrate_helper_image.
 
     - Without migrate_helper_image, the --check pre-flight names both (the source's empty-looking directory is
-      never sent as its content).
+      never sent as its content). With it, the pre-flight looks into an existing destination volume with mount
+      options through a holder container: other data there is named, an empty one is fine.
     - Two-phase while the application writes; --check changes nothing; the data lands in the destination's
       mounted filesystem, and the mounted source's data in a plain local volume, both digested independently
       of Docker and of the module; a rerun changes nothing; no holder container is left.
@@ -467,6 +468,8 @@ def test_two_phase_into_and_out_of_volumes_with_mount_options(bench, migrate):
     app = vol + 'app'
     device = '/srv/%s-export' % vol
     src_device = '/srv/%s-srcexport' % vol
+    taken = vol + 'taken'
+    taken_device = '/srv/%s-taken' % vol
     options = {'type': 'none', 'o': 'bind', 'device': device}
     writer = 'trap "exit 0" TERM; i=0; while :; do i=$((i+1)); echo $i > /var/lib/app/counter; sleep 0.1; done'
     extra = {'migrate_source': 'h1', 'migrate_destination': 'h2', 'migrate_strategy': 'two_phase',
@@ -487,6 +490,21 @@ def test_two_phase_into_and_out_of_volumes_with_mount_options(bench, migrate):
         assert 'Source volume(s) on h1 mounted only while a container uses them' in proc.stdout, proc.stdout[-6000:]
         assert '%s (would be created: local' % vol in proc.stdout and 'set migrate_helper_image' in proc.stdout, \
             proc.stdout[-6000:]
+
+        # An existing destination volume with mount options: the pre-flight looks into it through a holder
+        # container (its directory on the host shows nothing). Other data there is named before anything stops.
+        sh(bench, 'h1', ['docker', 'volume', 'create', taken])
+        sh(bench, 'h2', ['mkdir', '-m', '0755', taken_device])
+        sh(bench, 'h2', ['sh', '-c', 'echo other > "$1/precious"', 'sh', taken_device])
+        sh(bench, 'h2', ['docker', 'volume', 'create', '-o', 'type=none', '-o', 'o=bind', '-o',
+                         'device=' + taken_device, taken])
+        proc = migrate(dict(extra, migrate_volumes=[taken]), check=True)
+        assert proc.returncode != 0, proc.stdout[-6000:]
+        assert 'already exist with other data: %s.' % taken in proc.stdout, proc.stdout[-6000:]
+        sh(bench, 'h2', ['rm', taken_device + '/precious'])
+        proc = migrate(dict(extra, migrate_volumes=[taken]), check=True)
+        assert_unchanged(proc)
+        assert sh(bench, 'h2', holders) == '', 'the pre-flight left its holder container'
 
         proc = migrate(extra, check=True)
         assert_unchanged(proc)
@@ -522,8 +540,8 @@ def test_two_phase_into_and_out_of_volumes_with_mount_options(bench, migrate):
         assert len(re.findall(r'  OK \(unchanged', proc.stdout)) == 2, proc.stdout[-6000:]
         assert sh(bench, 'h2', holders) == '' and sh(bench, 'h1', holders) == ''
     finally:
-        cleanup(bench, [app], [vol, msrc])
-        sh(bench, 'h2', ['rm', '-rf', device], check=False)
+        cleanup(bench, [app], [vol, msrc, taken])
+        sh(bench, 'h2', ['rm', '-rf', device, taken_device], check=False)
         sh(bench, 'h1', ['rm', '-rf', src_device], check=False)
 
 

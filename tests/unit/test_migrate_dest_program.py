@@ -155,3 +155,12 @@ def test_which_volumes_the_transfer_can_write_is_judged_as_volume_transfer_judge
             assert (got['unwritable'] == '') == (refusal is None), (name, image, got, refusal)
             assert got['mounted'] == _transfer.is_mounted_volume(driver, options), (name, got)
             assert ('avail' in got) == (not got['mounted']), (name, got)  # a mounted one's space is unknown here
+
+
+def test_the_programs_survive_ansible_templating():
+    """The role passes its programs through Jinja (variables in a task's argv): no Jinja markers in them."""
+    programs = {k: v for k, v in yaml.safe_load(ROLE_VARS.read_text()).items() if k.endswith('_program')}
+    assert 'migrate__dest_program' in programs and len(programs) >= 2
+    for name, text in programs.items():
+        for marker in ('{{', '{%', '{#'):
+            assert marker not in text, (name, marker)
