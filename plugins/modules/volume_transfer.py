@@ -110,7 +110,8 @@ options:
         stages inside the mounted filesystem and swaps entry by entry (renames, rolled back or forward after an
         interruption, as O(volumeops.docker.volume_restore#module:data_path=helper) does).
       - The holder is removed when the transfer ends; one left by a killed receiver is removed by the next
-        receiver on that host.
+        receiver on that host. Check mode starts holders too (to look at the volumes), and changes nothing in
+        them.
       - Not needed (and not used) for plain local volumes.
     type: str
   dest_driver_options:
