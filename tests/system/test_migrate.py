@@ -490,6 +490,11 @@ def test_two_phase_into_and_out_of_volumes_with_mount_options(bench, migrate):
         assert 'Source volume(s) on h1 mounted only while a container uses them' in proc.stdout, proc.stdout[-6000:]
         assert '%s (would be created: local' % vol in proc.stdout and 'set migrate_helper_image' in proc.stdout, \
             proc.stdout[-6000:]
+        # An image that is not on the hosts (never pulled): named before anything stops.
+        proc = migrate(dict(extra, migrate_helper_image='volumeops-test/absent:1'), check=True)
+        assert proc.returncode != 0, proc.stdout[-6000:]
+        assert 'Cannot read source volume(s) %s on h1 through a holder container' % msrc in proc.stdout, \
+            proc.stdout[-6000:]
 
         # An existing destination volume with mount options: the pre-flight looks into it through a holder
         # container (its directory on the host shows nothing). Other data there is named before anything stops.
