@@ -1343,6 +1343,17 @@ _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
 
+def is_mounted_volume(driver, options):
+    """A local volume with type/device mount options (NFS, CIFS, a block device, a bind mount, tmpfs)."""
+    return (driver or 'local') == 'local' and bool(set(options or {}) & {'type', 'device'})
+
+
+def mounted_only_in_use(driver, options):
+    """Whether a volume's data is mounted only while a container uses it (mount options, another driver):
+    its directory on the host is otherwise an empty directory that is not its data."""
+    return (driver or 'local') != 'local' or is_mounted_volume(driver, options)
+
+
 def exchange_dirs(a, b):
     """Atomically exchange two paths on the same filesystem (renameat2 RENAME_EXCHANGE).
 

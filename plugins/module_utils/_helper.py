@@ -37,11 +37,6 @@ class HelperError(Exception):
     pass
 
 
-def mounted_only_in_use(driver, options):
-    """Whether a volume's data is mounted only while a container uses it (mount options, another driver)."""
-    return (driver or 'local') != 'local' or bool(set(options or {}) & {'type', 'device'})
-
-
 def is_mount_point(path):
     """Whether ``path`` is a mount point in this process's mount namespace (bind mounts included, which
     os.path.ismount does not see when they come from the same filesystem)."""
@@ -66,7 +61,7 @@ def local_path_error(name, driver, options, mountpoint):
     container uses it; otherwise its directory on the host is an empty directory that is not its data
     (a backup of it would be empty, a restore into it invisible to containers).
     """
-    if not mounted_only_in_use(driver, options) or (mountpoint and is_mount_point(mountpoint)):
+    if not _archive.mounted_only_in_use(driver, options) or (mountpoint and is_mount_point(mountpoint)):
         return None
     what = 'Volume %s (driver %s, options %s)' % (name, driver or 'local', json.dumps(options or {}, sort_keys=True))
     if not mountpoint:

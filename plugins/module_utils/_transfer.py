@@ -583,11 +583,6 @@ def check_migration_id(mid):
 
 # --- shipping the receiver -----------------------------------------------------------------------
 
-def is_mounted_volume(driver, options):
-    """A local volume with type/device mount options (NFS, CIFS, a block device, a bind mount)."""
-    return (driver or 'local') == 'local' and bool(set(options or {}) & {'type', 'device'})
-
-
 def unwritable_volume_error(name, driver, options, helper_image=None):
     """Why the receiver cannot write a volume of this driver and these options, or None.
 
@@ -597,14 +592,14 @@ def unwritable_volume_error(name, driver, options, helper_image=None):
     mount. A tmpfs volume loses its content when the last container stops, and another driver's data
     has no place on the host the receiver can keep its state in: both are refused.
     """
-    options = options or {}
-    if (driver or 'local') == 'local' and not is_mounted_volume(driver, options):
+    if not _archive.mounted_only_in_use(driver, options):
         return None
+    options = options or {}
     what = 'Destination volume %s (driver %s, options %s)' % (name, driver or 'local', json.dumps(options, sort_keys=True))
-    if is_mounted_volume(driver, options):
-        if options.get('type') == 'tmpfs':
-            return ('%s is a tmpfs: its content is gone when no container uses it. Refusing to transfer data '
-                    'into it.' % what)
+    if _archive.is_mounted_volume(driver, options) and options.get('type') == 'tmpfs':
+        return ('%s is a tmpfs: its content is gone when no container uses it. Refusing to transfer data '
+                'into it.' % what)
+    if _archive.is_mounted_volume(driver, options):
         if helper_image:
             return None
         return ('%s is mounted only while a container uses it: set helper_image (migrate_helper_image in '
@@ -625,7 +620,7 @@ def source_root(docker_access, info, helper_image):
     of ``helper_image`` (``docker_access.release()`` removes it).
     """
     name, driver, options = info.get('Name'), info.get('Driver') or 'local', info.get('Options') or {}
-    if driver == 'local' and not is_mounted_volume(driver, options):
+    if not _archive.mounted_only_in_use(driver, options):
         root = info.get('Mountpoint')
         if not root or not os.path.isdir(root):
             raise TransferError('The mountpoint %r of source volume %s is not a directory on the source host.'
@@ -1507,16 +1502,11 @@ class DockerAccess(object):
                         HostConfig=dict(Binds=['%s:%s%s' % (name, HOLDER_MOUNT, ':ro' if read_only else '')],
                                         NetworkMode='none'))
         what = 'Starting a holder container of %s for volume %s' % (image, name)
-        try:
-            status, answer = _engine_http.request(self.socket, 'POST', '/containers/create',
-                                                  dict(name='volumeops-holder-%s' % uuid.uuid4().hex[:12]), document)
-        except (OSError, _engine_http.EngineAnswerError) as exc:
-            raise TransferError('%s failed: cannot reach the Docker daemon at %s (%s).' % (what, self.host, exc))
+        status, answer = self._request(what, 'POST', '/containers/create',
+                                       dict(name='volumeops-holder-%s' % uuid.uuid4().hex[:12]), document, ok=(201, 404))
         if status == 404:
             raise TransferError('%s failed: the image is not on this host, and it is never pulled (load it '
                                 'there, or name a local image with /usr/bin/python3).' % what)
-        if status != 201:
-            raise TransferError('%s failed: %s' % (what, _engine_http.error_text(status, answer)))
         cid = answer['Id']
         self.holders.append(cid)
         self._request(what, 'POST', '/containers/%s/start' % cid, ok=(204, 304))
@@ -1726,7 +1716,7 @@ class Receiver(object):
             try:
                 # A volume created with mount options gets its space from its own filesystem, which is
                 # not mounted before it exists: measured by the extraction itself (disk-full handling).
-                if not is_mounted_volume(h.get('dest_driver'), h.get('dest_driver_options')):
+                if not _archive.is_mounted_volume(h.get('dest_driver'), h.get('dest_driver_options')):
                     st = os.statvfs(parent)
                     state['free_bytes'] = st.f_bavail * st.f_frsize
             except OSError:
@@ -1744,16 +1734,17 @@ class Receiver(object):
         # Whether this migration already completed here: the sender compares the fingerprint of _data
         # (computed below, in the same walk as the delta's records) with the source's.
         state['complete'] = bool(ours and marker.get('state') == 'complete' and os.path.isdir(self.data_dir))
+        empty = not ours and self._data_empty()  # one listing (a mounted volume's may be remote)
         if ours and marker.get('state') == 'staging' and os.path.isdir(self.staging):
             self.base = 'staging'
         elif self.held and ours and marker.get('state') == 'swapping':
             # Interrupted during a swap of entries: the volume's root may hold part of either tree.
             self.base = None
-        elif ours or self._data_empty():
+        elif ours or empty:
             # Our complete (or interrupted 'swapping': the staging path is then not trustworthy)
             # data, or nothing: _data becomes the base.
             self.base = 'data'
-        if not ours and not self._data_empty() and h.get('existing') != 'replace':
+        if not ours and not empty and h.get('existing') != 'replace':
             other = ('migration %r' % marker.get('migration_id')) if marker and marker.get('migration_id') \
                 else 'data that is not from this migration'
             state['conflict'] = ('Destination volume %s already exists and holds %s. Refusing to overwrite it; use '
@@ -1784,7 +1775,7 @@ class Receiver(object):
         # The marker lives in the volume's directory on the host's disk, beside _data, for both kinds.
         self.marker_path = os.path.join(vdir, MARKER_NAME)
         incoming = INCOMING_PREFIX + self.hello['migration_id']
-        if is_mounted_volume(vol.get('Driver'), vol.get('Options')):
+        if _archive.is_mounted_volume(vol.get('Driver'), vol.get('Options')):
             # The staging tree lives inside the mounted filesystem (the swap renames within it).
             self.held = True
             self.data_dir = self.docker.hold(vol['Name'], image)
@@ -1834,11 +1825,7 @@ class Receiver(object):
         staged = os.path.join(self.data_dir, _archive.STAGING_MARKER + self.hello['migration_id'])
         os.rename(self.staging, staged)
         _archive.swap_in(self.data_dir, staged)
-        fd = os.open(self.data_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(fd)  # the renames are on disk before the marker says complete
-        finally:
-            os.close(fd)
+        _archive.fsync_dir(self.data_dir)  # the renames are on disk before the marker says complete
 
     def _ensure_volume(self, vol):
         h = self.hello

@@ -377,10 +377,10 @@ class BackupManager(object):
         mountpoint = info.get('Mountpoint')
         direct_ok = (self.client.is_local and info.get('Driver') == 'local' and not info.get('Options')
                      and mountpoint and os.path.isdir(mountpoint))
-        if mode == 'local' and not (self.client.is_local and mountpoint and os.path.isdir(mountpoint)):
-            raise VolumeFailure('data_path=local needs a local daemon and a volume mountpoint on this host; '
-                                'volume %s has mountpoint %r.' % (name, mountpoint))
         if mode == 'local':
+            if not (self.client.is_local and mountpoint and os.path.isdir(mountpoint)):
+                raise VolumeFailure('data_path=local needs a local daemon and a volume mountpoint on this host; '
+                                    'volume %s has mountpoint %r.' % (name, mountpoint))
             err = local_path_error(name, info.get('Driver'), info.get('Options'), mountpoint)
             if err:
                 raise VolumeFailure(err)

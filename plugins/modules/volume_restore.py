@@ -275,19 +275,15 @@ class RestoreManager(object):
 
     def data_path(self, info, driver, options):
         mode = self.p['data_path']
+        mp = None  # a volume still to be created is judged by the driver and options it will get
         if info is not None:
-            mp = info.get('Mountpoint')
-            direct_ok = (self.client.is_local and info.get('Driver') == 'local' and not info.get('Options')
-                         and mp and os.path.isdir(mp))
-        else:
-            direct_ok = self.client.is_local and driver == 'local' and not options
+            driver, options, mp = info.get('Driver'), info.get('Options'), info.get('Mountpoint')
+        direct_ok = (self.client.is_local and driver == 'local' and not options
+                     and (info is None or (mp and os.path.isdir(mp))))
         if mode == 'local':
             if not self.client.is_local:
                 self.fail('data_path=local needs a local daemon (docker_host unix://).')
-            if info is not None:
-                err = local_path_error(self.p['volume'], info.get('Driver'), info.get('Options'), info.get('Mountpoint'))
-            else:
-                err = local_path_error(self.p['volume'], driver, options, None)
+            err = local_path_error(self.p['volume'], driver, options, mp)
             if err:
                 self.fail(err + ' Nothing was changed.')
             return 'local'

@@ -133,7 +133,7 @@ def test_which_volumes_the_transfer_can_write_is_judged_as_volume_transfer_judge
     """The pre-flight's copy of the rule (the destination program cannot import the collection) agrees with
     volume_transfer's unwritable_volume_error for every kind of volume, with and without a helper image.
     No docker CLI on PATH: every volume counts as missing and is judged as the transfer would create it."""
-    from ansible_collections.volumeops.docker.plugins.module_utils import _transfer
+    from ansible_collections.volumeops.docker.plugins.module_utils import _archive, _transfer
     cases = {'plain': ('local', {}), 'uid': ('local', {'o': 'uid=1000'}), 'nfs': ('local', NFS),
              'block': ('local', {'device': '/dev/sdb1'}), 'tmpfs': ('local', {'type': 'tmpfs', 'device': 'tmpfs'}),
              'plugin': ('rexray', {}), 'default': ('', {})}
@@ -153,7 +153,7 @@ def test_which_volumes_the_transfer_can_write_is_judged_as_volume_transfer_judge
             refusal = _transfer.unwritable_volume_error(name, driver, options, image or None)
             got = volumes[name]
             assert (got['unwritable'] == '') == (refusal is None), (name, image, got, refusal)
-            assert got['mounted'] == _transfer.is_mounted_volume(driver, options), (name, got)
+            assert got['mounted'] == _archive.is_mounted_volume(driver, options), (name, got)
             assert ('avail' in got) == (not got['mounted']), (name, got)  # a mounted one's space is unknown here
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from ansible_collections.volumeops.docker.plugins.module_utils import _helper
+from ansible_collections.volumeops.docker.plugins.module_utils import _archive, _helper
 
 MOUNTINFO = (b'22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n'
              b'40 22 8:1 /srv/export /var/lib/docker/volumes/nfs\\040data/_data rw - ext4 /dev/sda1 rw\n')
@@ -20,7 +20,7 @@ MOUNTINFO = (b'22 1 8:1 / / rw,relatime - ext4 /dev/sda1 rw\n'
     ('rexray', {}, True),
 ])
 def test_mounted_only_in_use(driver, options, mounted):
-    assert _helper.mounted_only_in_use(driver, options) is mounted
+    assert _archive.mounted_only_in_use(driver, options) is mounted
 
 
 def test_mount_points_read_from_mountinfo_with_escapes(monkeypatch, tmp_path):
