@@ -1490,9 +1490,21 @@ def recover_swaps(root):
     - ``.volumeops-old-<id>`` with ``.volumeops-staging-<id>`` (killed in phase 1): move the old entries back.
     - ``.volumeops-old-<id>`` alone (killed while removing the old content): remove it.
     - ``.volumeops-staging-<id>`` alone (killed while extracting): remove it.
+
+    Only real directories count: an entry of such a name that is a symlink or a file is not ours and
+    is left alone. Followed, a symlink would move or delete what it points to; this also runs as root
+    on the host through a holder container's ``/proc/<pid>/root``, where an absolute symlink resolves
+    on the host, not inside the volume.
     """
+    def real_dir(path):
+        try:
+            return stat.S_ISDIR(os.lstat(path).st_mode)
+        except FileNotFoundError:
+            return False
+
     actions = []
-    names = os.listdir(root)
+    names = [n for n in os.listdir(root)
+             if n.startswith((READY_MARKER, OLD_MARKER, STAGING_MARKER)) and real_dir(os.path.join(root, n))]
     ready = {}
     for name in names:
         if name.startswith(READY_MARKER):
@@ -1505,16 +1517,18 @@ def recover_swaps(root):
             os.rename(os.path.join(path, child), os.path.join(root, child))
         copy_dir_metadata(path, root, _DirStat(os.lstat(path), atime_ns, mtime_ns))
         os.rmdir(path)
-        remove_tree(os.path.join(root, OLD_MARKER + ident))
+        old = os.path.join(root, OLD_MARKER + ident)
+        if real_dir(old):
+            remove_tree(old)
         os.utime(root, ns=(atime_ns, mtime_ns), follow_symlinks=False)
         actions.append('completed the interrupted swap %s' % ident)
-    for name in sorted(os.listdir(root)):
-        if not name.startswith(OLD_MARKER):
+    for name in sorted(names):
+        if not name.startswith(OLD_MARKER) or not real_dir(os.path.join(root, name)):
             continue
         ident = name[len(OLD_MARKER):]
         path = os.path.join(root, name)
         staging = os.path.join(root, STAGING_MARKER + ident)
-        if os.path.isdir(staging) and not os.path.islink(staging):
+        if real_dir(staging):
             for child in sorted(os.listdir(path)):
                 os.rename(os.path.join(path, child), os.path.join(root, child))
             os.rmdir(path)
@@ -1522,8 +1536,8 @@ def recover_swaps(root):
         else:
             remove_tree(path)
             actions.append('removed old content left by %s' % ident)
-    for name in sorted(os.listdir(root)):
-        if name.startswith(STAGING_MARKER):
+    for name in sorted(names):
+        if name.startswith(STAGING_MARKER) and real_dir(os.path.join(root, name)):
             remove_tree(os.path.join(root, name))
             actions.append('removed the staging directory %s' % name)
     return actions

@@ -1567,6 +1567,14 @@ def write_marker(path, data):
     _archive.fsync_dir(os.path.dirname(path))
 
 
+def _real_dir(path):
+    """True for a directory that is not a symlink."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
 def _is_empty_dir(path):
     try:
         with os.scandir(path) as it:
@@ -1735,7 +1743,9 @@ class Receiver(object):
         # (computed below, in the same walk as the delta's records) with the source's.
         state['complete'] = bool(ours and marker.get('state') == 'complete' and os.path.isdir(self.data_dir))
         empty = not ours and self._data_empty()  # one listing (a mounted volume's may be remote)
-        if ours and marker.get('state') == 'staging' and os.path.isdir(self.staging):
+        # lstat: in a mounted volume the staging name is inside what containers can write, and a symlink
+        # put there is not this migration's staged tree (tar -C would write where it points, on this host).
+        if ours and marker.get('state') == 'staging' and _real_dir(self.staging):
             self.base = 'staging'
         elif self.held and ours and marker.get('state') == 'swapping':
             # Interrupted during a swap of entries: the volume's root may hold part of either tree.

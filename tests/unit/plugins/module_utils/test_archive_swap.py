@@ -113,6 +113,33 @@ def test_recover_removes_leftovers(volume):
     assert A.recover_swaps(root) == []
 
 
+def test_recover_leaves_marker_named_symlinks_and_files_alone(tmp_path):
+    """A symlink or file named like a swap leftover is not ours: never followed, moved or removed.
+
+    Through a holder container's /proc/<pid>/root the recovery runs as root on the host, where an
+    absolute symlink planted in the volume would resolve on the host: following one would move the
+    host's files into the volume or delete them.
+    """
+    root = str(tmp_path / 'vol')
+    outside = str(tmp_path / 'host')
+    for d in ('ready', 'old', 'staging'):
+        _write(os.path.join(outside, d, 'precious'), d)
+    _write(os.path.join(root, 'data'), 'D')
+    os.symlink(os.path.join(outside, 'ready'), os.path.join(root, A.READY_MARKER + 'a.1.2'))
+    os.symlink(os.path.join(outside, 'old'), os.path.join(root, A.OLD_MARKER + 'b'))
+    os.mkdir(os.path.join(root, A.STAGING_MARKER + 'b'))  # a real staging dir beside the planted "old" link
+    os.symlink(os.path.join(outside, 'staging'), os.path.join(root, A.STAGING_MARKER + 'c'))
+    _write(os.path.join(root, A.OLD_MARKER + 'd'), 'a user file')
+    before_outside = _state(outside)
+    actions = A.recover_swaps(root)
+    assert _state(outside) == before_outside
+    assert sorted(os.listdir(root)) == sorted(['data', A.READY_MARKER + 'a.1.2', A.OLD_MARKER + 'b',
+                                               A.STAGING_MARKER + 'c', A.OLD_MARKER + 'd'])
+    links = (A.READY_MARKER + 'a.1.2', A.OLD_MARKER + 'b', A.STAGING_MARKER + 'c')
+    assert all(os.path.islink(os.path.join(root, n)) for n in links)
+    assert actions == ['removed the staging directory %s' % (A.STAGING_MARKER + 'b')]
+
+
 def test_helper_scripts_compile_and_run_locally(volume):
     """The scripts shipped into helper containers are assembled from source: they must compile, and the
     recover + finish(replace) scripts must do on a plain directory what the functions do."""

@@ -675,6 +675,47 @@ def test_held_volume_swap_and_recovery_of_an_interrupted_swap(tmp_path, monkeypa
     assert sorted(os.listdir(str(root))) == ['x', 'y']
 
 
+def test_held_volume_symlink_at_the_staging_name_is_not_taken_for_the_staged_tree(tmp_path, monkeypatch):
+    """In a mounted volume the staging name is writable by containers. A symlink planted there (to a host
+    directory: /proc/<pid>/root resolves absolute links on the host) must not become the delta's base,
+    or tar -C would extract through it; the pass then starts over and removes only the link."""
+    vdir = tmp_path / 'volumes' / 'v'
+    (vdir / '_data').mkdir(parents=True)
+    mount = tmp_path / 'mount'
+    mount.mkdir()
+    host_dir = tmp_path / 'host-etc'
+    host_dir.mkdir()
+    (host_dir / 'passwd').write_text('root:x:0:0')
+    os.symlink(str(host_dir), str(mount / (_transfer.INCOMING_PREFIX + 'm1')))
+    _transfer.write_marker(str(vdir / _transfer.MARKER_NAME), dict(migration_id='m1', state='staging'))
+
+    class Docker(object):
+        kind = 'socket'
+
+        def __init__(self, host):
+            pass
+
+        def inspect(self, name):
+            return {'Name': name, 'Driver': 'local', 'Mountpoint': str(vdir / '_data'),
+                    'Options': {'type': 'none', 'device': '/srv/x', 'o': 'bind'}}
+
+        def hold(self, name, image, read_only=False):
+            return str(mount)
+
+        def running_users(self, name):
+            return []
+    monkeypatch.setattr(_transfer, 'DockerAccess', Docker)
+    receiver = _transfer.Receiver(io_=None)
+    receiver.hello = {'dest_volume': 'vol1', 'migration_id': 'm1', 'dest_helper_image': 'img', 'pass_': 'delta'}
+    state, dummy = receiver._state()
+    assert receiver.held
+    assert receiver.base != 'staging'
+    assert receiver.walk_root != receiver.staging
+    _archive.remove_tree(receiver.staging)  # what the pass does before it makes its own staging directory
+    assert not os.path.lexists(receiver.staging)
+    assert (host_dir / 'passwd').read_text() == 'root:x:0:0'
+
+
 def test_holder_path_refuses_a_symlink_in_the_image(tmp_path, monkeypatch):
     """/proc/<pid>/root/volumeops -> /etc in a hostile image would resolve on this host: refused."""
     fake_proc = tmp_path / 'proc'
