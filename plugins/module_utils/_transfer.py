@@ -1811,7 +1811,9 @@ class Receiver(object):
     def _data_empty(self):
         if not self.held:
             return _is_empty_dir(self.data_dir)
-        return not [n for n in os.listdir(self.data_dir) if not n.startswith(OWN_NAMES)]
+        # Only real directories of the receiver's names are its own (a symlink or file of such a name is data).
+        return all(n.startswith(OWN_NAMES) and _real_dir(os.path.join(self.data_dir, n))
+                   for n in os.listdir(self.data_dir))
 
     def _park_data_in_staging(self):
         """A mounted volume's root cannot be renamed: its entries move into the staging tree one by one.

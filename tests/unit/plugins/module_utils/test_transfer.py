@@ -610,6 +610,9 @@ def test_held_volume_walks_leave_out_only_the_receivers_own_directories(tmp_path
     os.mkdir(receiver.staging)
     os.mkdir(str(root / (_archive.OLD_MARKER + 'x')))
     assert receiver._data_empty()
+    os.symlink('/etc', str(root / (_archive.OLD_MARKER + 'y')))  # a link of such a name is data, not ours
+    assert not receiver._data_empty()
+    os.unlink(str(root / (_archive.OLD_MARKER + 'y')))
     (root / 'data').write_text('x')
     assert not receiver._data_empty()
     exclude = receiver._data_exclude(receiver.data_dir)
