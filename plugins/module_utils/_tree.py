@@ -46,6 +46,8 @@ _XATTR_NONE = (errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOENT)
 # recorded it: the kernel stamps ctime from a coarse clock (one tick, a few ms), so an entry changed
 # twice within one tick, once before and once after the walk saw it, would keep its ctime.
 CTIME_SETTLED_NS = 2 * 10 ** 9
+# At most this many recently changed entries are named in a token (ChangeToken.recent); beyond, none.
+RECENT_MAX = 65536
 
 
 def type_code(st_mode):
@@ -249,15 +251,19 @@ class ChangeToken(object):
 
     ``method`` says how the entries were listed: ``walk`` (this module's walk, sorted) or ``find``
     (GNU find, directory order; see find_change_token). Only tokens of the same method compare.
+    ``recent``: the relative paths (walk style, ``b'./a/b'``) of the entries whose ctime was within
+    CTIME_SETTLED_NS of the start, when the listing named them (None: unknown, or more than RECENT_MAX).
+    It is not stored (as_dict): it serves a re-check in the same process (unchanged_but_recent).
     """
 
-    __slots__ = ('digest', 'max_ctime_ns', 'started_ns', 'method')
+    __slots__ = ('digest', 'max_ctime_ns', 'started_ns', 'method', 'recent')
 
-    def __init__(self, digest, max_ctime_ns, started_ns, method='walk'):
+    def __init__(self, digest, max_ctime_ns, started_ns, method='walk', recent=None):
         self.digest = digest
         self.max_ctime_ns = max_ctime_ns
         self.started_ns = started_ns
         self.method = method
+        self.recent = recent
 
     @property
     def settled(self):
@@ -360,15 +366,22 @@ class ChangeHasher(object):
 
     def __init__(self, root=None):
         self.started_ns = time.time_ns()
+        self.recent_since_ns = self.started_ns - CTIME_SETTLED_NS  # a ctime from then on is recent
         self._digest = _LineDigest(b'volumeops-change-v1\n')
         self.max_ctime_ns = 0
+        self._recent = set()  # None once more than RECENT_MAX
         self._root = root  # None once find started (or when it must not)
         self._count = 0
         self._finder = None
 
     def add(self, entry):
-        if entry.st.st_ctime_ns > self.max_ctime_ns:
-            self.max_ctime_ns = entry.st.st_ctime_ns
+        ctime_ns = entry.st.st_ctime_ns
+        if ctime_ns > self.max_ctime_ns:
+            self.max_ctime_ns = ctime_ns
+        if ctime_ns >= self.recent_since_ns and self._recent is not None:
+            self._recent.add(entry.relpath)
+            if len(self._recent) > RECENT_MAX:
+                self._recent = None
         self._digest.add(change_record(entry))
         if self._root is not None:
             self._count += 1
@@ -384,7 +397,8 @@ class ChangeHasher(object):
         found = self._finder.result() if self._finder is not None else None
         if found is not None:
             return found
-        return ChangeToken(self._digest.hexdigest(), self.max_ctime_ns, self.started_ns)
+        recent = frozenset(self._recent) if self._recent is not None else None
+        return ChangeToken(self._digest.hexdigest(), self.max_ctime_ns, self.started_ns, recent=recent)
 
 
 def change_token(root, exclude=None):
@@ -423,6 +437,33 @@ def _newest_ctime_ns(records):
         if ns > newest:
             newest = ns
     return newest
+
+
+def _recent_paths(records, since_ns):
+    """Walk-style relative paths of the find records (FIND_TOKEN_FORMAT) whose ctime is ``since_ns`` or later."""
+    for record in records:
+        if _newest_ctime_ns([record]) >= since_ns:
+            path = record.split(b' ', 2)[2]
+            yield b'./' + path if path else b'.'
+
+
+def unchanged_but_recent(before, later, recorded, current):
+    """True when ``later`` lists the tree exactly as ``before`` did and every recently changed entry still
+    has the record it had: the re-check for a token that is not settled.
+
+    ``before.recent`` names the entries whose ctime was too close to the listing to prove anything (two
+    changes within one clock tick keep the ctime). For every other entry an unchanged ctime does prove it
+    unchanged. ``recorded`` maps the recent entries seen by the first walk (walk-style relative path) to
+    the digest of their fingerprint record then; ``current(relpath)`` gives that digest now (None when
+    gone). Comparing those records is what a whole fingerprint walk would do for them. No proof (False)
+    when the listing named a recent entry that the walk did not record (one of them saw the entry after a
+    change the other did not see), or when either set was too big to keep.
+    """
+    if later is None or later.method != before.method or later.digest != before.digest:
+        return False
+    if before.recent is None or recorded is None or not before.recent <= recorded.keys():
+        return False
+    return all(current(relpath) == digest for relpath, digest in recorded.items())
 
 
 class FindChangeToken(object):
@@ -471,6 +512,8 @@ class FindChangeToken(object):
             out.seek(0)
             digest = hashlib.sha256(b'volumeops-change-find-v1\n')  # find's output as it is
             newest = 0
+            recent_since_ns = self.started_ns - CTIME_SETTLED_NS
+            recent = set()  # None once more than RECENT_MAX
             rest = b''
             while True:
                 chunk = out.read(_FIND_READ)
@@ -488,13 +531,19 @@ class FindChangeToken(object):
                     # Same-width ctimes first in each record: the greatest record has the newest one.
                     top = _newest_ctime_ns([max(data.split(b'\0')[:-1] or [b'0.0 '])])
                 newest = max(newest, top)
+                if top >= recent_since_ns and recent is not None:
+                    # Rare (something changed just before or during the listing): name those entries.
+                    recent.update(_recent_paths(data.split(b'\0')[:-1], recent_since_ns))
+                    if len(recent) > RECENT_MAX:
+                        recent = None
             if rest or newest == 0:
                 return None
         except (IndexError, ValueError, OSError):
             return None  # not the expected output (not GNU find), or its list unreadable: no token
         finally:
             self._out.close()
-        return ChangeToken('sha256:' + digest.hexdigest(), newest, self.started_ns, method='find')
+        return ChangeToken('sha256:' + digest.hexdigest(), newest, self.started_ns, method='find',
+                           recent=frozenset(recent) if recent is not None else None)
 
 
 def find_change_token(root):

@@ -364,10 +364,13 @@ source_recheck:
     - V(change_token) when a listing of only each entry's inode and change time (ctime) matched the first walk's
       (made by GNU C(find) when there is no O(exclude) and C(find) is usable, else by a walk),
       proving nothing changed since; it is used with O(verify=metadata) when the newest ctime was at least 2 s
-      older than the first walk. V(fingerprint) when the source was walked and fingerprinted again.
+      older than the first walk. V(change_token_and_records) when some entries had changed within 2 s of the
+      first walk (as in a final pass right after the application stopped) and the same listing matched, and
+      those entries' fingerprint records, read again, matched too. V(fingerprint) when the source was walked
+      and fingerprinted again.
   returned: when data was sent
   type: str
-  choices: [change_token, fingerprint]
+  choices: [change_token, change_token_and_records, fingerprint]
 dest_records_reused:
   description:
     - How many entries the destination's verification did not read again (with O(verify=metadata), a delta pass

@@ -438,15 +438,56 @@ def test_source_recheck_after_streaming(tmp_path, monkeypatch, verify, size):
     assert after.as_dict() == _transfer.TreeScan(root).run().as_dict()
 
 
-def test_source_recheck_distrusts_an_unsettled_token(tmp_path):
-    root = str(tmp_path)
-    (tmp_path / 'f').write_text('x')
+@pytest.mark.parametrize('size', ['small', 'big'])
+def test_source_recheck_of_an_unsettled_token(tmp_path, monkeypatch, size):
+    """Entries changed just before the first walk (a final pass right after the application stopped): the
+    token alone proves nothing for them, the listing plus their records does; any change still shows."""
+    if size == 'big':
+        monkeypatch.setattr(_tree, 'FIND_TOKEN_MIN_ENTRIES', 2)  # listed by GNU find beside the walk
+    root = str(tmp_path / 'src')
+    os.mkdir(root)
+    _rich_tree(root)
+    (tmp_path / 'src' / 'fresh').write_text('x')  # written just now
     sender = _transfer.Sender({'verify': 'metadata'}, root)
     scan = _transfer.TreeScan(root, with_change_token=True)
-    scan.run()
-    assert not scan.summary.change_token.settled  # written just now
+    first = scan.run()
+    token = first.change_token
+    assert not token.settled and token.method == ('find' if size == 'big' else 'walk')
+    assert b'./fresh' in token.recent and b'./fresh' in scan.recent_records
+    assert set(token.recent) <= set(scan.recent_records)
     after, dummy = sender._source_after(scan, None)
-    assert sender.unchanged_proof == 'fingerprint' and after.as_dict() == scan.summary.as_dict()
+    assert sender.unchanged_proof == 'change_token_and_records' and after is first
+
+    # A change moves the ctime: the listing differs, the source is walked again and the change is seen.
+    os.chmod(os.path.join(root, 'fresh'), 0o600)
+    after, dummy = sender._source_after(scan, None)
+    assert sender.unchanged_proof == 'fingerprint' and after.fingerprint != first.fingerprint
+
+    # Two changes within one clock tick keep the ctime: the listing matches, the records must not.
+    scan = _transfer.TreeScan(root, with_change_token=True)
+    first = scan.run()
+    same_listing = first.change_token
+    monkeypatch.setattr(_tree.ChangeToken, 'again', lambda self, root, exclude=None: same_listing)
+    with open(os.path.join(root, 'fresh'), 'a') as f:
+        f.write('more')
+    after, dummy = sender._source_after(scan, None)
+    assert sender.unchanged_proof == 'fingerprint' and after.fingerprint != first.fingerprint
+
+
+def test_unchanged_but_recent_needs_every_recent_entry_recorded():
+    """The listing named a recent entry the walk did not record (each saw it at another moment): no proof."""
+    before = _tree.ChangeToken('sha256:x', 10, 5, 'find', recent=frozenset([b'./a', b'./b']))
+    same = _tree.ChangeToken('sha256:x', 10, 50, 'find')
+    now = {b'./a': b'1', b'./b': b'2'}.get
+    assert _tree.unchanged_but_recent(before, same, {b'./a': b'1', b'./b': b'2'}, now)
+    assert not _tree.unchanged_but_recent(before, same, {b'./a': b'1'}, now)
+    assert not _tree.unchanged_but_recent(before, same, {b'./a': b'1', b'./b': b'3'}, now)
+    assert not _tree.unchanged_but_recent(before, same, None, now)
+    assert not _tree.unchanged_but_recent(_tree.ChangeToken('sha256:x', 10, 5, 'find'), same, {}, now)
+    assert not _tree.unchanged_but_recent(before, _tree.ChangeToken('sha256:y', 10, 50, 'find'), now, now)
+    assert not _tree.unchanged_but_recent(before, _tree.ChangeToken('sha256:x', 10, 50, 'walk'), now, now)
+    records = [b'1700000000.25 12 a b', b'1700000009.5 13 ', b'1600000000.0 14 old']
+    assert sorted(_tree._recent_paths(records, 1700000000 * 10 ** 9)) == [b'.', b'./a b']
 
 
 def _spill_of(root, settled=True):
