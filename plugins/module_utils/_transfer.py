@@ -222,10 +222,6 @@ def record_digest(entry):
     return hashlib.sha256(_tree.entry_record(entry)).digest()[:16]
 
 
-# What TreeScan.recent_records holds for an entry the fingerprint leaves out (a socket).
-SKIPPED_RECORD = b'skipped'
-
-
 class TreeScan(object):
     """ONE walk of a tree (``_tree.walk``) giving both its per-entry records and its fingerprint.
 
@@ -241,9 +237,6 @@ class TreeScan(object):
         self.exclude = exclude
         self.content = None
         self.summary = None
-        # With the change token: {relpath: record digest} of the entries changed just before the walk
-        # (see _tree.unchanged_but_recent), None when there were too many.
-        self.recent_records = None
         self._want_content = content
         self._want_token = with_change_token
         self._spill = spill  # a RecordSpill keeping this walk's records for a later walk's ``reuse``
@@ -262,36 +255,31 @@ class TreeScan(object):
         reuse = self._reuse
         if reuse is not None:
             reuse.rewind()
-        recent = {} if changes is not None else None
         try:
             for entry in _tree.walk(self.root, self.exclude):
                 if changes is not None:
                     changes.add(entry)  # every walked entry, as _tree.change_token() sees them
                 code = type_by_fmt.get(stat.S_IFMT(entry.st.st_mode), '?')
                 if code in SKIP_TYPES:
-                    if recent is not None and entry.st.st_ctime_ns >= changes.recent_since_ns:
-                        recent[entry.relpath] = SKIPPED_RECORD  # in the listing, not in the fingerprint
+                    if changes is not None:
+                        changes.recorded(entry, None)  # in the listing, not in the fingerprint
                     continue
                 if code == 'f' and content is not None:
                     content.update(entry.relpath + b'\0' + _file_hash(entry, content_cache, buf) + b'\n')
                 record = reuse.record_for(entry) if reuse is not None else None
                 if record is None:
                     record = _tree.entry_record(entry, code)
+                if changes is not None:
+                    changes.recorded(entry, record)
                 fingerprint_sum.add(entry, code, record)
                 if self._spill is not None:
                     self._spill.add(entry.relpath, entry.st, record)
-                digest = sha256(record).digest()[:16]
-                if recent is not None and entry.st.st_ctime_ns >= changes.recent_since_ns:
-                    recent[entry.relpath] = digest
-                    if len(recent) > _tree.RECENT_MAX:
-                        recent = None
-                yield entry.relpath, digest, code, entry
+                yield entry.relpath, sha256(record).digest()[:16], code, entry
         except BaseException:
             if changes is not None:
                 changes.close()
             raise
         self.summary = fingerprint_sum.summary(changes.token() if changes is not None else None)
-        self.recent_records = recent
         if self._spill is not None:
             self._spill.finish()
         if content is not None:
@@ -1153,14 +1141,13 @@ class Sender(object):
         """
         want_content = (self.p.get('verify') or 'metadata') == 'content'
         before = scan.summary.change_token
-        recorded = scan.recent_records
-        if not want_content and before is not None and (before.settled or recorded is not None):
+        if not want_content and before is not None and (before.settled or before.recorded is not None):
             try:
                 later = before.again(self.root, exclude)
                 if before.proves_unchanged(later):
                     self.unchanged_proof = 'change_token'
                     return scan.summary, None
-                if _tree.unchanged_but_recent(before, later, recorded, self._record_now):
+                if _tree.unchanged_but_recent(before, later, self.root, SKIP_TYPES):
                     self.unchanged_proof = 'change_token_and_records'
                     return scan.summary, None
             except OSError as exc:
@@ -1170,18 +1157,6 @@ class Sender(object):
             pass
         self.unchanged_proof = 'fingerprint'
         return after_scan.summary, after_scan.content
-
-    def _record_now(self, relpath):
-        """The record digest of the source entry ``relpath`` (walk style) as it is now; None when gone."""
-        path = os.fsencode(self.root) + relpath[1:]
-        try:
-            st = os.lstat(path)
-        except FileNotFoundError:
-            return None
-        code = _tree.TYPE_BY_FMT.get(stat.S_IFMT(st.st_mode), '?')
-        if code in SKIP_TYPES:
-            return SKIPPED_RECORD
-        return hashlib.sha256(_tree.entry_record(_tree.Entry(relpath, path, st), code)).digest()[:16]
 
     def _final(self, allow_error=False):
         dummy, payload = self.io.recv_expect(b'F')

@@ -253,17 +253,20 @@ class ChangeToken(object):
     (GNU find, directory order; see find_change_token). Only tokens of the same method compare.
     ``recent``: the relative paths (walk style, ``b'./a/b'``) of the entries whose ctime was within
     CTIME_SETTLED_NS of the start, when the listing named them (None: unknown, or more than RECENT_MAX).
-    It is not stored (as_dict): it serves a re-check in the same process (unchanged_but_recent).
+    ``recorded``: {relative path: digest of its fingerprint record} of the recent entries as the walk
+    that made the token saw them (ChangeHasher.recorded; None: not kept). Neither is stored (as_dict):
+    they serve a re-check in the same process (unchanged_but_recent).
     """
 
-    __slots__ = ('digest', 'max_ctime_ns', 'started_ns', 'method', 'recent')
+    __slots__ = ('digest', 'max_ctime_ns', 'started_ns', 'method', 'recent', 'recorded')
 
-    def __init__(self, digest, max_ctime_ns, started_ns, method='walk', recent=None):
+    def __init__(self, digest, max_ctime_ns, started_ns, method='walk', recent=None, recorded=None):
         self.digest = digest
         self.max_ctime_ns = max_ctime_ns
         self.started_ns = started_ns
         self.method = method
         self.recent = recent
+        self.recorded = recorded
 
     @property
     def settled(self):
@@ -370,6 +373,7 @@ class ChangeHasher(object):
         self._digest = _LineDigest(b'volumeops-change-v1\n')
         self.max_ctime_ns = 0
         self._recent = set()  # None once more than RECENT_MAX
+        self._recorded = {}  # see recorded(); None once more than RECENT_MAX
         self._root = root  # None once find started (or when it must not)
         self._count = 0
         self._finder = None
@@ -389,16 +393,24 @@ class ChangeHasher(object):
                 self._finder = FindChangeToken(self._root, self.started_ns)
                 self._root = None
 
+    def recorded(self, entry, record):
+        """Keep the digest of ``record`` (None: an entry the fingerprint leaves out) of a recent entry."""
+        if entry.st.st_ctime_ns >= self.recent_since_ns and self._recorded is not None:
+            self._recorded[entry.relpath] = record_digest(record)
+            if len(self._recorded) > RECENT_MAX:
+                self._recorded = None
+
     def close(self):
         if self._finder is not None:
             self._finder.close()
 
     def token(self):
         found = self._finder.result() if self._finder is not None else None
-        if found is not None:
-            return found
-        recent = frozenset(self._recent) if self._recent is not None else None
-        return ChangeToken(self._digest.hexdigest(), self.max_ctime_ns, self.started_ns, recent=recent)
+        if found is None:
+            recent = frozenset(self._recent) if self._recent is not None else None
+            found = ChangeToken(self._digest.hexdigest(), self.max_ctime_ns, self.started_ns, recent=recent)
+        found.recorded = self._recorded
+        return found
 
 
 def change_token(root, exclude=None):
@@ -447,23 +459,43 @@ def _recent_paths(records, since_ns):
             yield b'./' + path if path else b'.'
 
 
-def unchanged_but_recent(before, later, recorded, current):
+# The digest ChangeHasher.recorded keeps for an entry that the fingerprint leaves out (a socket).
+SKIPPED_RECORD = b'skipped'
+
+
+def record_digest(record):
+    """16-byte digest of one fingerprint record (entry_record); SKIPPED_RECORD for None."""
+    return SKIPPED_RECORD if record is None else hashlib.sha256(record).digest()[:16]
+
+
+def current_record_digest(root, relpath, skip_types=()):
+    """record_digest of the entry ``relpath`` (walk style) below ``root`` as it is now; None when gone."""
+    path = os.fsencode(root) + relpath[1:]
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return None
+    code = TYPE_BY_FMT.get(stat.S_IFMT(st.st_mode), '?')
+    return record_digest(None if code in skip_types else entry_record(Entry(relpath, path, st), code))
+
+
+def unchanged_but_recent(before, later, root, skip_types=()):
     """True when ``later`` lists the tree exactly as ``before`` did and every recently changed entry still
     has the record it had: the re-check for a token that is not settled.
 
     ``before.recent`` names the entries whose ctime was too close to the listing to prove anything (two
     changes within one clock tick keep the ctime). For every other entry an unchanged ctime does prove it
-    unchanged. ``recorded`` maps the recent entries seen by the first walk (walk-style relative path) to
-    the digest of their fingerprint record then; ``current(relpath)`` gives that digest now (None when
-    gone). Comparing those records is what a whole fingerprint walk would do for them. No proof (False)
-    when the listing named a recent entry that the walk did not record (one of them saw the entry after a
-    change the other did not see), or when either set was too big to keep.
+    unchanged. ``before.recorded`` holds the fingerprint records of the recent entries as the first walk
+    saw them; they are read again now. Comparing those records is what a whole fingerprint walk would do
+    for them. No proof (False) when the listing named a recent entry that the walk did not record (one of
+    them saw the entry after a change the other did not see), or when either set was too big to keep.
     """
     if later is None or later.method != before.method or later.digest != before.digest:
         return False
+    recorded = before.recorded
     if before.recent is None or recorded is None or not before.recent <= recorded.keys():
         return False
-    return all(current(relpath) == digest for relpath, digest in recorded.items())
+    return all(current_record_digest(root, relpath, skip_types) == digest for relpath, digest in recorded.items())
 
 
 class FindChangeToken(object):
@@ -584,8 +616,12 @@ def summarize(entries_iter, include_root_mtime=True, skip_types=(), with_change_
                 changes.add(entry)  # every walked entry, as change_token() sees them
             code = TYPE_BY_FMT.get(stat.S_IFMT(entry.st.st_mode), '?')
             if code in skip_types:
+                if changes is not None:
+                    changes.recorded(entry, None)
                 continue
             record = entry_record(entry, code)
+            if changes is not None:
+                changes.recorded(entry, record)
             if entry.relpath == b'.' and not include_root_mtime:
                 parts = record.split(b'\0')
                 parts[3] = b'-'

@@ -450,12 +450,16 @@ class BackupManager(object):
     def still_as_walked(self, src, summary):
         """True when the volume is still as the walk that made ``summary`` saw it.
 
-        A settled change token answers with a cheaper walk; when it cannot prove it (a recent or
-        harmless ctime change), the full fingerprint decides.
+        A settled change token answers with a cheaper listing. When entries changed just before the
+        walk (a backup right after stop_containers stopped the writers), the same listing plus the
+        records of just those entries answers. When neither can prove it (a harmless ctime change),
+        the full fingerprint decides.
         """
         token = summary.change_token
-        if token is not None and token.settled and token.proves_unchanged(token.again(src.root, self.p['exclude'])):
-            return True
+        if token is not None and (token.settled or token.recorded is not None):
+            later = token.again(src.root, self.p['exclude'])
+            if token.proves_unchanged(later) or _tree.unchanged_but_recent(token, later, src.root, _archive.SKIP_TYPES):
+                return True
         return self.summary(src).fingerprint == summary.fingerprint
 
     def settings_match(self, src, manifest):

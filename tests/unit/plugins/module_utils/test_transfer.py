@@ -453,8 +453,8 @@ def test_source_recheck_of_an_unsettled_token(tmp_path, monkeypatch, size):
     first = scan.run()
     token = first.change_token
     assert not token.settled and token.method == ('find' if size == 'big' else 'walk')
-    assert b'./fresh' in token.recent and b'./fresh' in scan.recent_records
-    assert set(token.recent) <= set(scan.recent_records)
+    assert b'./fresh' in token.recent and b'./fresh' in token.recorded
+    assert set(token.recent) <= set(token.recorded)
     after, dummy = sender._source_after(scan, None)
     assert sender.unchanged_proof == 'change_token_and_records' and after is first
 
@@ -472,22 +472,6 @@ def test_source_recheck_of_an_unsettled_token(tmp_path, monkeypatch, size):
         f.write('more')
     after, dummy = sender._source_after(scan, None)
     assert sender.unchanged_proof == 'fingerprint' and after.fingerprint != first.fingerprint
-
-
-def test_unchanged_but_recent_needs_every_recent_entry_recorded():
-    """The listing named a recent entry the walk did not record (each saw it at another moment): no proof."""
-    before = _tree.ChangeToken('sha256:x', 10, 5, 'find', recent=frozenset([b'./a', b'./b']))
-    same = _tree.ChangeToken('sha256:x', 10, 50, 'find')
-    now = {b'./a': b'1', b'./b': b'2'}.get
-    assert _tree.unchanged_but_recent(before, same, {b'./a': b'1', b'./b': b'2'}, now)
-    assert not _tree.unchanged_but_recent(before, same, {b'./a': b'1'}, now)
-    assert not _tree.unchanged_but_recent(before, same, {b'./a': b'1', b'./b': b'3'}, now)
-    assert not _tree.unchanged_but_recent(before, same, None, now)
-    assert not _tree.unchanged_but_recent(_tree.ChangeToken('sha256:x', 10, 5, 'find'), same, {}, now)
-    assert not _tree.unchanged_but_recent(before, _tree.ChangeToken('sha256:y', 10, 50, 'find'), now, now)
-    assert not _tree.unchanged_but_recent(before, _tree.ChangeToken('sha256:x', 10, 50, 'walk'), now, now)
-    records = [b'1700000000.25 12 a b', b'1700000009.5 13 ', b'1600000000.0 14 old']
-    assert sorted(_tree._recent_paths(records, 1700000000 * 10 ** 9)) == [b'.', b'./a b']
 
 
 def _spill_of(root, settled=True):

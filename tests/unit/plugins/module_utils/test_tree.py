@@ -308,3 +308,40 @@ def test_find_token_of_a_symlinked_root_covers_the_tree_it_points_to(tree, tmp_p
     time.sleep(0.05)
     os.chmod(tree / 'b' / 'c' / 'deep', 0o600)
     assert _tree.find_change_token(str(link)).digest != before.digest
+
+
+def test_unchanged_but_recent_needs_every_recent_entry_recorded_and_unchanged(tmp_path, monkeypatch):
+    """The listing named a recent entry the walk did not record (each saw it at another moment), a record
+    differs, the listings differ, or a set was too big to keep: no proof."""
+    root = str(tmp_path)
+    for name in ('a', 'b'):
+        (tmp_path / name).write_text(name)
+    now = {rel: _tree.current_record_digest(root, rel) for rel in (b'./a', b'./b')}
+
+    def token(digest='sha256:x', method='find', recent=(b'./a', b'./b'), recorded=None):
+        return _tree.ChangeToken(digest, 10, 5, method, recent=None if recent is None else frozenset(recent),
+                                 recorded=dict(now) if recorded is None else recorded)
+    same = token(recent=None, recorded={})
+    assert _tree.unchanged_but_recent(token(), same, root)
+    assert not _tree.unchanged_but_recent(token(recorded={b'./a': now[b'./a']}), same, root)
+    assert not _tree.unchanged_but_recent(token(recorded={b'./a': now[b'./a'], b'./b': b'0' * 16}), same, root)
+    assert not _tree.unchanged_but_recent(token(recent=None), same, root)
+    assert not _tree.unchanged_but_recent(token(), token(digest='sha256:y'), root)
+    assert not _tree.unchanged_but_recent(token(), token(method='walk'), root)
+    (tmp_path / 'b').unlink()
+    assert not _tree.unchanged_but_recent(token(), same, root)
+
+
+def test_recent_paths_of_find_records():
+    records = [b'1700000000.25 12 a b', b'1700000009.5 13 ', b'1600000000.0 14 old']
+    assert sorted(_tree._recent_paths(records, 1700000000 * 10 ** 9)) == [b'.', b'./a b']
+
+
+def test_walk_token_names_and_records_its_recent_entries(tmp_path):
+    (tmp_path / 'new').write_text('x')
+    summary = _tree.fingerprint(str(tmp_path), with_change_token=True, skip_types=('s',))
+    token = summary.change_token
+    assert not token.settled and token.method == 'walk'
+    assert set(token.recent) == set(token.recorded) == {b'.', b'./new'}
+    assert token.recorded[b'./new'] == _tree.current_record_digest(str(tmp_path), b'./new')
+    assert 'recorded' not in token.as_dict() and 'recent' not in token.as_dict()
