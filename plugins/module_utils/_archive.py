@@ -1483,6 +1483,14 @@ def swap_in(root, staging):
     return moved
 
 
+def is_real_dir(path):
+    """True for a directory that is not a symlink (lstat); False when missing."""
+    try:
+        return stat.S_ISDIR(os.lstat(path).st_mode)
+    except FileNotFoundError:
+        return False
+
+
 def recover_swaps(root):
     """Resolve what an interrupted restore left directly below ``root``; returns a list of actions taken.
 
@@ -1496,15 +1504,9 @@ def recover_swaps(root):
     on the host through a holder container's ``/proc/<pid>/root``, where an absolute symlink resolves
     on the host, not inside the volume.
     """
-    def real_dir(path):
-        try:
-            return stat.S_ISDIR(os.lstat(path).st_mode)
-        except FileNotFoundError:
-            return False
-
     actions = []
     names = [n for n in os.listdir(root)
-             if n.startswith((READY_MARKER, OLD_MARKER, STAGING_MARKER)) and real_dir(os.path.join(root, n))]
+             if n.startswith((READY_MARKER, OLD_MARKER, STAGING_MARKER)) and is_real_dir(os.path.join(root, n))]
     ready = {}
     for name in names:
         if name.startswith(READY_MARKER):
@@ -1518,17 +1520,17 @@ def recover_swaps(root):
         copy_dir_metadata(path, root, _DirStat(os.lstat(path), atime_ns, mtime_ns))
         os.rmdir(path)
         old = os.path.join(root, OLD_MARKER + ident)
-        if real_dir(old):
+        if is_real_dir(old):
             remove_tree(old)
         os.utime(root, ns=(atime_ns, mtime_ns), follow_symlinks=False)
         actions.append('completed the interrupted swap %s' % ident)
     for name in sorted(names):
-        if not name.startswith(OLD_MARKER) or not real_dir(os.path.join(root, name)):
+        if not name.startswith(OLD_MARKER) or not is_real_dir(os.path.join(root, name)):
             continue
         ident = name[len(OLD_MARKER):]
         path = os.path.join(root, name)
         staging = os.path.join(root, STAGING_MARKER + ident)
-        if real_dir(staging):
+        if is_real_dir(staging):
             for child in sorted(os.listdir(path)):
                 os.rename(os.path.join(path, child), os.path.join(root, child))
             os.rmdir(path)
@@ -1537,7 +1539,7 @@ def recover_swaps(root):
             remove_tree(path)
             actions.append('removed old content left by %s' % ident)
     for name in sorted(names):
-        if name.startswith(STAGING_MARKER) and real_dir(os.path.join(root, name)):
+        if name.startswith(STAGING_MARKER) and is_real_dir(os.path.join(root, name)):
             remove_tree(os.path.join(root, name))
             actions.append('removed the staging directory %s' % name)
     return actions

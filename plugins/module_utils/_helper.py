@@ -154,7 +154,7 @@ def _script(main, with_merge=False):
                      % (_archive.STAGING_MARKER, _archive.OLD_MARKER, _archive.READY_MARKER))
         parts.append('SKIP_TYPES = %r\n\n' % (_archive.SKIP_TYPES,))
         for fn in (_archive.remove_tree, _archive.merge_into, _archive.copy_dir_metadata, _archive._DirStat,
-                   _archive.swap_in, _archive.recover_swaps, _archive.subset_summary):
+                   _archive.swap_in, _archive.is_real_dir, _archive.recover_swaps, _archive.subset_summary):
             parts.append(inspect.getsource(fn))
     parts.append(main)
     return '\n'.join(parts)

@@ -1576,14 +1576,6 @@ def write_marker(path, data):
     _archive.fsync_dir(os.path.dirname(path))
 
 
-def _real_dir(path):
-    """True for a directory that is not a symlink."""
-    try:
-        return stat.S_ISDIR(os.lstat(path).st_mode)
-    except FileNotFoundError:
-        return False
-
-
 def _is_empty_dir(path):
     try:
         with os.scandir(path) as it:
@@ -1754,7 +1746,7 @@ class Receiver(object):
         empty = not ours and self._data_empty()  # one listing (a mounted volume's may be remote)
         # lstat: in a mounted volume the staging name is inside what containers can write, and a symlink
         # put there is not this migration's staged tree (tar -C would write where it points, on this host).
-        if ours and marker.get('state') == 'staging' and _real_dir(self.staging):
+        if ours and marker.get('state') == 'staging' and _archive.is_real_dir(self.staging):
             self.base = 'staging'
         elif self.held and ours and marker.get('state') == 'swapping':
             # Interrupted during a swap of entries: the volume's root may hold part of either tree.
@@ -1821,7 +1813,7 @@ class Receiver(object):
         if not self.held:
             return _is_empty_dir(self.data_dir)
         # Only real directories of the receiver's names are its own (a symlink or file of such a name is data).
-        return all(n.startswith(OWN_NAMES) and _real_dir(os.path.join(self.data_dir, n))
+        return all(n.startswith(OWN_NAMES) and _archive.is_real_dir(os.path.join(self.data_dir, n))
                    for n in os.listdir(self.data_dir))
 
     def _park_data_in_staging(self):
