@@ -219,7 +219,7 @@ def walk_key(relpath):
 
 def record_digest(entry):
     """16-byte digest of the entry's fingerprinted properties (``_tree.entry_record``)."""
-    return hashlib.sha256(_tree.entry_record(entry)).digest()[:16]
+    return _tree.record_digest(_tree.entry_record(entry))
 
 
 class TreeScan(object):
@@ -246,7 +246,7 @@ class TreeScan(object):
         fingerprint_sum = _tree.FingerprintAccumulator()
         # Without exclusions, GNU find makes the token of a big tree on the other CPU meanwhile: the
         # re-check after the stream (_source_after) is then a find too, faster than a walk.
-        changes = _tree.ChangeHasher(None if self.exclude else self.root) if self._want_token else None
+        changes = _tree.ChangeHasher(None if self.exclude else self.root, keep_records=True) if self._want_token else None
         content = hashlib.sha256(b'volumeops-content-v1\n') if self._want_content else None
         content_cache = {}
         buf = bytearray(CHUNK) if content is not None else None
@@ -274,7 +274,7 @@ class TreeScan(object):
                 fingerprint_sum.add(entry, code, record)
                 if self._spill is not None:
                     self._spill.add(entry.relpath, entry.st, record)
-                yield entry.relpath, sha256(record).digest()[:16], code, entry
+                yield entry.relpath, sha256(record).digest()[:16], code, entry  # _tree.record_digest, inlined
         except BaseException:
             if changes is not None:
                 changes.close()
@@ -1141,17 +1141,14 @@ class Sender(object):
         """
         want_content = (self.p.get('verify') or 'metadata') == 'content'
         before = scan.summary.change_token
-        if not want_content and before is not None and (before.settled or before.recorded is not None):
+        if not want_content and before is not None:
             try:
-                later = before.again(self.root, exclude)
-                if before.proves_unchanged(later):
-                    self.unchanged_proof = 'change_token'
-                    return scan.summary, None
-                if _tree.unchanged_but_recent(before, later, self.root, SKIP_TYPES):
-                    self.unchanged_proof = 'change_token_and_records'
-                    return scan.summary, None
+                proof = before.recheck(self.root, exclude, SKIP_TYPES)
             except OSError as exc:
                 raise TransferError(_archive.describe_os_error(exc, 'Reading the source volume'))
+            if proof is not None:
+                self.unchanged_proof = proof
+                return scan.summary, None
         after_scan = TreeScan(self.root, exclude, content=want_content)
         for dummy in self._source_records(after_scan):
             pass

@@ -298,6 +298,19 @@ class ChangeToken(object):
             return find_change_token(root)
         return change_token(root, exclude)
 
+    def recheck(self, root, exclude=None, skip_types=()):
+        """How a new listing of ``root`` proves the tree still as the walk that made this token saw it:
+        'change_token' (settled), 'change_token_and_records' (see unchanged_but_recent), or None when it
+        cannot (then only a new fingerprint walk tells). Lists nothing when no proof is possible."""
+        if not self.settled and self.recorded is None:
+            return None
+        later = self.again(root, exclude)
+        if self.proves_unchanged(later):
+            return 'change_token'
+        if unchanged_but_recent(self, later, root, skip_types):
+            return 'change_token_and_records'
+        return None
+
 
 class _LineDigest(object):
     """'sha256:' digest of lines, each followed by a newline, after a ``head``.
@@ -367,25 +380,21 @@ class ChangeHasher(object):
     ``close()`` stops find when the walk fails.
     """
 
-    def __init__(self, root=None):
+    def __init__(self, root=None, keep_records=False):
         self.started_ns = time.time_ns()
         self.recent_since_ns = self.started_ns - CTIME_SETTLED_NS  # a ctime from then on is recent
         self._digest = _LineDigest(b'volumeops-change-v1\n')
         self.max_ctime_ns = 0
-        self._recent = set()  # None once more than RECENT_MAX
-        self._recorded = {}  # see recorded(); None once more than RECENT_MAX
+        # keep_records: the walk passes every entry's record to recorded() too; None when not kept or
+        # when more than RECENT_MAX entries were recent.
+        self._recorded = {} if keep_records else None
         self._root = root  # None once find started (or when it must not)
         self._count = 0
         self._finder = None
 
     def add(self, entry):
-        ctime_ns = entry.st.st_ctime_ns
-        if ctime_ns > self.max_ctime_ns:
-            self.max_ctime_ns = ctime_ns
-        if ctime_ns >= self.recent_since_ns and self._recent is not None:
-            self._recent.add(entry.relpath)
-            if len(self._recent) > RECENT_MAX:
-                self._recent = None
+        if entry.st.st_ctime_ns > self.max_ctime_ns:
+            self.max_ctime_ns = entry.st.st_ctime_ns
         self._digest.add(change_record(entry))
         if self._root is not None:
             self._count += 1
@@ -407,7 +416,8 @@ class ChangeHasher(object):
     def token(self):
         found = self._finder.result() if self._finder is not None else None
         if found is None:
-            recent = frozenset(self._recent) if self._recent is not None else None
+            # The walk's own listing: its recent entries are exactly the ones it recorded.
+            recent = frozenset(self._recorded) if self._recorded is not None else None
             found = ChangeToken(self._digest.hexdigest(), self.max_ctime_ns, self.started_ns, recent=recent)
         found.recorded = self._recorded
         return found
@@ -608,7 +618,7 @@ def summarize(entries_iter, include_root_mtime=True, skip_types=(), with_change_
     """TreeSummary of the given walk entries (see fingerprint()); a filtered walk hashes exactly
     like a full one (FingerprintAccumulator). ``token_root``: the root of an unfiltered walk, whose
     change token GNU find may make (ChangeHasher)."""
-    changes = ChangeHasher(token_root) if with_change_token else None
+    changes = ChangeHasher(token_root, keep_records=True) if with_change_token else None
     fingerprint_sum = FingerprintAccumulator()
     try:
         for entry in entries_iter:

@@ -441,9 +441,7 @@ class BackupManager(object):
         if manifest is None or not src.ctime_trusted:
             return None
         token = _tree.ChangeToken.from_dict(manifest.get('change_token'))
-        if token is None or not token.settled:
-            return None
-        if not token.proves_unchanged(token.again(src.root, self.p['exclude'])):
+        if token is None or token.recheck(src.root, self.p['exclude']) is None:  # a stored token keeps no records
             return None
         return _tree.TreeSummary(manifest['fingerprint'], manifest['entries'], manifest['bytes'])
 
@@ -456,10 +454,8 @@ class BackupManager(object):
         the full fingerprint decides.
         """
         token = summary.change_token
-        if token is not None and (token.settled or token.recorded is not None):
-            later = token.again(src.root, self.p['exclude'])
-            if token.proves_unchanged(later) or _tree.unchanged_but_recent(token, later, src.root, _archive.SKIP_TYPES):
-                return True
+        if token is not None and token.recheck(src.root, self.p['exclude'], _archive.SKIP_TYPES) is not None:
+            return True
         return self.summary(src).fingerprint == summary.fingerprint
 
     def settings_match(self, src, manifest):
