@@ -35,10 +35,13 @@ bench up --hosts 2 >/dev/null
 
 say "Sample application data on h1"
 pgdata=$work/pgdata
-initdb=$(find /usr/lib/postgresql -path '*/bin/initdb' 2>/dev/null | sort -V | tail -n 1)
+# The newest initdb, or "": find fails when /usr/lib/postgresql does not exist (a fresh machine), which
+# under pipefail would end this script.
+find_initdb() { find /usr/lib/postgresql -path '*/bin/initdb' 2>/dev/null | sort -V | tail -n 1 || true; }
+initdb=$(find_initdb)
 if [ -z "$initdb" ]; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null 2>&1 || true
-    initdb=$(find /usr/lib/postgresql -path '*/bin/initdb' 2>/dev/null | sort -V | tail -n 1)
+    initdb=$(find_initdb)
 fi
 if [ -n "$initdb" ] && id postgres >/dev/null 2>&1; then
     install -d -o postgres -g postgres -m 0700 "$pgdata"
