@@ -45,7 +45,8 @@ if [ -z "$initdb" ]; then
 fi
 if [ -n "$initdb" ] && id postgres >/dev/null 2>&1; then
     install -d -o postgres -g postgres -m 0700 "$pgdata"
-    runuser -u postgres -- "$initdb" -D "$pgdata" --auth=trust --data-checksums >/dev/null
+    # From a directory postgres may enter (else initdb complains that it cannot enter the caller's one).
+    (cd "$work" && runuser -u postgres -- "$initdb" -D "$pgdata" --auth=trust --data-checksums >/dev/null)
     echo "real PostgreSQL cluster made by $initdb"
     kind=postgresql
 else
