@@ -506,7 +506,13 @@ def test_two_phase_into_and_out_of_volumes_with_mount_options(bench, migrate):
         proc = migrate(dict(extra, migrate_volumes=[taken]), check=True)
         assert proc.returncode != 0, proc.stdout[-6000:]
         assert 'already exist with other data: %s.' % taken in proc.stdout, proc.stdout[-6000:]
+        # Only a link named like the receiver's own directories: data too, as the transfer judges it.
         sh(bench, 'h2', ['rm', taken_device + '/precious'])
+        sh(bench, 'h2', ['ln', '-s', '/etc', taken_device + '/.volumeops-old-planted'])
+        proc = migrate(dict(extra, migrate_volumes=[taken]), check=True)
+        assert proc.returncode != 0, proc.stdout[-6000:]
+        assert 'already exist with other data: %s.' % taken in proc.stdout, proc.stdout[-6000:]
+        sh(bench, 'h2', ['rm', taken_device + '/.volumeops-old-planted'])
         proc = migrate(dict(extra, migrate_volumes=[taken]), check=True)
         assert_unchanged(proc)
         assert sh(bench, 'h2', holders) == '', 'the pre-flight left its holder container'
