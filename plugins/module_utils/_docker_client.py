@@ -297,6 +297,16 @@ class AnsibleDockerClient(object):
         except docker_errors.NotFound:
             return None
 
+    def list_volumes(self, filters=None):
+        """The daemon's volume listing (GET /volumes): ``{'Volumes': [...], 'Warnings': [...]}``.
+
+        ``filters`` maps a filter name to a list of values, as the Engine API takes them.
+        """
+        answer = self._get_json('/volumes', {'filters': json.dumps(filters)} if filters else None)
+        if answer is not None:
+            return answer[1] or {}
+        return self.api.volumes(filters=filters)
+
     def list_containers(self, filters=None):
         """Summaries of all containers, running or not (GET /containers/json?all=1), optionally filtered.
 

@@ -255,7 +255,7 @@ class VolumeInfoManager(object):
             result['volume'] = raw
         else:
             with self.client.errors('Listing volumes'):
-                answer = self.client.api.volumes(filters=api_filters(self.params['filters']) or None)
+                answer = self.client.list_volumes(api_filters(self.params['filters']) or None)
             inspects = sorted(answer.get('Volumes') or [], key=lambda v: v.get('Name') or '')
         volumes = []
         if inspects:

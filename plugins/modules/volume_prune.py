@@ -129,7 +129,7 @@ class VolumePruneManager(object):
     def candidates(self, api_filters, anonymous_only):
         # dangling=true is the engine's own "no container references it" test, the one prune applies.
         with self.client.errors('Listing unused volumes'):
-            answer = self.client.api.volumes(filters={'dangling': ['true']})
+            answer = self.client.list_volumes({'dangling': ['true']})
         return prune_candidates(answer.get('Volumes') or [], set(), api_filters, anonymous_only)
 
     def run(self):

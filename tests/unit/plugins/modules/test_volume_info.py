@@ -57,6 +57,10 @@ class FakeClient(object):
     def errors(self, action):
         yield
 
+    def list_volumes(self, filters=None):
+        # The real client asks the local socket for /volumes, or the SDK; counted either way.
+        return self.api.volumes(filters=filters)
+
     def list_containers(self, filters=None):
         # The real client asks the local socket directly or the SDK; the call is counted either way.
         assert filters is None
