@@ -246,7 +246,8 @@ class TreeScan(object):
         fingerprint_sum = _tree.FingerprintAccumulator()
         # Without exclusions, GNU find makes the token of a big tree on the other CPU meanwhile: the
         # re-check after the stream (_source_after) is then a find too, faster than a walk.
-        changes = _tree.ChangeHasher(None if self.exclude else self.root, keep_records=True) if self._want_token else None
+        changes = (_tree.ChangeHasher(None if self.exclude else self.root, keep_records=True, skip_types=SKIP_TYPES)
+                   if self._want_token else None)
         content = hashlib.sha256(b'volumeops-content-v1\n') if self._want_content else None
         content_cache = {}
         buf = bytearray(CHUNK) if content is not None else None
@@ -1143,7 +1144,7 @@ class Sender(object):
         before = scan.summary.change_token
         if not want_content and before is not None:
             try:
-                proof = before.recheck(self.root, exclude, SKIP_TYPES)
+                proof = before.recheck(self.root, exclude)
             except OSError as exc:
                 raise TransferError(_archive.describe_os_error(exc, 'Reading the source volume'))
             if proof is not None:

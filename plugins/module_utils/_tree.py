@@ -254,19 +254,21 @@ class ChangeToken(object):
     ``recent``: the relative paths (walk style, ``b'./a/b'``) of the entries whose ctime was within
     CTIME_SETTLED_NS of the start, when the listing named them (None: unknown, or more than RECENT_MAX).
     ``recorded``: {relative path: digest of its fingerprint record} of the recent entries as the walk
-    that made the token saw them (ChangeHasher.recorded; None: not kept). Neither is stored (as_dict):
-    they serve a re-check in the same process (unchanged_but_recent).
+    that made the token saw them (ChangeHasher.recorded; None: not kept), and ``skip_types``: the entry
+    types that walk left out of the fingerprint, so that a re-check records them alike. None of these is
+    stored (as_dict): they serve a re-check in the same process (unchanged_but_recent).
     """
 
-    __slots__ = ('digest', 'max_ctime_ns', 'started_ns', 'method', 'recent', 'recorded')
+    __slots__ = ('digest', 'max_ctime_ns', 'started_ns', 'method', 'recent', 'recorded', 'skip_types')
 
-    def __init__(self, digest, max_ctime_ns, started_ns, method='walk', recent=None, recorded=None):
+    def __init__(self, digest, max_ctime_ns, started_ns, method='walk', recent=None, recorded=None, skip_types=()):
         self.digest = digest
         self.max_ctime_ns = max_ctime_ns
         self.started_ns = started_ns
         self.method = method
         self.recent = recent
         self.recorded = recorded
+        self.skip_types = skip_types
 
     @property
     def settled(self):
@@ -298,7 +300,7 @@ class ChangeToken(object):
             return find_change_token(root)
         return change_token(root, exclude)
 
-    def recheck(self, root, exclude=None, skip_types=()):
+    def recheck(self, root, exclude=None):
         """How a new listing of ``root`` proves the tree still as the walk that made this token saw it:
         'change_token' (settled), 'change_token_and_records' (see unchanged_but_recent), or None when it
         cannot (then only a new fingerprint walk tells). Lists nothing when no proof is possible."""
@@ -307,7 +309,7 @@ class ChangeToken(object):
         later = self.again(root, exclude)
         if self.proves_unchanged(later):
             return 'change_token'
-        if unchanged_but_recent(self, later, root, skip_types):
+        if unchanged_but_recent(self, later, root):
             return 'change_token_and_records'
         return None
 
@@ -380,7 +382,7 @@ class ChangeHasher(object):
     ``close()`` stops find when the walk fails.
     """
 
-    def __init__(self, root=None, keep_records=False):
+    def __init__(self, root=None, keep_records=False, skip_types=()):
         self.started_ns = time.time_ns()
         self.recent_since_ns = self.started_ns - CTIME_SETTLED_NS  # a ctime from then on is recent
         self._digest = _LineDigest(b'volumeops-change-v1\n')
@@ -388,6 +390,7 @@ class ChangeHasher(object):
         # keep_records: the walk passes every entry's record to recorded() too; None when not kept or
         # when more than RECENT_MAX entries were recent.
         self._recorded = {} if keep_records else None
+        self._skip_types = tuple(skip_types)  # the types the walk passes to recorded() as None
         self._root = root  # None once find started (or when it must not)
         self._count = 0
         self._finder = None
@@ -420,6 +423,7 @@ class ChangeHasher(object):
             recent = frozenset(self._recorded) if self._recorded is not None else None
             found = ChangeToken(self._digest.hexdigest(), self.max_ctime_ns, self.started_ns, recent=recent)
         found.recorded = self._recorded
+        found.skip_types = self._skip_types
         return found
 
 
@@ -489,14 +493,15 @@ def current_record_digest(root, relpath, skip_types=()):
     return record_digest(None if code in skip_types else entry_record(Entry(relpath, path, st), code))
 
 
-def unchanged_but_recent(before, later, root, skip_types=()):
+def unchanged_but_recent(before, later, root):
     """True when ``later`` lists the tree exactly as ``before`` did and every recently changed entry still
     has the record it had: the re-check for a token that is not settled.
 
     ``before.recent`` names the entries whose ctime was too close to the listing to prove anything (two
     changes within one clock tick keep the ctime). For every other entry an unchanged ctime does prove it
     unchanged. ``before.recorded`` holds the fingerprint records of the recent entries as the first walk
-    saw them; they are read again now. Comparing those records is what a whole fingerprint walk would do
+    saw them; they are read again now, leaving out the entry types that walk left out (``before.skip_types``).
+    Comparing those records is what a whole fingerprint walk would do
     for them. No proof (False) when the listing named a recent entry that the walk did not record (one of
     them saw the entry after a change the other did not see), or when either set was too big to keep.
     """
@@ -505,7 +510,8 @@ def unchanged_but_recent(before, later, root, skip_types=()):
     recorded = before.recorded
     if before.recent is None or recorded is None or not before.recent <= recorded.keys():
         return False
-    return all(current_record_digest(root, relpath, skip_types) == digest for relpath, digest in recorded.items())
+    return all(current_record_digest(root, relpath, before.skip_types) == digest
+               for relpath, digest in recorded.items())
 
 
 class FindChangeToken(object):
@@ -618,7 +624,7 @@ def summarize(entries_iter, include_root_mtime=True, skip_types=(), with_change_
     """TreeSummary of the given walk entries (see fingerprint()); a filtered walk hashes exactly
     like a full one (FingerprintAccumulator). ``token_root``: the root of an unfiltered walk, whose
     change token GNU find may make (ChangeHasher)."""
-    changes = ChangeHasher(token_root, keep_records=True) if with_change_token else None
+    changes = ChangeHasher(token_root, keep_records=True, skip_types=skip_types) if with_change_token else None
     fingerprint_sum = FingerprintAccumulator()
     try:
         for entry in entries_iter:

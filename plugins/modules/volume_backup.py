@@ -454,7 +454,7 @@ class BackupManager(object):
         the full fingerprint decides.
         """
         token = summary.change_token
-        if token is not None and token.recheck(src.root, self.p['exclude'], _archive.SKIP_TYPES) is not None:
+        if token is not None and token.recheck(src.root, self.p['exclude']) is not None:
             return True
         return self.summary(src).fingerprint == summary.fingerprint
 
