@@ -17,6 +17,9 @@ see ``manifest_member``): GNU tar can list and extract it in an emergency, and
 ``volume_restore`` strips it so it is never written into the volume. The
 rest of the stream is GNU tar's output of ``-C <root> .``, so the volume root's
 own owner, mode, mtime, xattrs and ACLs travel in the ``./`` entry.
+The manifest may be compressed on its own (a separate zstd frame or gzip
+member, see ``write_compressed_stream``'s deferred head): decompressed, the
+stream is the same.
 
 Next to ``<volume>_<UTC timestamp>.tar.zst`` live two sidecars:
 ``<archive>.sha256`` (``sha256sum -c`` format, hash of the compressed bytes)
@@ -47,6 +50,7 @@ import hashlib
 import json
 import os
 import re
+import select
 import shutil
 import stat
 import subprocess
@@ -560,6 +564,79 @@ def _feed(source, dest_pipe, errors, hasher=None):
             pass
 
 
+# How much of the stream may wait in memory while a deferred head is made (write_compressed_stream):
+# beyond it the producer waits too (a full pipe), so memory stays bounded on any tree.
+HEAD_WAIT_MAX = 32 * 1024 * 1024
+
+
+class HeadDeclined(Exception):
+    """Raised by a deferred head's maker: write no archive after all (see write_compressed_stream).
+
+    Nothing has reached the output file then; the caller decides what happens instead.
+    """
+
+
+class _HeadBeside(object):
+    """A stream's first member, made in a thread while the rest of the stream is produced.
+
+    The stream's first chunks wait here (at most HEAD_WAIT_MAX bytes, then the caller's next
+    ``take`` waits for the head) so that the output file gets the head first. The head is
+    compressed on its own (zstd and gzip decompress concatenated frames/members as one stream).
+    """
+
+    def __init__(self, make_head, comp_argv):
+        self._box = {}
+        self._held = []
+        self._held_size = 0
+        self._released = False
+        self._thread = threading.Thread(target=self._run, args=(make_head, comp_argv))
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _run(self, make_head, comp_argv):
+        try:
+            head = make_head()
+            if comp_argv is not None:
+                proc = subprocess.run(comp_argv, input=head, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                      check=False)
+                if proc.returncode != 0:
+                    raise ArchiveError('%s failed (exit %s): %s' % (comp_argv[0], proc.returncode,
+                                                                    proc.stderr.decode('utf-8', 'replace').strip()))
+                head = proc.stdout
+            self._box['head'] = head
+        except BaseException as exc:  # pylint: disable=broad-except; re-raised in the caller's thread
+            self._box['error'] = exc
+
+    def take(self, chunk):
+        """The chunks to write now, in order: none while the head is not ready, else the head and all held."""
+        if self._released:
+            return (chunk,)
+        if chunk:
+            self._held.append(chunk)
+        self._held_size += len(chunk)
+        if self._thread.is_alive() and self._held_size < HEAD_WAIT_MAX:
+            return ()
+        return self.release()
+
+    def release(self):
+        """Wait for the head; return it and the held chunks (raises what the head's maker raised)."""
+        if self._released:
+            return ()
+        self._thread.join()
+        if 'error' in self._box:
+            raise self._box['error']
+        self._released = True
+        chunks, self._held = [self._box['head']] + self._held, []
+        return chunks
+
+    @property
+    def pending(self):
+        return not self._released
+
+    def join(self):
+        self._thread.join()
+
+
 def write_compressed_stream(out, compression, level=None, head=b'', producer_argv=None, producer_chunks=None,
                             producer_cwd=None):
     """Write ``head`` + the producer's output, compressed, to the binary file object ``out``.
@@ -567,6 +644,11 @@ def write_compressed_stream(out, compression, level=None, head=b'', producer_arg
     The producer is either a command (``producer_argv``; its stdout goes straight
     into the compressor, no Python in that byte path) or an iterable of byte
     chunks (``producer_chunks``; e.g. a helper container's stdout).
+    ``head`` may also be a function (with ``producer_argv`` only) that makes it while the producer
+    already runs: it runs in a thread, the stream's first compressed bytes wait in memory
+    (HEAD_WAIT_MAX) until it returns, and the head is compressed on its own and written first. When
+    it raises (e.g. HeadDeclined), nothing has been written to ``out`` and that exception is raised
+    here once the processes are stopped.
     The compressed bytes are hashed while being written, and written back to
     disk as they come (EarlyWriteback): the caller's final fsync is short.
 
@@ -576,7 +658,7 @@ def write_compressed_stream(out, compression, level=None, head=b'', producer_arg
     compressor or a write error raises ArchiveError / OSError.
     """
     hasher = hashlib.sha256()
-    size = 0
+    written = [0]
     comp_argv = compressor_argv(compression, level)
     prod_err = tempfile.TemporaryFile()
     comp_err = tempfile.TemporaryFile()
@@ -584,24 +666,59 @@ def write_compressed_stream(out, compression, level=None, head=b'', producer_arg
     feed_errors = []
     threads = []
     writeback = EarlyWriteback.for_file(out)
+    beside = None
+    if callable(head):
+        if producer_argv is None:
+            raise ValueError('a deferred head needs producer_argv')
+        beside = _HeadBeside(head, comp_argv)
+        head = b''
+
+    def emit(chunk):
+        hasher.update(chunk)
+        out.write(chunk)
+        written[0] += len(chunk)
+        writeback.wrote(len(chunk))
+
+    def pipe_chunks(f):
+        # While a deferred head is pending, take what the pipe holds (read1) instead of waiting for a
+        # whole CHUNK, and look at the head every 50 ms even when the pipe is quiet (an empty chunk):
+        # a declined head then stops the producer at once, even a slow one.
+        while True:
+            if beside is not None and beside.pending:
+                if not select.select([f], [], [], 0.05)[0]:
+                    yield b''
+                    continue
+                chunk = f.read1(CHUNK)
+            else:
+                chunk = f.read(CHUNK)
+            if not chunk:
+                return
+            yield chunk
+
+    def emit_all(chunks):
+        for chunk in chunks:
+            if beside is None:
+                emit(chunk)
+            else:
+                for piece in beside.take(chunk):
+                    emit(piece)
+        if beside is not None:
+            for piece in beside.release():  # a stream shorter than the wait, or an empty one
+                emit(piece)
+
     try:
         if comp_argv is None:
-            out.write(head)
-            hasher.update(head)
-            size += len(head)
+            if head:
+                emit(head)
             if producer_argv is not None:
                 prod = subprocess.Popen(producer_argv, stdout=subprocess.PIPE, stderr=prod_err, cwd=producer_cwd)
                 procs.append(prod)
                 widen_pipe(prod.stdout)
-                source = iter(lambda: prod.stdout.read(CHUNK), b'')
+                source = pipe_chunks(prod.stdout)
             else:
                 prod = None
                 source = producer_chunks
-            for chunk in source:
-                hasher.update(chunk)
-                out.write(chunk)
-                size += len(chunk)
-                writeback.wrote(len(chunk))
+            emit_all(source)
             comp = None
         else:
             rfd, wfd = os.pipe()
@@ -617,12 +734,13 @@ def write_compressed_stream(out, compression, level=None, head=b'', producer_arg
             procs.append(comp)
             widen_pipe(comp.stdout)  # compressor -> this process
             if producer_argv is not None:
-                # Head first (small; a thread so a full pipe cannot block us), then the producer
-                # writes into the same pipe: tar stdout -> compressor stdin, no Python in between.
-                head_pipe = os.fdopen(os.dup(wfd), 'wb', buffering=0)
-                t = threading.Thread(target=_feed, args=([head], head_pipe, feed_errors))
-                t.start()
-                t.join()
+                if head:
+                    # Head first (small; a thread so a full pipe cannot block us), then the producer
+                    # writes into the same pipe: tar stdout -> compressor stdin, no Python in between.
+                    head_pipe = os.fdopen(os.dup(wfd), 'wb', buffering=0)
+                    t = threading.Thread(target=_feed, args=([head], head_pipe, feed_errors))
+                    t.start()
+                    t.join()
                 prod = subprocess.Popen(producer_argv, stdout=wpipe, stderr=prod_err, cwd=producer_cwd)
                 procs.insert(0, prod)
                 wpipe.close()
@@ -633,18 +751,11 @@ def write_compressed_stream(out, compression, level=None, head=b'', producer_arg
                 t.daemon = True
                 t.start()
                 threads.append(t)
-            while True:
-                chunk = comp.stdout.read(CHUNK)
-                if not chunk:
-                    break
-                hasher.update(chunk)
-                out.write(chunk)
-                size += len(chunk)
-                writeback.wrote(len(chunk))
+            emit_all(pipe_chunks(comp.stdout))
         for t in threads:
             t.join()
         writeback.finish()
-        result = dict(sha256=hasher.hexdigest(), size=size, producer_rc=None, producer_stderr='',
+        result = dict(sha256=hasher.hexdigest(), size=written[0], producer_rc=None, producer_stderr='',
                       compressor_rc=None, compressor_stderr='')
         if prod is not None:
             result['producer_rc'] = prod.wait()
@@ -666,6 +777,8 @@ def write_compressed_stream(out, compression, level=None, head=b'', producer_arg
                 p.wait()
             if p.stdout:
                 p.stdout.close()
+        if beside is not None:
+            beside.join()  # the head's maker may be walking the tree the caller turns to next
         prod_err.close()
         comp_err.close()
 
@@ -1304,9 +1417,10 @@ def cleanup_stale(parent, markers=(STAGING_MARKER, OLD_MARKER)):
     return removed
 
 
-def tree_summary(root, exclude=None, with_change_token=False):
+def tree_summary(root, exclude=None, with_change_token=False, started_ns=None):
     """The fingerprint used for manifests and comparisons (sockets left out)."""
-    return _tree.fingerprint(root, exclude=exclude, skip_types=SKIP_TYPES, with_change_token=with_change_token)
+    return _tree.fingerprint(root, exclude=exclude, skip_types=SKIP_TYPES, with_change_token=with_change_token,
+                             started_ns=started_ns)
 
 
 def subset_summary(root, paths, skip_types=SKIP_TYPES):

@@ -379,11 +379,13 @@ class ChangeHasher(object):
     process), with the walk's start as find's ``started_ns``: that token is then settled only when
     nothing changed shortly before or during either listing. ``token()`` gives find's token when it
     made one (a later ``again()`` lists it at a fraction of a walk's cost), else the walk's own.
-    ``close()`` stops find when the walk fails.
+    ``close()`` stops find when the walk fails. ``started_ns``: when the walk began, or an earlier time
+    from which on the token must prove the tree unchanged (e.g. when a reader of the tree started
+    before the walk; see ``settled``).
     """
 
-    def __init__(self, root=None, keep_records=False, skip_types=()):
-        self.started_ns = time.time_ns()
+    def __init__(self, root=None, keep_records=False, skip_types=(), started_ns=None):
+        self.started_ns = time.time_ns() if started_ns is None else started_ns
         self.recent_since_ns = self.started_ns - CTIME_SETTLED_NS  # a ctime from then on is recent
         self._digest = _LineDigest(b'volumeops-change-v1\n')
         self.max_ctime_ns = 0
@@ -603,7 +605,7 @@ def find_change_token(root):
 FIND_TOKEN_MIN_ENTRIES = 2048
 
 
-def fingerprint(root, exclude=None, include_root_mtime=True, skip_types=(), with_change_token=False):
+def fingerprint(root, exclude=None, include_root_mtime=True, skip_types=(), with_change_token=False, started_ns=None):
     """Walk ``root`` once and return a TreeSummary.
 
     ``entries`` counts every entry including the root; ``bytes`` sums the
@@ -614,17 +616,20 @@ def fingerprint(root, exclude=None, include_root_mtime=True, skip_types=(), with
     the fingerprint and counts: archives cannot hold sockets, so the backup's
     manifest must not count them either.
     ``with_change_token`` also makes the summary's ``change_token`` in the same walk (listed by GNU
-    find beside it for a big tree without exclusions; see ChangeHasher).
+    find beside it for a big tree without exclusions; see ChangeHasher), whose ``started_ns`` is
+    ``started_ns`` when given (see ChangeHasher).
     """
     return summarize(walk(root, exclude), include_root_mtime, skip_types, with_change_token,
-                     token_root=None if exclude else root)
+                     token_root=None if exclude else root, started_ns=started_ns)
 
 
-def summarize(entries_iter, include_root_mtime=True, skip_types=(), with_change_token=False, token_root=None):
+def summarize(entries_iter, include_root_mtime=True, skip_types=(), with_change_token=False, token_root=None,
+              started_ns=None):
     """TreeSummary of the given walk entries (see fingerprint()); a filtered walk hashes exactly
     like a full one (FingerprintAccumulator). ``token_root``: the root of an unfiltered walk, whose
     change token GNU find may make (ChangeHasher)."""
-    changes = ChangeHasher(token_root, keep_records=True, skip_types=skip_types) if with_change_token else None
+    changes = (ChangeHasher(token_root, keep_records=True, skip_types=skip_types, started_ns=started_ns)
+               if with_change_token else None)
     fingerprint_sum = FingerprintAccumulator()
     try:
         for entry in entries_iter:

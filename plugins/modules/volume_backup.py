@@ -34,6 +34,12 @@ description:
     module's walk makes the token. Tokens younger
     than two seconds are not trusted (ctime comes from a clock that ticks every few milliseconds), and whenever a
     token cannot prove it, the full fingerprint decides (see RV(backups[].unchanged_proof)).
+  - When an archive is written whatever the walk finds (no archive of the volume with the same settings in O(dest)
+    yet, or O(force=true)), for a plain local volume whose entries all changed more than two seconds before
+    (checked by that walk's change token), the walk runs while GNU tar already reads the volume, and the manifest is written ahead of the
+    compressed stream as its own zstd frame (gzip member); decompressed, the archive is the same tar stream. When
+    an entry changed just before or during the walk, that stream is dropped before anything is written and the
+    backup runs walk first, then tar. Not in check mode, and not with O(stop_containers=true).
   - Archives are written under a temporary name (mode 0600 from the first byte), hashed while written, fsynced and
     then renamed; an interrupted run never leaves a file under a final name, and the next run removes the stale
     temporary files.
@@ -532,18 +538,92 @@ class BackupManager(object):
                 errors.append('%s: %s' % (c['name'], exc))
         return errors
 
+    def report_unchanged(self, src, info, summary, proof, start):
+        """Record ``src`` as unchanged since the archive ``info``."""
+        # The data is archived already; the files still get the requested mode/owner/group
+        # (check mode: predicted only, AnsibleModule's set_*_if_different honour it).
+        attrs = False
+        for path in (info['path'],) + _archive.sidecar_paths(info['path']):
+            if os.path.exists(path):
+                attrs = self._set_attrs(path) or attrs
+        self.results.append(dict(volume=src.name, archive=info['path'], sha256=_archive.read_sidecar_sha256(info['path']),
+                                 size=os.path.getsize(info['path']), entries=summary.entries,
+                                 bytes=summary.bytes, fingerprint=summary.fingerprint, skipped=True,
+                                 reason='unchanged', unchanged_proof=proof, changed=attrs, attributes_changed=attrs,
+                                 duration=round(time.time() - start, 3), data_path=src.data_path))
+
+    def warn_if_empty(self, src, summary):
+        if summary.entries <= 1:
+            self.warnings.append('Volume %s is empty; backing it up anyway.' % src.name)
+
     # -- writing
-    def write(self, src, summary):
+    def walks_beside_stream(self, src):
+        """True when the metadata walk for ``src`` may run while tar already reads it (write_walking).
+
+        Only where a change token can prove the overlap harmless (a plain local volume read in place),
+        only for real runs (check mode reports the walk's result), and not when containers are to be
+        stopped (their writers were just stopped then, which a change token cannot prove harmless).
+        The caller asks only when the archive is written whatever the walk finds (no archive of the
+        volume with the same settings yet, or force): when the walk decides whether to write, tar would
+        compete with it for the CPU in every run that then writes nothing.
+        """
+        return not self.check_mode and not self.p['stop_containers'] and src.ctime_trusted
+
+    def write_walking(self, src):
+        """Back up ``src`` while its metadata walk runs; (final, res, summary).
+
+        The manifest (the archive's first member) needs the walk's result, but the stream need not wait
+        for it: tar starts first, its compressed output waits in memory (bounded) until the walk is done,
+        then the manifest is written ahead of it. On a 2-CPU host this takes the walk (about 0.3-0.4 s per
+        GB of mixed files) out of the backup's time.
+
+        Sound only when no entry changed from tar's start on, or tar may have read an entry before the
+        walk saw it changed. The walk's change token starts at tar's start, so it is settled only when
+        every entry's ctime lies well before that; otherwise the stream is dropped (nothing was written)
+        and the backup runs as usual after the walk (``write``). The re-check after the stream is the
+        same as for ``write``.
+        """
+        found = {}
+        started_ns = time.time_ns()
+
+        def make_head():
+            summary = _archive.tree_summary(src.root, exclude=self.p['exclude'], with_change_token=True,
+                                            started_ns=started_ns)
+            found['summary'] = summary
+            if summary.change_token is None or not summary.change_token.settled:
+                raise _archive.HeadDeclined('changed shortly before or during the walk')
+            self.warn_if_empty(src, summary)
+            found['manifest'] = self.new_manifest(src, summary)
+            return _archive.manifest_member(found['manifest'], mtime=time.time())
+
+        try:
+            final, res = self.write(src, None, head=make_head, found=found)
+        except _archive.HeadDeclined:
+            self.warn_if_empty(src, found['summary'])
+            final, res = self.write(src, found['summary'])
+        return final, res, found['summary']
+
+    def new_manifest(self, src, summary):
+        p = self.p
+        return _archive.build_manifest(src.name, summary, driver=src.driver, driver_options=src.options,
+                                       labels=src.labels, compression=p['compression'], exclude=p['exclude'],
+                                       consistency=p['consistency'],
+                                       extra=dict(data_path=src.data_path, source_path=p['path']))
+
+    def write(self, src, summary, head=None, found=None):
+        """Write the archive of ``src`` as walked (``summary``); (final path, stream result).
+
+        ``head`` and ``found``: see write_walking (``summary`` is None then; the walk beside the stream
+        puts its summary and manifest into ``found``).
+        """
         p = self.p
         dest = p['dest']
         name = _archive.archive_name(src.name, p['compression'])
         final = os.path.join(dest, name)
         tmp = _archive.temp_archive_path(dest, name)
-        manifest = _archive.build_manifest(src.name, summary, driver=src.driver, driver_options=src.options,
-                                           labels=src.labels, compression=p['compression'], exclude=p['exclude'],
-                                           consistency=p['consistency'],
-                                           extra=dict(data_path=src.data_path, source_path=p['path']))
-        head = _archive.manifest_member(manifest, mtime=time.time())
+        if head is None:
+            manifest = self.new_manifest(src, summary)
+            head = _archive.manifest_member(manifest, mtime=time.time())
         written = []
         try:
             with _archive.open_private(tmp) as out:
@@ -553,6 +633,8 @@ class BackupManager(object):
                                                            producer_argv=_archive.tar_create_argv(src.root, p['exclude']))
                 else:
                     res = self._write_via_helper(out, src, head)
+                if summary is None:
+                    summary, manifest = found['summary'], found['manifest']
                 rc = res['producer_rc']
                 if rc not in (0, None):
                     text = res['producer_stderr']
@@ -691,11 +773,15 @@ class BackupManager(object):
         for info in _archive.list_archives(dest):
             existing.setdefault(info['volume'], []).append(info)
 
-        todo = []
+        todo = []  # (source, its summary (None: walked beside the stream), start)
         for src in sources:
             start = time.time()
             info, manifest = self.newest(src, existing)
-            summary = None if p['force'] or not self.settings_match(src, manifest) else self.proven_unchanged(src, manifest)
+            must_write = p['force'] or not self.settings_match(src, manifest)
+            summary = None if must_write else self.proven_unchanged(src, manifest)
+            if must_write and self.walks_beside_stream(src):
+                todo.append((src, None, start))  # walked while tar reads it (write_walking)
+                continue
             proof = 'change_token'
             if summary is None:
                 try:
@@ -705,17 +791,7 @@ class BackupManager(object):
                     continue
                 proof = 'fingerprint'
             if not p['force'] and self.unchanged(src, summary, manifest):
-                # The data is archived already; the files still get the requested mode/owner/group
-                # (check mode: predicted only, AnsibleModule's set_*_if_different honour it).
-                attrs = False
-                for path in (info['path'],) + _archive.sidecar_paths(info['path']):
-                    if os.path.exists(path):
-                        attrs = self._set_attrs(path) or attrs
-                self.results.append(dict(volume=src.name, archive=info['path'], sha256=_archive.read_sidecar_sha256(info['path']),
-                                         size=os.path.getsize(info['path']), entries=summary.entries,
-                                         bytes=summary.bytes, fingerprint=summary.fingerprint, skipped=True,
-                                         reason='unchanged', unchanged_proof=proof, changed=attrs, attributes_changed=attrs,
-                                         duration=round(time.time() - start, 3), data_path=src.data_path))
+                self.report_unchanged(src, info, summary, proof, start)
             else:
                 todo.append((src, summary, start))
         if self.check_mode:
@@ -737,9 +813,11 @@ class BackupManager(object):
                         try:
                             if stopped:
                                 summary = self.summary(src)  # the writers are stopped now: this is the state to archive
-                            if summary.entries <= 1:
-                                self.warnings.append('Volume %s is empty; backing it up anyway.' % src.name)
-                            final, res = self.write(src, summary)
+                            if summary is None:
+                                final, res, summary = self.write_walking(src)
+                            else:
+                                self.warn_if_empty(src, summary)
+                                final, res = self.write(src, summary)
                         except VolumeFailure as exc:
                             if p['on_error'] == 'stop':
                                 stop_failure = str(exc)

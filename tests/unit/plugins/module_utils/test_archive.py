@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import shutil
@@ -382,3 +383,86 @@ def test_retention_counts_only_whole_archives_of_the_volume(tmp_path):
     assert not any(n.startswith('db_20250101') for n in os.listdir(str(tmp_path)))  # sidecars went too
     assert [i['path'] for i in A.complete_archives(A.list_archives(str(tmp_path)), 'db')] == [mid, new]
     assert len(os.listdir(str(tmp_path))) == 2 * 3 + 2 + 2 + 3 + 3  # the others untouched
+
+
+# -- write_compressed_stream with a head made while the producer runs (volume_backup's walk beside tar)
+
+def _decompress(compression, data):
+    argv = A.decompressor_argv(compression)
+    return data if argv is None else subprocess.run(argv, input=data, stdout=subprocess.PIPE, check=True).stdout
+
+
+def _producer(size):
+    # A real producer process with a known output: ``size`` bytes of a repeating pattern.
+    return ['python3', '-c', 'import sys; sys.stdout.buffer.write(bytes(range(256)) * (%d // 256))' % size]
+
+
+@pytest.mark.parametrize('compression', ['zstd', 'gzip', 'none'])
+@needs_zstd_and_gnu_tar
+def test_deferred_head_is_written_first_and_hashed(tmp_path, compression):
+    size = 3 * 1024 * 1024
+    path = tmp_path / 'out'
+    seen_before_head = []
+
+    def make_head():
+        time.sleep(0.3)  # the producer has long finished: its output waits in memory
+        seen_before_head.append(os.path.getsize(str(path)))
+        return b'HEAD' * 128
+    with open(str(path), 'wb') as out:
+        res = A.write_compressed_stream(out, compression, 1, head=make_head, producer_argv=_producer(size))
+    data = path.read_bytes()
+    assert seen_before_head == [0]  # nothing reached the file before the head
+    assert _decompress(compression, data) == b'HEAD' * 128 + bytes(range(256)) * (size // 256)
+    assert res['sha256'] == hashlib.sha256(data).hexdigest() and res['size'] == len(data)
+    assert res['producer_rc'] == 0
+
+
+@needs_zstd_and_gnu_tar
+def test_deferred_head_waits_with_bounded_memory(tmp_path, monkeypatch):
+    # More output than may wait: the producer is held back (a full pipe) until the head exists.
+    monkeypatch.setattr(A, 'HEAD_WAIT_MAX', 256 * 1024)
+    size = 8 * 1024 * 1024
+    path = tmp_path / 'out'
+    with open(str(path), 'wb') as out:
+        res = A.write_compressed_stream(out, 'none', head=lambda: time.sleep(0.3) or b'H' * 512,
+                                        producer_argv=_producer(size))
+    data = path.read_bytes()
+    assert data == b'H' * 512 + bytes(range(256)) * (size // 256) and res['size'] == len(data)
+
+
+@pytest.mark.parametrize('compression', ['zstd', 'none'])
+@needs_zstd_and_gnu_tar
+def test_declined_head_writes_nothing_and_stops_the_producer(tmp_path, compression):
+    path = tmp_path / 'out'
+    marker = tmp_path / 'still-running'
+    # A producer that would write a marker file after a while if it were not stopped.
+    argv = ['python3', '-c', 'import sys, time\nsys.stdout.buffer.write(b"x" * 65536)\nsys.stdout.flush()\n'
+            'time.sleep(1.5)\nopen(%r, "w").close()' % str(marker)]
+
+    def make_head():
+        time.sleep(0.2)
+        raise A.HeadDeclined('unchanged')
+    with open(str(path), 'wb') as out:
+        with pytest.raises(A.HeadDeclined, match='unchanged'):
+            A.write_compressed_stream(out, compression, head=make_head, producer_argv=argv)
+    assert path.read_bytes() == b''
+    time.sleep(2)
+    assert not marker.exists()  # killed, not left running
+
+
+@needs_zstd_and_gnu_tar
+def test_deferred_head_error_and_a_failing_producer(tmp_path):
+    path = tmp_path / 'out'
+
+    def failing_walk():
+        raise OSError('walk failed')
+    with open(str(path), 'wb') as out:
+        with pytest.raises(OSError, match='walk failed'):
+            A.write_compressed_stream(out, 'zstd', head=failing_walk, producer_argv=_producer(1024 * 1024))
+    assert path.read_bytes() == b''
+    # The producer's exit status is reported as with a plain head; an empty stream still gets its head.
+    with open(str(path), 'wb') as out:
+        res = A.write_compressed_stream(out, 'zstd', head=lambda: b'HEAD', producer_argv=['python3', '-c', 'raise SystemExit(2)'])
+    assert res['producer_rc'] == 2 and _decompress('zstd', path.read_bytes()) == b'HEAD'
+    with pytest.raises(ValueError, match='producer_argv'):
+        A.write_compressed_stream(io.BytesIO(), 'zstd', head=lambda: b'', producer_chunks=[b'x'])

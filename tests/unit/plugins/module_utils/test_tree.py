@@ -277,6 +277,21 @@ def test_fingerprint_with_token_of_a_big_tree_uses_find_from_the_walks_start(tre
     assert before <= token.started_ns <= time.time_ns()
 
 
+@pytest.mark.parametrize('find_min', [2, 10 ** 6])
+def test_token_started_at_a_given_earlier_time_is_settled_from_then_on(tree, monkeypatch, find_min):
+    # volume_backup starts tar before its walk and gives tar's start: the token (walk's own or
+    # find's) must judge settledness from that time, not from when the walk began.
+    monkeypatch.setattr(_tree, 'FIND_TOKEN_MIN_ENTRIES', find_min)
+    newest = _tree.change_token(str(tree)).max_ctime_ns
+    late = _tree.fingerprint(str(tree), with_change_token=True,
+                             started_ns=newest + _tree.CTIME_SETTLED_NS + 1).change_token
+    early = _tree.fingerprint(str(tree), with_change_token=True, started_ns=newest + 1).change_token
+    assert late.method == early.method == ('find' if find_min == 2 else 'walk')
+    assert late.started_ns == newest + _tree.CTIME_SETTLED_NS + 1 and late.settled
+    assert early.started_ns == newest + 1 and not early.settled
+    assert late.digest == early.digest
+
+
 def test_find_token_newest_ctime_by_number_when_widths_differ(tree, tmp_path, monkeypatch):
     # Byte order would take 999999999.5 (2001) for the newest; the numbers say 1000000000.25.
     _fake_find(tmp_path, monkeypatch, 'printf "999999999.5 11 a\\0001000000000.25 12 b\\000"')
