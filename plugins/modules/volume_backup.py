@@ -36,10 +36,10 @@ description:
     token cannot prove it, the full fingerprint decides (see RV(backups[].unchanged_proof)).
   - When an archive is written whatever the walk finds (no archive of the volume with the same settings in O(dest)
     yet, or O(force=true)), for a plain local volume whose entries all changed more than two seconds before
-    (checked by that walk's change token), the walk runs while GNU tar already reads the volume, and the manifest is written ahead of the
-    compressed stream as its own zstd frame (gzip member); decompressed, the archive is the same tar stream. When
-    an entry changed just before or during the walk, that stream is dropped before anything is written and the
-    backup runs walk first, then tar. Not in check mode, and not with O(stop_containers=true).
+    (checked by that walk's change token), the walk runs while GNU tar already reads the volume, and the manifest
+    is written ahead of the compressed stream as its own zstd frame (gzip member); decompressed, the archive is the
+    same tar stream. When an entry changed just before or during the walk, that stream is dropped before anything
+    is written and the backup runs walk first, then tar. Not in check mode, and not with O(stop_containers=true).
   - Archives are written under a temporary name (mode 0600 from the first byte), hashed while written, fsynced and
     then renamed; an interrupted run never leaves a file under a final name, and the next run removes the stale
     temporary files.
