@@ -658,7 +658,7 @@ def write_compressed_stream(out, compression, level=None, head=b'', producer_arg
     compressor or a write error raises ArchiveError / OSError.
     """
     hasher = hashlib.sha256()
-    written = [0]
+    size = 0
     comp_argv = compressor_argv(compression, level)
     prod_err = tempfile.TemporaryFile()
     comp_err = tempfile.TemporaryFile()
@@ -674,9 +674,10 @@ def write_compressed_stream(out, compression, level=None, head=b'', producer_arg
         head = b''
 
     def emit(chunk):
+        nonlocal size
         hasher.update(chunk)
         out.write(chunk)
-        written[0] += len(chunk)
+        size += len(chunk)
         writeback.wrote(len(chunk))
 
     def pipe_chunks(f):
@@ -755,7 +756,7 @@ def write_compressed_stream(out, compression, level=None, head=b'', producer_arg
         for t in threads:
             t.join()
         writeback.finish()
-        result = dict(sha256=hasher.hexdigest(), size=written[0], producer_rc=None, producer_stderr='',
+        result = dict(sha256=hasher.hexdigest(), size=size, producer_rc=None, producer_stderr='',
                       compressor_rc=None, compressor_stderr='')
         if prod is not None:
             result['producer_rc'] = prod.wait()
