@@ -596,7 +596,8 @@ def run_two_phase(bench, r, env, src, src_fp, args):
                 raise RuntimeError('volume_transfer failed rc=%d:\n%s' % (proc.returncode, proc.stdout[-3000:]))
             out = res[1]
             keys = ('duration', 'bytes', 'bytes_sent', 'entries', 'sent_entries', 'deleted', 'replaced', 'mb_per_s',
-                    'verified', 'dest_state', 'changed', 'source_recheck', 'dest_records_reused')
+                    'verified', 'dest_state', 'changed', 'source_recheck', 'dest_records_reused',
+                    'streamed_beside_walk')
             return {'module': {k: out.get(k) for k in keys}}
         return go
 

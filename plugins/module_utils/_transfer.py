@@ -75,6 +75,7 @@ CHUNK = 1024 * 1024          # bytes read from the compressor per data frame
 MAX_FRAME = 16 * 1024 * 1024
 RECORD_BATCH = 128 * 1024    # bytes of path records per frame (small enough to overlap walk, transfer and merge)
 PREFETCH_ENTRIES = 65536     # source records walked ahead while waiting for the destination (~30 MB at most)
+EARLY_HOLD = _archive.HEAD_WAIT_MAX  # compressed bytes a full pass reads ahead before the destination may get them
 MARKER_NAME = '.volumeops-migration.json'
 INCOMING_PREFIX = '.volumeops-incoming-'
 HOLDER_LABEL = 'io.volumeops.holder'  # value: the pid of the receiver or sender that holds the volume
@@ -232,13 +233,16 @@ class TreeScan(object):
     (records, then fingerprint, then content digest); this walks it once per use.
     """
 
-    def __init__(self, root, exclude=None, content=False, with_change_token=False, spill=None, reuse=None):
+    def __init__(self, root, exclude=None, content=False, with_change_token=False, spill=None, reuse=None,
+                 started_ns=None):
         self.root = root
+        self.started_ns = started_ns  # the change token's start, when reading began before this walk
         self.exclude = exclude
         self.content = None
         self.summary = None
         self._want_content = content
         self._want_token = with_change_token
+        self.changes = None  # the change token's ChangeHasher while walking (with_change_token)
         self._spill = spill  # a RecordSpill keeping this walk's records for a later walk's ``reuse``
         self._reuse = reuse  # a RecordSpill of an earlier walk: its records of unchanged entries are taken as they are
 
@@ -246,8 +250,10 @@ class TreeScan(object):
         fingerprint_sum = _tree.FingerprintAccumulator()
         # Without exclusions, GNU find makes the token of a big tree on the other CPU meanwhile: the
         # re-check after the stream (_source_after) is then a find too, faster than a walk.
-        changes = (_tree.ChangeHasher(None if self.exclude else self.root, keep_records=True, skip_types=SKIP_TYPES)
+        changes = (_tree.ChangeHasher(None if self.exclude else self.root, keep_records=True, skip_types=SKIP_TYPES,
+                                      started_ns=self.started_ns)
                    if self._want_token else None)
+        self.changes = changes
         content = hashlib.sha256(b'volumeops-content-v1\n') if self._want_content else None
         content_cache = {}
         buf = bytearray(CHUNK) if content is not None else None
@@ -898,6 +904,148 @@ class _Prefetch(object):
 _END = object()
 
 
+class SourceStream(object):
+    """The source's ``tar [| compressor]`` pipeline; ``chunks()`` yields its output in CHUNK pieces.
+
+    ``names``: archive only these paths (a delta's, fed to tar on stdin); None: the whole tree.
+    ``hold``: a thread reads the output ahead into memory until ``chunks()`` is first iterated, at
+    most ``hold`` bytes (then the pipeline waits on its full pipe). A full pass starts the pipeline
+    this way before it walks the source and before the destination has answered (Sender.run), so
+    tar and the compressor work meanwhile; nothing reaches the destination before the pass's checks
+    passed. When they fail, ``close()`` kills the pipeline and drops what was held.
+    """
+
+    def __init__(self, root, exclude, compression, level, names=None, hold=0):
+        if names is None:
+            tar_argv = _archive.tar_create_argv(root, exclude=exclude)
+            stdin = subprocess.DEVNULL
+        else:
+            base = _archive.tar_create_argv(root)
+            if base[-1] != '.':
+                raise TransferError('internal error: unexpected tar command line')
+            tar_argv = base[:-1] + ['--no-recursion', '--null', '--verbatim-files-from', '--files-from=-']
+            stdin = subprocess.PIPE
+        self.comp_argv = _archive.compressor_argv(compression, level)
+        self.tar_err = tempfile.TemporaryFile()
+        self.comp_err = tempfile.TemporaryFile()
+        self.procs = []
+        self.comp = None
+        self.feeder = None
+        self.held = collections.deque()
+        self.holder = None
+        self.hold_error = None
+        self.closed = False
+        self._release = threading.Event()
+        try:
+            if self.comp_argv is None:
+                self.tar = subprocess.Popen(tar_argv, stdin=stdin, stdout=subprocess.PIPE, stderr=self.tar_err)
+                self.procs.append(self.tar)
+                self.out = self.tar.stdout
+            else:
+                rfd, wfd = os.pipe()
+                try:
+                    self.tar = subprocess.Popen(tar_argv, stdin=stdin, stdout=wfd, stderr=self.tar_err)
+                    self.procs.append(self.tar)
+                finally:
+                    os.close(wfd)
+                try:
+                    self.comp = subprocess.Popen(self.comp_argv, stdin=rfd, stdout=subprocess.PIPE,
+                                                 stderr=self.comp_err)
+                    self.procs.append(self.comp)
+                finally:
+                    os.close(rfd)
+                self.out = self.comp.stdout
+            if names is not None:
+                self.feeder = threading.Thread(target=_archive._feed,
+                                               args=((n + b'\0' for n in names), self.tar.stdin, []))
+                self.feeder.daemon = True
+                self.feeder.start()
+            if hold:
+                self.holder = threading.Thread(target=self._hold, args=(hold,))
+                self.holder.daemon = True
+                self.holder.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _hold(self, cap):
+        size = 0
+        read = self.out.read
+        try:
+            while not self._release.is_set():
+                if size >= cap:
+                    self._release.wait()
+                    return
+                chunk = read(CHUNK)
+                if not chunk:
+                    return
+                self.held.append(chunk)
+                size += len(chunk)
+        except (OSError, ValueError) as exc:  # re-raised by chunks(), in the sender's thread
+            self.hold_error = exc
+
+    def _stop_holding(self):
+        if self.holder is not None:
+            self._release.set()
+            self.holder.join()
+            self.holder = None
+
+    def chunks(self):
+        if self.holder is not None:
+            self._stop_holding()
+            if self.hold_error is not None:
+                raise self.hold_error
+            held = self.held
+            while held:
+                yield held.popleft()
+        read = self.out.read
+        while True:
+            chunk = read(CHUNK)
+            if not chunk:
+                return
+            yield chunk
+
+    def finish(self, finalize):
+        """Wait for the pipeline (its output read to the end); dict(tar_rc, error, warning)."""
+        if self.feeder is not None:
+            self.feeder.join()
+        rc_tar = self.tar.wait()
+        rc_comp = self.comp.wait() if self.comp is not None else 0
+        info = dict(tar_rc=rc_tar, error=None, warning=None)
+        tar_text = _archive._stderr_text(self.tar_err)
+        if rc_comp != 0:
+            info['error'] = '%s failed on the source (exit %d): %s' % (
+                self.comp_argv[0], rc_comp, _archive._stderr_text(self.comp_err))
+        elif rc_tar == 1:
+            msg = ('Files changed on the source while they were read (tar exit 1): %s' % tar_text)
+            if finalize:
+                info['error'] = msg + ' Stop the writers (containers) before the final pass.'
+            else:
+                info['warning'] = msg + ' (tolerated in a warm pass with finalize=false; the final pass fixes it)'
+        elif rc_tar != 0:
+            info['error'] = 'tar failed on the source (exit %d): %s' % (rc_tar, tar_text)
+        return info
+
+    def close(self):
+        """Kill what still runs, drop what was held, release the files. Safe to call again."""
+        if self.closed:
+            return
+        self.closed = True
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+        self._stop_holding()  # the killed pipeline's output ends: the holder's read returns
+        self.held.clear()
+        for proc in self.procs:
+            proc.wait()
+            if proc.stdout:
+                proc.stdout.close()
+        if self.feeder is not None:
+            self.feeder.join()
+        self.tar_err.close()
+        self.comp_err.close()
+
+
 class Sender(object):
     """Runs on the source host. ``params`` is the module's parameter dict."""
 
@@ -914,6 +1062,8 @@ class Sender(object):
         self.stderr_chunks = []
         self.prefetch = None
         self.unchanged_proof = None
+        self.early_stream = None  # a full pass's SourceStream, started before the walk
+        self.streamed_beside_walk = False
 
     # connection -------------------------------------------------------------
     def _open(self):
@@ -983,8 +1133,19 @@ class Sender(object):
         connector = _Connector(self)
         connector.start()
         try:
-            # The token lets the re-check after streaming be a cheap lstat walk (_source_after).
-            scan = TreeScan(self.root, exclude, with_change_token=(p.get('verify') or 'metadata') == 'metadata')
+            started_ns = time.time_ns()
+            if (p.get('pass') or 'full') == 'full' and not self.check_mode:
+                # A full pass sends the whole tree whatever the walk finds, unless the destination turns
+                # out complete already or a check fails: start tar and the compressor now, beside the walk
+                # and the connection. Their output waits in memory (SourceStream) until the checks in
+                # _run passed, and is dropped when one fails or when the overlap cannot be proven
+                # harmless (_early_stream_sound): then the stream starts after the walk, as before.
+                self.early_stream = SourceStream(self.root, exclude, p.get('compression') or 'zstd',
+                                                 p.get('compression_level'), hold=EARLY_HOLD)
+            # The token lets the re-check after streaming be a cheap lstat walk (_source_after). It starts
+            # when reading began (tar's start for a full pass), so that it covers all the reading.
+            scan = TreeScan(self.root, exclude, with_change_token=(p.get('verify') or 'metadata') == 'metadata',
+                            started_ns=started_ns)
             source = None
             if (p.get('pass') or 'full') == 'delta':
                 # Records are consumed by the merge with the destination's records, which needs the
@@ -996,6 +1157,10 @@ class Sender(object):
                 for dummy in self._source_records(scan):
                     if connector.error is not None:
                         break  # report the connection failure now, not after the whole walk
+                    if self.early_stream is not None and scan.changes is not None and scan.changes.saw_recent:
+                        self._drop_early_stream()  # it will not be sent: stop it using the CPU now
+                if self.early_stream is not None and not self._early_stream_sound(scan):
+                    self._drop_early_stream()
             connector.wait()
             self.prefetch = source
             try:
@@ -1011,6 +1176,30 @@ class Sender(object):
         finally:
             connector.join()
             self.close()
+            if self.early_stream is not None:
+                self.early_stream.close()
+
+    def _early_stream_sound(self, scan):
+        """Whether what tar read while the source was walked may be sent (see run).
+
+        tar may read an entry before the walk sees it. Changed in between, it would reach the
+        destination in its old state while the walk's fingerprint has the new one. With verify=content
+        the content digests compared at the end catch that (the pass fails, nothing is declared
+        verified). With verify=metadata an edit that keeps size and mtime would go unnoticed, so the
+        walk's change token, started before tar, must be settled: every entry's ctime lies at least
+        CTIME_SETTLED_NS before tar started, so nothing changed from then on until the walk saw it
+        (and the re-check after the stream covers the time after the walk, as before).
+        """
+        if scan.summary is None:
+            return False  # the walk did not finish (the connection failed meanwhile)
+        if (self.p.get('verify') or 'metadata') == 'content':
+            return True
+        token = scan.summary.change_token
+        return token is not None and token.settled
+
+    def _drop_early_stream(self):
+        self.early_stream.close()
+        self.early_stream = None
 
     def _hello(self):
         p = self.p
@@ -1050,7 +1239,7 @@ class Sender(object):
         result = dict(changed=False, bytes=summary.bytes, entries=summary.entries, bytes_sent=0,
                       source_fingerprint=summary.fingerprint, dest_fingerprint=None, verified=False,
                       deleted=0, replaced=0, sent_entries=0, dest_state=None, dest_volume=p['dest_volume'],
-                      migration_id=p['migration_id'], mb_per_s=0.0, duration=0.0)
+                      migration_id=p['migration_id'], mb_per_s=0.0, duration=0.0, streamed_beside_walk=False)
         result['dest_state_before'] = state.get('marker_state')
         result['dest_exists'] = state.get('exists')
         dest_summary = end.get('summary')
@@ -1111,6 +1300,7 @@ class Sender(object):
         if source_content is not None:
             result['content_digest'] = source_content
         result['source_recheck'] = self.unchanged_proof
+        result['streamed_beside_walk'] = self.streamed_beside_walk
         io_.send_json(b'V', dict(content_digest=source_content, fingerprint=after.fingerprint,
                                  entries=after.entries, bytes=after.bytes))
         final = self._final()
@@ -1207,82 +1397,19 @@ class Sender(object):
     def _stream(self, exclude, plan):
         """tar -> [zstd] -> frames on the channel. Returns dict(tar_rc, error, warning)."""
         p = self.p
-        compression = p.get('compression') or 'zstd'
-        level = p.get('compression_level')
-        if plan is None:
-            tar_argv = _archive.tar_create_argv(self.root, exclude=exclude)
-            stdin = subprocess.DEVNULL
-            names = None
+        stream, self.early_stream = self.early_stream, None
+        if stream is None:
+            stream = SourceStream(self.root, exclude, p.get('compression') or 'zstd', p.get('compression_level'),
+                                  names=plan.send if plan is not None else None)
         else:
-            base = _archive.tar_create_argv(self.root)
-            if base[-1] != '.':
-                raise TransferError('internal error: unexpected tar command line')
-            tar_argv = base[:-1] + ['--no-recursion', '--null', '--verbatim-files-from', '--files-from=-']
-            stdin = subprocess.PIPE
-            names = plan.send
-        tar_err = tempfile.TemporaryFile()
-        comp_err = tempfile.TemporaryFile()
-        procs = []
-        feeder = None
+            self.streamed_beside_walk = True
         try:
-            comp_argv = _archive.compressor_argv(compression, level)
-            if comp_argv is None:
-                tar = subprocess.Popen(tar_argv, stdin=stdin, stdout=subprocess.PIPE, stderr=tar_err)
-                procs.append(tar)
-                out = tar.stdout
-                comp = None
-            else:
-                rfd, wfd = os.pipe()
-                try:
-                    tar = subprocess.Popen(tar_argv, stdin=stdin, stdout=wfd, stderr=tar_err)
-                    procs.append(tar)
-                finally:
-                    os.close(wfd)
-                try:
-                    comp = subprocess.Popen(comp_argv, stdin=rfd, stdout=subprocess.PIPE, stderr=comp_err)
-                    procs.append(comp)
-                finally:
-                    os.close(rfd)
-                out = comp.stdout
-            if names is not None:
-                feed_errors = []
-                feeder = threading.Thread(target=_archive._feed,
-                                          args=((n + b'\0' for n in names), tar.stdin, feed_errors))
-                feeder.daemon = True
-                feeder.start()
             send = self.io.send
-            while True:
-                chunk = out.read(CHUNK)
-                if not chunk:
-                    break
+            for chunk in stream.chunks():
                 send(b'D', chunk)
-            if feeder is not None:
-                feeder.join()
-            rc_tar = tar.wait()
-            rc_comp = comp.wait() if comp is not None else 0
-            info = dict(tar_rc=rc_tar, error=None, warning=None)
-            tar_text = _archive._stderr_text(tar_err)
-            if rc_comp != 0:
-                info['error'] = '%s failed on the source (exit %d): %s' % (
-                    comp_argv[0], rc_comp, _archive._stderr_text(comp_err))
-            elif rc_tar == 1:
-                msg = ('Files changed on the source while they were read (tar exit 1): %s' % tar_text)
-                if p.get('finalize', True):
-                    info['error'] = msg + ' Stop the writers (containers) before the final pass.'
-                else:
-                    info['warning'] = msg + ' (tolerated in a warm pass with finalize=false; the final pass fixes it)'
-            elif rc_tar != 0:
-                info['error'] = 'tar failed on the source (exit %d): %s' % (rc_tar, tar_text)
-            return info
+            return stream.finish(p.get('finalize', True))
         finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                proc.wait()
-                if proc.stdout:
-                    proc.stdout.close()
-            tar_err.close()
-            comp_err.close()
+            stream.close()
 
 
 def _show(path):

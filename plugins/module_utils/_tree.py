@@ -407,6 +407,11 @@ class ChangeHasher(object):
                 self._finder = FindChangeToken(self._root, self.started_ns)
                 self._root = None
 
+    @property
+    def saw_recent(self):
+        """True once an entry added so far changed less than CTIME_SETTLED_NS before the start (not settled)."""
+        return self.max_ctime_ns >= self.recent_since_ns
+
     def recorded(self, entry, record):
         """Keep the digest of ``record`` (None: an entry the fingerprint leaves out) of a recent entry."""
         if entry.st.st_ctime_ns >= self.recent_since_ns and self._recorded is not None:

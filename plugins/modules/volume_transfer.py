@@ -42,6 +42,14 @@ description:
     running (warm copy), stops the application, then runs O(pass=delta) with O(finalize=true). Only entries whose
     metadata (type, size, mtime, mode, owner, link target, xattrs/ACLs) changed are sent, and what the source no
     longer has is deleted on the destination.
+  - A full pass (not in check mode) starts GNU tar and the compressor on the source at once, beside the source's
+    metadata walk and the connection. Their output waits in memory (at most 32 MiB) until the destination has
+    answered and the checks passed, and is dropped when one fails, so nothing reaches the destination earlier
+    than before. On a volume of many small files the walk no longer delays the stream. tar may read an entry
+    before the walk sees it, so the overlap is kept only when that is proven harmless. With O(verify=metadata)
+    no entry may have changed from two seconds before tar started on (the walk's change times). With
+    O(verify=content) the content digests compared at the end catch any such change. Otherwise the stream is
+    dropped and started again after the walk.
 options:
   volume:
     description: Source volume on the Docker host the module runs on. Must exist (never created).
@@ -371,6 +379,13 @@ source_recheck:
   returned: when data was sent
   type: str
   choices: [change_token, change_token_and_records, fingerprint]
+streamed_beside_walk:
+  description:
+    - True when the data sent was read by GNU tar while the source was still being walked (a full pass, see the
+      description); false for a delta pass, in check mode, when nothing was sent, and when the source had changed
+      too recently for the overlap to be proven harmless (then tar ran after the walk).
+  returned: always
+  type: bool
 dest_records_reused:
   description:
     - How many entries the destination's verification did not read again (with O(verify=metadata), a delta pass

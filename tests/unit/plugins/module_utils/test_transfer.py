@@ -14,6 +14,7 @@ import shlex
 import subprocess
 import sys
 import tarfile
+import time
 
 import pytest
 
@@ -797,3 +798,86 @@ def test_source_root_never_reads_the_empty_directory_of_a_mounted_volume(tmp_pat
             _transfer.source_root(Docker(), info, None)
         assert _transfer.source_root(Docker(), info, 'img') == '/proc/1/root/volumeops/vol'
     assert held == [('n', 'img', True), ('o', 'img', True)]  # read-only holders
+
+
+# -- SourceStream: the source's tar | compressor, read ahead while a full pass walks and waits ---------------
+
+def _source_tree(root, random_mb=0):
+    _tree_at(str(root), SPEC)
+    if random_mb:
+        with open(os.path.join(str(root), 'big.bin'), 'wb') as f:
+            f.write(os.urandom(random_mb * 1024 * 1024))
+
+
+def _members(data, compression):
+    if compression == 'zstd':
+        data = subprocess.run(['zstd', '-dc'], input=data, stdout=subprocess.PIPE, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(data), mode='r:') as tar:
+        return sorted(m.name for m in tar.getmembers())
+
+
+@pytest.mark.parametrize('compression', ['zstd', 'none'])
+def test_source_stream_held_output_is_the_whole_archive(tmp_path, compression):
+    src = tmp_path / 'src'
+    _source_tree(src, random_mb=3)
+    plain = _transfer.SourceStream(str(src), [], compression, 1)
+    try:
+        expected = b''.join(plain.chunks())
+        assert plain.finish(True) == dict(tar_rc=0, error=None, warning=None)
+    finally:
+        plain.close()
+    held = _transfer.SourceStream(str(src), [], compression, 1, hold=_transfer.EARLY_HOLD)
+    try:
+        time.sleep(0.5)  # the holder reads ahead meanwhile
+        assert len(held.held) > 0
+        got = b''.join(held.chunks())
+        assert held.finish(True)['error'] is None
+    finally:
+        held.close()
+    # The same tree, every member once, in the same order as without holding.
+    assert _members(got, compression) == _members(expected, compression)
+    assert './big.bin' in _members(got, compression)
+    if compression == 'none':
+        assert got == expected  # tar's output is deterministic for an unchanged tree
+
+
+def test_source_stream_holds_at_most_its_cap(tmp_path):
+    src = tmp_path / 'src'
+    _source_tree(src, random_mb=8)
+    cap = 256 * 1024
+    stream = _transfer.SourceStream(str(src), [], 'none', None, hold=cap)
+    try:
+        time.sleep(1.0)  # far more than tar needs for 8 MiB: the holder stopped at its cap
+        held = sum(len(c) for c in stream.held)
+        assert cap <= held < cap + _transfer.CHUNK
+        assert stream.tar.poll() is None  # tar waits on its full pipe
+        total = sum(len(c) for c in stream.chunks())
+        assert total > 8 * 1024 * 1024
+        assert stream.finish(True)['tar_rc'] == 0
+    finally:
+        stream.close()
+
+
+def test_source_stream_closed_unread_kills_the_pipeline(tmp_path):
+    src = tmp_path / 'src'
+    _source_tree(src, random_mb=8)
+    stream = _transfer.SourceStream(str(src), [], 'zstd', 1, hold=256 * 1024)
+    time.sleep(0.3)
+    procs = list(stream.procs)
+    assert len(procs) == 2 and all(p.poll() is None for p in procs)  # tar and zstd wait on the full pipe
+    stream.close()
+    assert all(p.returncode is not None for p in procs)
+    assert [p.returncode for p in procs] != [0, 0]  # killed, not finished
+    assert len(stream.held) == 0 and stream.holder is None
+    stream.close()  # again: nothing left to do
+
+
+def test_source_stream_reports_tar_failure(tmp_path):
+    stream = _transfer.SourceStream(str(tmp_path / 'missing'), [], 'zstd', 1, hold=_transfer.EARLY_HOLD)
+    try:
+        for dummy in stream.chunks():
+            pass
+        info = stream.finish(True)
+    finally:
+        stream.close()
+    assert info['error'] and info['error'].startswith('tar failed on the source (exit 2)')

@@ -360,3 +360,20 @@ def test_walk_token_names_and_records_its_recent_entries(tmp_path):
     assert set(token.recent) == set(token.recorded) == {b'.', b'./new'}
     assert token.recorded[b'./new'] == _tree.current_record_digest(str(tmp_path), b'./new')
     assert 'recorded' not in token.as_dict() and 'recent' not in token.as_dict()
+
+
+def test_change_hasher_saw_recent_as_soon_as_a_recent_entry_is_added(tree):
+    entries = list(_tree.walk(str(tree)))
+    newest = max(e.st.st_ctime_ns for e in entries)
+    settled = _tree.ChangeHasher(started_ns=newest + _tree.CTIME_SETTLED_NS + 1)
+    recent = _tree.ChangeHasher(started_ns=newest + _tree.CTIME_SETTLED_NS)
+    for entry in entries:
+        settled.add(entry)
+        assert not settled.saw_recent
+    assert settled.token().settled
+    seen = []
+    for entry in sorted(entries, key=lambda e: e.st.st_ctime_ns):
+        recent.add(entry)
+        seen.append(recent.saw_recent)
+    assert seen[-1] and not recent.token().settled  # the same rule as the token's, judged while walking
+    assert seen == sorted(seen)  # once seen, it stays
