@@ -17,6 +17,13 @@ description:
   - Lists the archives written by M(volumeops.docker.volume_backup) in a directory on the managed host, newest
     last, with their manifest (read from the C(<archive>.manifest.json) sidecar, or from the start of the stream).
   - With O(verify=true) every archive is re-hashed and compared with its C(<archive>.sha256) sidecar.
+  - With O(verify_stream=true) every archive is also read to its end the way M(volumeops.docker.volume_restore)
+    reads it, without writing anything. It is decompressed, every tar member is checked by the same untrusted-archive
+    rules, and the end-of-archive marker must be present. The number of members must equal the manifest's entry
+    count, and the manifest in the stream must name the same tree (fingerprint, entries) as the sidecar copy.
+    This catches what a checksum alone cannot, for example an archive without its C(.sha256) sidecar, or one whose
+    sidecar was written for a file that was already cut short or damaged. A tar stream cut at a file boundary with an
+    end marker added extracts "successfully" with GNU tar.
 options:
   path:
     description: Directory holding the archives.
@@ -27,6 +34,14 @@ options:
     type: str
   verify:
     description: Re-hash each archive and report V(good) or V(bad) (or V(unverifiable) without a sidecar).
+    type: bool
+    default: false
+  verify_stream:
+    description:
+      - Read each archive's whole stream as described above. Implies the checksum comparison of O(verify) (the hash is
+        computed in the same read).
+      - Without a sidecar, V(good) then means the stream is complete and agrees with its own manifest.
+      - Costs about what reading the archive for a restore costs (decompression and parsing, nothing written).
     type: bool
     default: false
 attributes:
@@ -62,6 +77,16 @@ EXAMPLES = r'''
 - name: Fail when an archive is bad
   ansible.builtin.assert:
     that: check.archives | selectattr('verified', 'equalto', 'bad') | list | length == 0
+- name: Read the newest archive of pgdata to its end, as a restore would (nothing is written)
+  volumeops.docker.backup_info:
+    path: /var/backups/volumes
+    volume: pgdata
+    verify_stream: true
+  register: deep
+- name: Fail unless the newest archive of pgdata would restore
+  ansible.builtin.assert:
+    that: (deep.archives | last).verified == 'good'
+    fail_msg: "{{ (deep.archives | last).error | default('no archive') }}"
 '''
 
 RETURN = r'''
@@ -96,8 +121,13 @@ archives:
       description: The archive's manifest (None when unreadable; see RV(archives[].error)).
       type: dict
     verified:
-      description: With O(verify=true), V(good), V(bad) or V(unverifiable).
+      description:
+        - With O(verify=true) or O(verify_stream=true), V(good), V(bad) or V(unverifiable) (only the checksum was asked
+          for and there is no sidecar).
       type: str
+    stream_entries:
+      description: With O(verify_stream=true), the number of members read from the stream (the manifest not counted).
+      type: int
     error:
       description: Why the manifest could not be read or the archive is bad.
       type: str
@@ -125,38 +155,85 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.volumeops.docker.plugins.module_utils import _archive
 
 
-def describe(info, verify):
+def describe(info, verify, verify_stream):
     path = info['path']
     item = dict(path=path, volume=info['volume'], created=info['created'],
                 age_seconds=round(time.time() - info['epoch'], 3), size=os.path.getsize(path),
                 compression=info['compression'], sha256=None, manifest=None)
+    sidecar_manifest = None
     try:
         item['sha256'] = _archive.read_sidecar_sha256(path)
-        item['manifest'] = _archive.read_sidecar_manifest(path) or _archive.read_stream_manifest(path, info['compression'])
+        sidecar_manifest = _archive.read_sidecar_manifest(path)
+        item['manifest'] = sidecar_manifest or _archive.read_stream_manifest(path, info['compression'])
     except _archive.ArchiveError as exc:
         item['error'] = str(exc)
-    if verify:
+    if verify_stream:
+        stream_problem = read_whole_stream(item, sidecar_manifest)
+        if stream_problem is not None and item['sha256'] is not None:
+            # The stream was not read to its end: hash the whole file on its own, so that a file changed
+            # since it was written is named as such first.
+            item['actual_sha256'] = _archive.sha256_file(path)
+        problems = [pr for pr in (checksum_problem(item), stream_problem) if pr is not None]
+        item['verified'] = 'bad' if problems else 'good'
+        if problems:
+            item['error'] = '; '.join(problems)
+    elif verify:
         if item['sha256'] is None:
             item['verified'] = 'unverifiable'
         else:
-            actual = _archive.sha256_file(path)
-            item['verified'] = 'good' if actual == item['sha256'] else 'bad'
-            if actual != item['sha256']:
-                item['error'] = 'checksum mismatch: the file hashes to %s, the sidecar says %s' % (actual, item['sha256'])
+            item['actual_sha256'] = _archive.sha256_file(path)
+            problem = checksum_problem(item)
+            item['verified'] = 'good' if problem is None else 'bad'
+            if problem is not None:
+                item['error'] = problem
+    item.pop('actual_sha256', None)
     return item
+
+
+def checksum_problem(item):
+    """Why the archive's hash (``actual_sha256``) disagrees with its sidecar, or None (also without a sidecar)."""
+    actual = item.get('actual_sha256')
+    if item['sha256'] is None or actual == item['sha256']:
+        return None
+    return 'checksum mismatch: the file hashes to %s, the sidecar says %s' % (actual, item['sha256'])
+
+
+def read_whole_stream(item, sidecar_manifest):
+    """Read the archive to its end as a restore would (hashing it meanwhile); why it is bad, or None."""
+    try:
+        with open(item['path'], 'rb') as f:
+            seen = _archive.list_stream(_archive.file_chunks(f), item['compression'], allow_devices=True)
+    except _archive.ArchiveError as exc:  # corrupt compression, a hostile or cut member, no end marker
+        return 'stream: %s' % exc
+    except OSError as exc:
+        return 'stream: %s' % _archive.describe_os_error(exc, 'Reading %s' % item['path'])
+    item['actual_sha256'] = seen['sha256']
+    item['stream_entries'] = seen['entries']
+    inside = seen['manifest']
+    if seen['entries'] != inside.get('entries'):
+        # A stream cut at a member boundary, even with an end marker added, holds fewer members.
+        return ('stream: %d members, but its manifest lists %s entries (the archive is incomplete)'
+                % (seen['entries'], inside.get('entries')))
+    if sidecar_manifest is not None and (sidecar_manifest.get('fingerprint'), sidecar_manifest.get('entries')) != \
+            (inside.get('fingerprint'), inside.get('entries')):
+        return ('stream: its manifest (%s entries, %s) differs from the sidecar manifest (%s entries, %s)'
+                % (inside.get('entries'), inside.get('fingerprint'), sidecar_manifest.get('entries'),
+                   sidecar_manifest.get('fingerprint')))
+    return None
 
 
 def main():
     module = AnsibleModule(
         argument_spec=dict(path=dict(type='path', required=True), volume=dict(type='str'),
-                           verify=dict(type='bool', default=False)),
+                           verify=dict(type='bool', default=False), verify_stream=dict(type='bool', default=False)),
         supports_check_mode=True,
     )
     p = module.params
     if not os.path.isdir(p['path']):
         module.fail_json(msg='path %s is not a directory.' % p['path'])
     try:
-        archives = [describe(info, p['verify']) for info in _archive.list_archives(p['path'], p['volume'])]
+        archives = [describe(info, p['verify'], p['verify_stream'])
+                    for info in _archive.list_archives(p['path'], p['volume'])]
     except OSError as exc:
         module.fail_json(msg='Reading archives in %s failed: %s' % (p['path'], exc))
     newest = {}

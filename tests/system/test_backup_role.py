@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 from test_migrate import IMAGE, assert_same_tree, cleanup, digest, make_volume, rand, recap, running, sh
 
@@ -159,13 +160,25 @@ def test_fleet_backup_selection_failure_isolation_check_mode_and_retention(bench
         # (read-only); a destination that does not exist yet is nothing to verify there.
         damaged = sorted(archives_of(listing(bench, 'h1', dest), bk2))[0]
         sh(bench, 'h1', ['sh', '-c', 'printf X | dd of="$0" bs=1 seek=100 conv=notrunc 2>/dev/null', '%s/%s' % (dest, damaged)])
+        # A copy of an archive cut short at a member boundary (end marker added), its sidecars written for the
+        # cut file: sha256sum -c passes, only reading the stream finds it.
+        cut = '%scut_20250101T000000.000000Z.tar.zst' % tag
+        with open(str(Path(__file__).parents[1] / 'integration' / 'targets' / 'backup_info' / 'files' / 'damage.py'),
+                  'rb') as f:
+            bench.exec('h1', ['python3', '-', 'cut', '%s/%s' % (dest, archives_of(listing(bench, 'h1', dest), bk1)[0]),
+                              '%s/%s' % (dest, cut)], input=f.read())
+        assert bench.exec('h1', ['sh', '-c', 'cd "$1" && sha256sum -c --quiet "$2"', 'sh', dest, cut + '.sha256'],
+                          check=False).returncode == 0
         for flags in (('--check',), ()):
             verify = play({'backup_hosts': 'h1', 'backup_volumes': [bk1], 'backup_verify': True}, *flags)
             assert verify.recap['h1']['failed'] == 1, verify.stdout[-6000:]
             assert 'verify: BAD archive %s/%s: checksum mismatch' % (dest, damaged) in verify.stdout, verify.stdout[-6000:]
-            good = len([f for f in listing(bench, 'h1', dest) if f.endswith('.tar.zst')]) - 1
+            assert re.search(r'verify: BAD archive %s/%s: stream: \d+ members, but its manifest lists \d+ entries'
+                             % (re.escape(dest), re.escape(cut)), verify.stdout), verify.stdout[-6000:]
+            good = len([f for f in listing(bench, 'h1', dest) if f.endswith('.tar.zst')]) - 2
             assert 'verify: %d archive(s) in %s good' % (good, dest) in verify.stdout, verify.stdout[-6000:]
             assert re.search(r'%s: unchanged since' % bk1, verify.stdout), verify.stdout[-6000:]
+        bench.exec('h1', ['sh', '-c', 'rm -f "$1"/"$2"*', 'sh', dest, cut])
         fresh = ansible_run(['ansible-playbook', PLAYBOOK, '--check', '-e', json.dumps(
             {'backup_hosts': 'h1', 'backup_volumes': [bk1], 'backup_verify': True, 'backup_dest': dest + '-new'})],
             env=env, timeout=600)
