@@ -828,7 +828,9 @@ def test_source_stream_held_output_is_the_whole_archive(tmp_path, compression):
         plain.close()
     held = _transfer.SourceStream(str(src), [], compression, 1, hold=_transfer.EARLY_HOLD)
     try:
-        time.sleep(0.5)  # the holder reads ahead meanwhile
+        deadline = time.monotonic() + 10
+        while not held.held and time.monotonic() < deadline:
+            time.sleep(0.05)  # the holder reads ahead meanwhile
         assert len(held.held) > 0
         got = b''.join(held.chunks())
         assert held.finish(True)['error'] is None
@@ -847,7 +849,10 @@ def test_source_stream_holds_at_most_its_cap(tmp_path):
     cap = 256 * 1024
     stream = _transfer.SourceStream(str(src), [], 'none', None, hold=cap)
     try:
-        time.sleep(1.0)  # far more than tar needs for 8 MiB: the holder stopped at its cap
+        deadline = time.monotonic() + 10
+        while sum(len(c) for c in stream.held) < cap and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)  # had the holder not stopped at its cap, it would read on meanwhile
         held = sum(len(c) for c in stream.held)
         assert cap <= held < cap + _transfer.CHUNK
         assert stream.tar.poll() is None  # tar waits on its full pipe
