@@ -851,6 +851,13 @@ def _pax_int(pax, key):
         raise StreamRejected('Corrupt pax %s record.' % key.decode('ascii'))
 
 
+def shown(path):
+    """A member path (bytes) for a message: quoted text, undecodable bytes and control characters escaped."""
+    if isinstance(path, bytes):
+        path = path.decode('utf-8', 'backslashreplace')
+    return "'%s'" % ''.join(c if c.isprintable() else repr(c)[1:-1] for c in path)
+
+
 def normalize_member_path(raw):
     """Normalize a member name (bytes) to a relative path without ``./``; raise StreamRejected if unsafe.
 
@@ -859,10 +866,10 @@ def normalize_member_path(raw):
     if b'\0' in raw:
         raise StreamRejected('Refusing archive: member name contains a NUL byte.')
     if raw.startswith(b'/'):
-        raise StreamRejected('Refusing archive: absolute member path %r.' % raw)
+        raise StreamRejected('Refusing archive: absolute member path %s.' % shown(raw))
     parts = [p for p in raw.split(b'/') if p not in (b'', b'.')]
     if b'..' in parts:
-        raise StreamRejected('Refusing archive: member path %r contains "..".' % raw)
+        raise StreamRejected('Refusing archive: member path %s contains "..".' % shown(raw))
     return b'/'.join(parts) if parts else b'.'
 
 
@@ -961,11 +968,12 @@ class TarStreamValidator(object):
         for i in range(1, len(parts)):
             prefix = b'/'.join(parts[:i])
             if prefix in self._links:
-                raise StreamRejected('Refusing archive: member %r would be written through the link %r.'
-                                     % (path, prefix))
+                raise StreamRejected('Refusing archive: member %s would be written through the link %s.'
+                                     % (shown(path), shown(prefix)))
             kind = self._seen.get(prefix)
             if kind is not None and kind != 'd':
-                raise StreamRejected('Refusing archive: member %r is below the non-directory %r.' % (path, prefix))
+                raise StreamRejected('Refusing archive: member %s is below the non-directory %s.'
+                                     % (shown(path), shown(prefix)))
         self._safe_dirs.add(parent)
         while parent and parent not in self._safe_ancestors:
             self._safe_ancestors.add(parent)
@@ -1043,7 +1051,8 @@ class TarStreamValidator(object):
 
         data_size = size if kind == 'f' else 0
         if kind != 'f' and size != 0:
-            raise StreamRejected('Refusing archive: member %r of type %r declares %d data bytes.' % (path, kind, size))
+            raise StreamRejected('Refusing archive: member %s of type %r declares %d data bytes.'
+                                 % (shown(path), kind, size))
 
         if self._first and self.strip_manifest:
             self._first = False
@@ -1062,24 +1071,25 @@ class TarStreamValidator(object):
         for p in norm:
             self._check_parents(p)
         if path in self._seen:
-            raise StreamRejected('Refusing archive: duplicate member %r.' % path)
+            raise StreamRejected('Refusing archive: duplicate member %s.' % shown(path))
         if path == b'.' and kind != 'd':
             raise StreamRejected('Refusing archive: the root entry is not a directory.')
         if kind in ('c', 'b') and not self.allow_devices:
-            raise StreamRejected('Refusing archive: device node %r (set allow_devices: true to restore devices).'
-                                 % path)
+            raise StreamRejected('Refusing archive: device node %s (set allow_devices: true to restore devices).'
+                                 % shown(path))
         if kind == 'h':
             try:
                 target = normalize_member_path(link)
             except StreamRejected:
-                raise StreamRejected('Refusing archive: hard link %r points outside the archive (%r).' % (path, link))
+                raise StreamRejected('Refusing archive: hard link %s points outside the archive (%s).'
+                                     % (shown(path), shown(link)))
             self._check_parents(target)
             tkind = self._seen.get(target)
             if tkind is None:
-                raise StreamRejected('Refusing archive: hard link %r points to %r, which is not an earlier member.'
-                                     % (path, link))
+                raise StreamRejected('Refusing archive: hard link %s points to %s, which is not an earlier member.'
+                                     % (shown(path), shown(link)))
             if tkind == 'd':
-                raise StreamRejected('Refusing archive: hard link %r points to a directory.' % path)
+                raise StreamRejected('Refusing archive: hard link %s points to a directory.' % shown(path))
             self._links.add(path)
         elif kind == 'l':
             if b'\0' in link:

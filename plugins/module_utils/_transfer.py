@@ -1766,8 +1766,9 @@ class OnDiskGuard(object):
                 self.ok_dirs.add(parent)  # created by this stream (validated) later on
                 continue
             if not stat.S_ISDIR(st.st_mode):
-                raise _archive.StreamRejected('Refusing stream: member %r would be written through the existing '
-                                              'non-directory %r on the destination.' % (path, parent))
+                raise _archive.StreamRejected('Refusing stream: member %s would be written through the existing '
+                                              'non-directory %s on the destination.'
+                                              % (_archive.shown(path), _archive.shown(parent)))
             self.ok_dirs.add(parent)
         abspath = self.root if path == b'.' else self.root + b'/' + path
         try:
@@ -1776,8 +1777,8 @@ class OnDiskGuard(object):
             return
         if member.type == 'd':
             if not stat.S_ISDIR(st.st_mode):
-                raise _archive.StreamRejected('Refusing stream: directory member %r exists on the destination as '
-                                              'a non-directory that was not deleted first.' % path)
+                raise _archive.StreamRejected('Refusing stream: directory member %s exists on the destination as '
+                                              'a non-directory that was not deleted first.' % _archive.shown(path))
             for name, dummy in _tree.read_xattrs(abspath):
                 try:
                     os.removexattr(abspath, name, follow_symlinks=False)
@@ -1785,7 +1786,8 @@ class OnDiskGuard(object):
                     pass
             self.ok_dirs.add(path)
         elif stat.S_ISDIR(st.st_mode):
-            raise _archive.StreamRejected('Refusing stream: member %r would replace an existing directory.' % path)
+            raise _archive.StreamRejected('Refusing stream: member %s would replace an existing directory.'
+                                          % _archive.shown(path))
 
 
 def tar_extract_argv(dest):

@@ -466,3 +466,12 @@ def test_deferred_head_error_and_a_failing_producer(tmp_path):
     assert res['producer_rc'] == 2 and _decompress('zstd', path.read_bytes()) == b'HEAD'
     with pytest.raises(ValueError, match='producer_argv'):
         A.write_compressed_stream(io.BytesIO(), 'zstd', head=lambda: b'', producer_chunks=[b'x'])
+
+
+def test_refusals_name_paths_as_text_with_odd_bytes_escaped(_run):
+    with pytest.raises(A.StreamRejected) as info:
+        _run(_tar(lambda tf: _add(tf, './d\xe9v\n', tarfile.CHRTYPE)))
+    # Not Python's bytes repr (b'd\xc3\xa9v\n'): the name as text, quoted, the newline escaped.
+    assert "device node 'd\u00e9v\\n' (set allow_devices" in str(info.value)
+    assert "b'" not in str(info.value)
+    assert A.shown(b'x\xff\x01') == "'x\\xff\\x01'"  # undecodable and control bytes stay visible
