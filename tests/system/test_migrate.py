@@ -591,3 +591,57 @@ def test_sshd_enforces_the_expiry_of_the_temporary_key(bench, tmp_path):
                                                                              'comment': comment}})], check=False)
         bench.exec('h1', ['rm', '-f', private_on_h1], check=False)
     assert comment not in authorized_keys(bench, 'h2')
+
+
+def test_role_options_exclude_extra_stop_no_stop_no_start_quiet(bench, migrate):
+    """The role's pass-through options on one cold pair h1 -> h2, each checked on the hosts:
+    migrate_exclude (the excluded files stay on the source only, everything else equal by the oracle),
+    migrate_stop_containers (a further container stops and stays stopped after success),
+    migrate_stop_using_containers=false (the container using the volume keeps running),
+    migrate_start_destination=false (the same-named container on h2 is not started),
+    migrate_summary=false (no summary lines), migrate_dest_address and migrate_compression_level given.
+    --check first (nothing changes), then the real run, then a rerun that changes nothing."""
+    tag = rand('voopt')
+    vol, app, extra, other = tag + 'v', tag + 'app', tag + 'extra', tag + 'other'
+    excluded = ['run.log', 'logs/b.log']
+    try:
+        mp = make_volume(bench, 'h1', vol)
+        sh(bench, 'h1', ['sh', '-c', 'cd "$0" && echo log > run.log && mkdir logs && echo log > logs/b.log '
+                         '&& echo kept > logs/kept.txt', mp])
+        run_container(bench, 'h1', app, vol)
+        run_container(bench, 'h1', extra, other)
+        run_container(bench, 'h2', app, vol, start=False)
+        extra_vars = {'migrate_source': 'h1', 'migrate_destination': 'h2', 'migrate_volumes': [vol],
+                      'migrate_exclude': ['*.log'], 'migrate_stop_containers': [extra],
+                      'migrate_stop_using_containers': False, 'migrate_start_destination': False,
+                      'migrate_summary': False, 'migrate_dest_address': bench.ip('h2'),
+                      'migrate_compression_level': 3}
+        src = digest(bench, 'h1', vol)
+        assert all(p in src['entries'] for p in excluded), sorted(src['entries'])[:20]
+
+        check = migrate(extra_vars, check=True)
+        assert_ok(check)
+        # The volume on h2 exists (the same-named container there mounts it) and stays empty.
+        assert marker(bench, 'h2', vol) is None and digest(bench, 'h2', vol)['count'] == 1
+        assert running(bench, 'h1', app) and running(bench, 'h1', extra)
+
+        real = migrate(extra_vars)
+        assert_ok(real)
+        dst = digest(bench, 'h2', vol)
+        assert dst is not None and not any(p in dst['entries'] for p in excluded), 'excluded files were copied'
+        diffs = fidelity.compare(src, dst, ignore_paths=excluded)
+        assert not diffs, '\n'.join(diffs[:40])
+        assert dst['count'] == src['count'] - len(excluded) and dst['count'] >= 50
+        assert marker(bench, 'h2', vol)['state'] == 'complete'
+        assert running(bench, 'h1', app), 'migrate_stop_using_containers=false stopped the container'
+        assert not running(bench, 'h1', extra), 'the container of migrate_stop_containers still runs'
+        assert not running(bench, 'h2', app), 'migrate_start_destination=false started the container'
+        assert not re.search(r'h1:%s -> h2:%s' % (re.escape(vol), re.escape(vol)), real.stdout), real.stdout[-4000:]
+        assert digest(bench, 'h1', vol) == src  # the source only read
+
+        again = migrate(extra_vars)
+        assert_unchanged(again)
+        assert digest(bench, 'h2', vol) == dst
+        assert running(bench, 'h1', app) and not running(bench, 'h2', app)
+    finally:
+        cleanup(bench, containers=[app, extra], volumes=[vol, other])
