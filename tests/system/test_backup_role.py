@@ -12,9 +12,12 @@ import json
 import re
 from pathlib import Path
 
-from test_migrate import IMAGE, assert_same_tree, cleanup, digest, make_volume, rand, recap, running, sh
+from test_migrate import IMAGE, assert_same_tree, cleanup, digest, make_volume, rand, recap, run_container, running, sh
+
+import fidelity  # tests/support, put on sys.path by test_migrate
 
 PLAYBOOK = 'playbooks/backup-volumes.yml'
+RESTORE_PLAYBOOK = 'playbooks/restore-volumes.yml'
 
 
 def listing(bench, host, dest):
@@ -23,6 +26,10 @@ def listing(bench, host, dest):
     if proc.returncode != 0:
         return None
     return sorted(proc.stdout.decode().split())
+
+
+def volume_exists(bench, host, name):
+    return bench.exec(host, ['docker', 'volume', 'inspect', name], check=False).returncode == 0
 
 
 def archives_of(files, volume):
@@ -197,3 +204,89 @@ def test_fleet_backup_selection_failure_isolation_check_mode_and_retention(bench
         cleanup(bench, volumes=[v for v in (bk1, bk2, bk3, bk4, bk5, bkt, tag + 'restored', anonymous) if v])
         for host in ('h1', 'h2'):
             bench.exec(host, ['rm', '-rf', dest], check=False)
+
+
+def test_backup_and_restore_roles_pass_their_options_through(bench, ansible_run, ansible_env):
+    """The options the backup and restore roles hand to the modules, each checked on the host: compression
+    and level, exclude, mode/owner/group of the archive and its sidecars, data_path/helper_image (a helper
+    path without an image fails naming it), force; restore_create=false, restore_require_checksum=false,
+    restore_stop_containers, restore_existing=replace through the helper path."""
+    tag = rand('vopt')
+    vol, copy, app = tag + 'v', tag + 'copy', tag + 'app'
+    dest = '/var/backups/%s' % tag
+    env = dict(ansible_env)
+    env.pop('ANSIBLE_PIPELINING', None)
+
+    def play(playbook, extra):
+        proc = ansible_run(['ansible-playbook', playbook, '-e', json.dumps(extra)], env=env, timeout=600)
+        proc.recap = recap(proc.stdout)
+        return proc
+
+    backup_vars = {'backup_hosts': 'h1', 'backup_volumes': [vol], 'backup_dest': dest, 'backup_compression': 'gzip',
+                   'backup_compression_level': 9, 'backup_exclude': ['*.log'], 'backup_mode': '0640',
+                   'backup_owner': 'nobody', 'backup_group': 'nogroup', 'backup_consistency': 'best_effort',
+                   'backup_data_path': 'helper'}
+    try:
+        mp = make_volume(bench, 'h1', vol)
+        sh(bench, 'h1', ['sh', '-c', 'cd "$0" && echo log > run.log && mkdir extra && echo kept > extra/kept.txt', mp])
+        run_container(bench, 'h1', app, vol)
+        src = digest(bench, 'h1', vol)
+
+        # The helper path without its image: the volume fails, naming what is missing.
+        noimage = play(PLAYBOOK, backup_vars)
+        assert noimage.recap['h1']['failed'] == 1 and 'set helper_image' in noimage.stdout, noimage.stdout[-4000:]
+        assert not archives_of(listing(bench, 'h1', dest), vol)
+
+        backup_vars['backup_helper_image'] = IMAGE
+        first = play(PLAYBOOK, backup_vars)
+        assert first.recap['h1']['failed'] == 0, first.stdout[-4000:]
+        files = listing(bench, 'h1', dest)
+        gz = [f for f in files if re.match(r'^%s_\S+\.tar\.gz$' % re.escape(vol), f)]
+        assert len(gz) == 1 and not archives_of(files, vol), files
+        for name in (gz[0], gz[0] + '.sha256', gz[0] + '.manifest.json'):
+            assert sh(bench, 'h1', ['stat', '-c', '%a %U:%G', '%s/%s' % (dest, name)]) == '640 nobody:nogroup', name
+        members = sh(bench, 'h1', ['tar', '-tzf', '%s/%s' % (dest, gz[0])]).split('\n')
+        assert './extra/kept.txt' in members and './run.log' not in members, members[:20]
+        assert sh(bench, 'h1', ['sh', '-c', 'gzip -l "$0" >/dev/null && echo gzip', '%s/%s' % (dest, gz[0])]) == 'gzip'
+
+        again = play(PLAYBOOK, backup_vars)  # unchanged: nothing written
+        assert again.recap['h1']['changed'] == 0 and len(listing(bench, 'h1', dest)) == 3, again.stdout[-4000:]
+        forced = play(PLAYBOOK, dict(backup_vars, backup_force=True))
+        assert forced.recap['h1']['failed'] == 0 and len(listing(bench, 'h1', dest)) == 6, forced.stdout[-4000:]
+
+        # Restore: a missing volume with restore_create=false is refused and not created.
+        restore_vars = {'restore_hosts': 'h1', 'restore_src': dest, 'restore_volumes': [{'name': copy, 'from': vol}]}
+        nocreate = play(RESTORE_PLAYBOOK, dict(restore_vars, restore_create=False))
+        assert nocreate.recap['h1']['failed'] == 1 and 'does not exist' in nocreate.stdout, nocreate.stdout[-4000:]
+        assert volume_exists(bench, 'h1', copy) is False
+        # An archive named by path without its checksum file: refused by default, restored with the opt-out.
+        older, newest = sorted(f for f in listing(bench, 'h1', dest) if f.endswith('.tar.gz'))
+        sh(bench, 'h1', ['rm', '%s/%s.sha256' % (dest, newest)])
+        by_path = dict(restore_vars, restore_volumes=[{'name': copy, 'archive': '%s/%s' % (dest, newest)}])
+        nosum = play(RESTORE_PLAYBOOK, by_path)
+        assert nosum.recap['h1']['failed'] == 1 and 'no checksum file' in nosum.stdout, nosum.stdout[-4000:]
+        assert volume_exists(bench, 'h1', copy) is False
+        restored = play(RESTORE_PLAYBOOK, dict(by_path, restore_require_checksum=False))
+        assert restored.recap['h1']['failed'] == 0, restored.stdout[-4000:]
+        diffs = fidelity.compare(src, digest(bench, 'h1', copy), ignore_paths=['run.log'])
+        assert not diffs and 'run.log' not in digest(bench, 'h1', copy)['entries'], '\n'.join(diffs[:40])
+
+        # Replace the source volume's content through the helper path, its running container stopped and
+        # started again: the volume ends with exactly the archive's content (run.log gone).
+        started_at = sh(bench, 'h1', ['docker', 'container', 'inspect', '-f', '{{.State.StartedAt}}', app])
+        replace = play(RESTORE_PLAYBOOK, dict(restore_vars, restore_volumes=[vol], restore_existing='replace',
+                                              restore_stop_containers=True,
+                                              restore_data_path='helper', restore_helper_image=IMAGE))
+        assert replace.recap['h1']['failed'] == 0 and replace.recap['h1']['changed'] > 0, replace.stdout[-4000:]
+        # By volume name (restore_require_checksum left true) the newest archive with its checksum file is
+        # chosen: the newer one without it is passed over.
+        chosen = re.findall(r'%s: restored from (\S+)' % re.escape(vol), replace.stdout)
+        assert chosen == [older], (chosen, older, newest)
+        assert running(bench, 'h1', app), 'the container stopped for the restore was not started again'
+        assert sh(bench, 'h1', ['docker', 'container', 'inspect', '-f', '{{.State.StartedAt}}', app]) != started_at, \
+            'restore_stop_containers: the container was not stopped and started again'
+        after = digest(bench, 'h1', vol)
+        assert not fidelity.compare(src, after, ignore_paths=['run.log']) and 'run.log' not in after['entries']
+    finally:
+        cleanup(bench, containers=[app], volumes=[vol, copy])
+        bench.exec('h1', ['rm', '-rf', dest], check=False)
