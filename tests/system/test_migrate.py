@@ -645,3 +645,26 @@ def test_role_options_exclude_extra_stop_no_stop_no_start_quiet(bench, migrate):
         assert running(bench, 'h1', app) and not running(bench, 'h2', app)
     finally:
         cleanup(bench, containers=[app, extra], volumes=[vol, other])
+
+
+def test_fail_at_end_false_reports_the_failed_pair_without_failing_the_play(bench, migrate):
+    """migrate_fail_at_end=false: a pair that fails (a volume missing on the source) is in the summary as
+    FAILED with its reason, the play itself succeeds, and the other pair of the same source host migrates."""
+    tag = rand('vofae')
+    good, missing = tag + 'good', tag + 'missing'
+    try:
+        make_volume(bench, 'h1', good)
+        src = digest(bench, 'h1', good)
+        pairs = [{'source': 'h1', 'destination': 'h2', 'volumes': [missing]},
+                 {'source': 'h1', 'destination': 'h2', 'volumes': [good]}]
+        strict = migrate({'migrate_pairs': pairs}, check=True)
+        assert strict.returncode != 0 and strict.recap['h1']['failed'] == 1, strict.stdout[-4000:]
+        proc = migrate({'migrate_pairs': pairs, 'migrate_fail_at_end': False})
+        assert_ok(proc)
+        assert re.search(r'h1:%s -> h2  FAILED  .*Volume\(s\) not found on h1: %s' % (missing, missing), proc.stdout), \
+            proc.stdout[-4000:]
+        summary_ok(proc, 'h1', good, 'h2')
+        assert_same_tree(src, digest(bench, 'h2', good))
+        assert volume_inspect(bench, 'h2', missing) is None
+    finally:
+        cleanup(bench, volumes=[good, missing])
