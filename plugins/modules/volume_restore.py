@@ -38,6 +38,8 @@ options:
   archive:
     description:
       - Path of the archive on the managed host, or V(latest) for the newest archive of O(source_volume) in O(src).
+      - V(latest) passes over archives without their C(.sha256) sidecar (a final-named archive always gets one, so
+        such a file was copied in by hand or lost it), unless O(require_checksum=false).
     type: str
     required: true
   src:
