@@ -668,3 +668,35 @@ def test_fail_at_end_false_reports_the_failed_pair_without_failing_the_play(benc
         assert volume_inspect(bench, 'h2', missing) is None
     finally:
         cleanup(bench, volumes=[good, missing])
+
+
+def test_temporary_key_is_restricted_to_the_source_address(bench, migrate):
+    """migrate_source_address goes into the temporary key's from= restriction on the destination: with an
+    address that is not the source's, the destination's sshd refuses the key (one clear failure, the source's
+    container running again, the destination not complete, the key removed); with the source's own address
+    the migration succeeds."""
+    tag = rand('vosrc')
+    vol, app = tag + 'v', tag + 'app'
+    try:
+        make_volume(bench, 'h1', vol)
+        run_container(bench, 'h1', app, vol)
+        src = digest(bench, 'h1', vol)
+        keys_before = authorized_keys(bench, 'h2')
+        wrong = bench.ip('h2').rsplit('.', 1)[0] + '.250'  # on the bench subnet, but no host has it
+        refused = migrate({'migrate_source': 'h1', 'migrate_destination': 'h2', 'migrate_volumes': [vol],
+                           'migrate_source_address': wrong})
+        assert refused.returncode != 0 and refused.recap['h1']['failed'] == 1, refused.stdout[-4000:]
+        assert re.search(r'h1:%s -> h2  FAILED  .*Authentication' % re.escape(vol), refused.stdout), refused.stdout[-4000:]
+        assert running(bench, 'h1', app)
+        assert (marker(bench, 'h2', vol) or {}).get('state') != 'complete'
+        assert authorized_keys(bench, 'h2') == keys_before
+        assert digest(bench, 'h1', vol) == src
+
+        ok = migrate({'migrate_source': 'h1', 'migrate_destination': 'h2', 'migrate_volumes': [vol],
+                      'migrate_source_address': bench.ip('h1')})
+        assert_ok(ok)
+        summary_ok(ok, 'h1', vol, 'h2')
+        assert_same_tree(src, digest(bench, 'h2', vol))
+        assert authorized_keys(bench, 'h2') == keys_before
+    finally:
+        cleanup(bench, containers=[app], volumes=[vol])
