@@ -36,6 +36,7 @@ IMAGE = os.environ.get('VOLUMEOPS_TEST_IMAGE', 'volumeops-test/busybox:1')
 FIDELITY_SOURCE = (REPO_ROOT / 'tests' / 'support' / 'fidelity.py').read_bytes()
 HOST_PYTHON = '/usr/bin/python3'
 VENV_BIN = Path(os.environ.get('VOLUMEOPS_VENV', '/opt/volumeops/venv')) / 'bin'
+HOST_VENV_PYTHON = str(VENV_BIN / 'python')  # the interpreter the bench inventory gives Ansible on the hosts
 
 
 def rand(prefix='vomig'):
@@ -700,3 +701,28 @@ def test_temporary_key_is_restricted_to_the_source_address(bench, migrate):
         assert authorized_keys(bench, 'h2') == keys_before
     finally:
         cleanup(bench, containers=[app], volumes=[vol])
+
+
+def test_relay_with_given_key_and_python(bench, migrate):
+    """Relay mode (migrate_transfer=controller) with migrate_relay_private_key and migrate_relay_source_python
+    given: a Python that does not exist on the source is one clear failure with nothing complete on the
+    destination; the bench's controller key and the source's real interpreter relay the copy, equal by the
+    oracle."""
+    tag = rand('vorly')
+    vol = tag + 'v'
+    base = {'migrate_source': 'h1', 'migrate_destination': 'h2', 'migrate_volumes': [vol],
+            'migrate_transfer': 'controller', 'migrate_relay_private_key': bench.key}
+    try:
+        make_volume(bench, 'h1', vol)
+        src = digest(bench, 'h1', vol)
+        bad = migrate(dict(base, migrate_relay_source_python='/nonexistent/python3'))
+        assert bad.returncode != 0 and bad.recap['h1']['failed'] == 1, bad.stdout[-4000:]
+        assert re.search(r'h1:%s -> h2  FAILED  .*/nonexistent/python3' % re.escape(vol), bad.stdout), bad.stdout[-4000:]
+        assert (marker(bench, 'h2', vol) or {}).get('state') != 'complete'
+        ok = migrate(dict(base, migrate_relay_source_python=HOST_VENV_PYTHON))
+        assert_ok(ok)
+        assert re.search(r'h1:%s -> h2:%s  OK .*relayed by the controller' % (re.escape(vol), re.escape(vol)),
+                         ok.stdout), ok.stdout[-4000:]
+        assert_same_tree(src, digest(bench, 'h2', vol))
+    finally:
+        cleanup(bench, volumes=[vol])
