@@ -1116,11 +1116,15 @@ class Sender(object):
 
     def close(self):
         try:
-            if self.channel is not None:
-                self.channel.close()
+            if self.early_stream is not None:
+                self.early_stream.close()  # started, never sent: a check failed or the pass ended early
         finally:
-            if self.client is not None:
-                self.client.close()
+            try:
+                if self.channel is not None:
+                    self.channel.close()
+            finally:
+                if self.client is not None:
+                    self.client.close()
 
     # main ------------------------------------------------------------------
     def run(self):
@@ -1176,8 +1180,6 @@ class Sender(object):
         finally:
             connector.join()
             self.close()
-            if self.early_stream is not None:
-                self.early_stream.close()
 
     def _early_stream_sound(self, scan):
         """Whether what tar read while the source was walked may be sent (see run).

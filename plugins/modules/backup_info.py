@@ -167,59 +167,54 @@ def describe(info, verify, verify_stream):
         item['manifest'] = sidecar_manifest or _archive.read_stream_manifest(path, info['compression'])
     except _archive.ArchiveError as exc:
         item['error'] = str(exc)
-    if verify_stream:
-        stream_problem = read_whole_stream(item, sidecar_manifest)
-        if stream_problem is not None and item['sha256'] is not None:
-            # The stream was not read to its end: hash the whole file on its own, so that a file changed
-            # since it was written is named as such first.
-            item['actual_sha256'] = _archive.sha256_file(path)
-        problems = [pr for pr in (checksum_problem(item), stream_problem) if pr is not None]
-        item['verified'] = 'bad' if problems else 'good'
-        if problems:
-            item['error'] = '; '.join(problems)
-    elif verify:
-        if item['sha256'] is None:
-            item['verified'] = 'unverifiable'
-        else:
-            item['actual_sha256'] = _archive.sha256_file(path)
-            problem = checksum_problem(item)
-            item['verified'] = 'good' if problem is None else 'bad'
-            if problem is not None:
-                item['error'] = problem
-    item.pop('actual_sha256', None)
+    if not (verify or verify_stream):
+        return item
+    if item['sha256'] is None and not verify_stream:
+        item['verified'] = 'unverifiable'
+        return item
+    actual, stream_problem = read_whole_stream(item, sidecar_manifest) if verify_stream else (None, None)
+    if actual is None and item['sha256'] is not None:
+        # Only the checksum was asked for, or the stream was not read to its end: hash the whole file on
+        # its own, so that a file changed since it was written is named as such first.
+        actual = _archive.sha256_file(path)
+    problems = [pr for pr in (checksum_problem(item['sha256'], actual), stream_problem) if pr is not None]
+    item['verified'] = 'bad' if problems else 'good'
+    if problems:
+        item['error'] = '; '.join(problems)
     return item
 
 
-def checksum_problem(item):
-    """Why the archive's hash (``actual_sha256``) disagrees with its sidecar, or None (also without a sidecar)."""
-    actual = item.get('actual_sha256')
-    if item['sha256'] is None or actual == item['sha256']:
+def checksum_problem(expected, actual):
+    """Why the archive's hash ``actual`` disagrees with its sidecar's ``expected``, or None (also without a sidecar)."""
+    if expected is None or actual == expected:
         return None
-    return 'checksum mismatch: the file hashes to %s, the sidecar says %s' % (actual, item['sha256'])
+    return 'checksum mismatch: the file hashes to %s, the sidecar says %s' % (actual, expected)
 
 
 def read_whole_stream(item, sidecar_manifest):
-    """Read the archive to its end as a restore would (hashing it meanwhile); why it is bad, or None."""
+    """Read the archive to its end as a restore would, hashing it meanwhile.
+
+    (sha256 of the file, or None when the stream was not read to its end; why it is bad, or None).
+    """
     try:
         with open(item['path'], 'rb') as f:
             seen = _archive.list_stream(_archive.file_chunks(f), item['compression'], allow_devices=True)
     except _archive.ArchiveError as exc:  # corrupt compression, a hostile or cut member, no end marker
-        return 'stream: %s' % exc
+        return None, 'stream: %s' % exc
     except OSError as exc:
-        return 'stream: %s' % _archive.describe_os_error(exc, 'Reading %s' % item['path'])
-    item['actual_sha256'] = seen['sha256']
+        return None, 'stream: %s' % _archive.describe_os_error(exc, 'Reading %s' % item['path'])
     item['stream_entries'] = seen['entries']
     inside = seen['manifest']
     if seen['entries'] != inside.get('entries'):
         # A stream cut at a member boundary, even with an end marker added, holds fewer members.
-        return ('stream: %d members, but its manifest lists %s entries (the archive is incomplete)'
-                % (seen['entries'], inside.get('entries')))
+        return seen['sha256'], ('stream: %d members, but its manifest lists %s entries (the archive is incomplete)'
+                                % (seen['entries'], inside.get('entries')))
     if sidecar_manifest is not None and (sidecar_manifest.get('fingerprint'), sidecar_manifest.get('entries')) != \
             (inside.get('fingerprint'), inside.get('entries')):
-        return ('stream: its manifest (%s entries, %s) differs from the sidecar manifest (%s entries, %s)'
-                % (inside.get('entries'), inside.get('fingerprint'), sidecar_manifest.get('entries'),
-                   sidecar_manifest.get('fingerprint')))
-    return None
+        return seen['sha256'], ('stream: its manifest (%s entries, %s) differs from the sidecar manifest (%s entries, %s)'
+                                % (inside.get('entries'), inside.get('fingerprint'), sidecar_manifest.get('entries'),
+                                   sidecar_manifest.get('fingerprint')))
+    return seen['sha256'], None
 
 
 def main():

@@ -12,7 +12,8 @@ import json
 import re
 from pathlib import Path
 
-from test_migrate import IMAGE, assert_same_tree, cleanup, digest, make_volume, rand, recap, run_container, running, sh
+from test_migrate import (IMAGE, assert_same_tree, cleanup, digest, make_volume, rand, recap, run_container, running,
+                          sh, volume_inspect)
 
 import fidelity  # tests/support, put on sys.path by test_migrate
 
@@ -26,10 +27,6 @@ def listing(bench, host, dest):
     if proc.returncode != 0:
         return None
     return sorted(proc.stdout.decode().split())
-
-
-def volume_exists(bench, host, name):
-    return bench.exec(host, ['docker', 'volume', 'inspect', name], check=False).returncode == 0
 
 
 def archives_of(files, volume):
@@ -258,14 +255,14 @@ def test_backup_and_restore_roles_pass_their_options_through(bench, ansible_run,
         restore_vars = {'restore_hosts': 'h1', 'restore_src': dest, 'restore_volumes': [{'name': copy, 'from': vol}]}
         nocreate = play(RESTORE_PLAYBOOK, dict(restore_vars, restore_create=False))
         assert nocreate.recap['h1']['failed'] == 1 and 'does not exist' in nocreate.stdout, nocreate.stdout[-4000:]
-        assert volume_exists(bench, 'h1', copy) is False
+        assert volume_inspect(bench, 'h1', copy) is None
         # An archive named by path without its checksum file: refused by default, restored with the opt-out.
         older, newest = sorted(f for f in listing(bench, 'h1', dest) if f.endswith('.tar.gz'))
         sh(bench, 'h1', ['rm', '%s/%s.sha256' % (dest, newest)])
         by_path = dict(restore_vars, restore_volumes=[{'name': copy, 'archive': '%s/%s' % (dest, newest)}])
         nosum = play(RESTORE_PLAYBOOK, by_path)
         assert nosum.recap['h1']['failed'] == 1 and 'no checksum file' in nosum.stdout, nosum.stdout[-4000:]
-        assert volume_exists(bench, 'h1', copy) is False
+        assert volume_inspect(bench, 'h1', copy) is None
         restored = play(RESTORE_PLAYBOOK, dict(by_path, restore_require_checksum=False))
         assert restored.recap['h1']['failed'] == 0, restored.stdout[-4000:]
         diffs = fidelity.compare(src, digest(bench, 'h1', copy), ignore_paths=['run.log'])
