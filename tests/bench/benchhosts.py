@@ -111,7 +111,8 @@ PubkeyAuthentication yes
 PasswordAuthentication no
 KbdInteractiveAuthentication no
 UsePAM no
-AuthorizedKeysFile /root/.ssh/authorized_keys
+# The second file lets a test give the migrate role another path (migrate_dest_authorized_keys).
+AuthorizedKeysFile /root/.ssh/authorized_keys /etc/ssh/authorized_keys.d/%u
 StrictModes yes
 UseDNS no
 MaxStartups 100:30:200

@@ -726,3 +726,73 @@ def test_relay_with_given_key_and_python(bench, migrate):
         assert_same_tree(src, digest(bench, 'h2', vol))
     finally:
         cleanup(bench, volumes=[vol])
+
+
+def file_identity(bench, host, path):
+    """(inode, mtime_ns, content) of a file on host: a rewrite (the role's temp file renamed into place)
+    changes the inode even when the content ends up the same."""
+    return sh(bench, host, [HOST_PYTHON, '-c', 'import os,sys; s = os.stat(sys.argv[1]); '
+                            'print(s.st_ino, s.st_mtime_ns); print(open(sys.argv[1]).read())', path])
+
+
+def test_dest_authorized_keys_and_docker_root_elsewhere(bench, migrate):
+    """migrate_dest_authorized_keys and migrate_dest_docker_root given, on one pair h1 -> h2 with
+    migrate_remove_source (the bench's sshd also reads /etc/ssh/authorized_keys.d/<user>):
+
+    - a Docker root that does not exist on h2: the pre-flight fails with one message naming the variable,
+      nothing is created on h2, the source keeps its volume;
+    - the Docker root given as another path to it (a symlink) and the key file given elsewhere: the copy
+      is equal by the oracle, the source volume removed, the temporary key was written to and removed from
+      the given file only (the default file was never rewritten: same inode, mtime and content);
+    - a rerun with the same variables finds the destination's marker under the given root: unchanged; under
+      a root where it is not, the removed source is reported missing (one message), the copy left alone.
+    """
+    tag = rand('voalt')
+    vol = tag + 'v'
+    alt_root = '/srv/%s-docker' % tag
+    alt_keys = '/etc/ssh/authorized_keys.d/root'
+    base = {'migrate_source': 'h1', 'migrate_destination': 'h2', 'migrate_volumes': [vol],
+            'migrate_remove_source': True, 'migrate_dest_authorized_keys': alt_keys}
+    try:
+        make_volume(bench, 'h1', vol)
+        src = digest(bench, 'h1', vol)
+        sh(bench, 'h2', ['ln', '-s', '/var/lib/docker', alt_root])
+        default_keys = file_identity(bench, 'h2', '/root/.ssh/authorized_keys')
+
+        wrong = migrate(dict(base, migrate_dest_docker_root='/nonexistent/docker'))
+        assert wrong.returncode != 0 and wrong.recap['h1']['failed'] == 1, wrong.stdout[-4000:]
+        assert re.search(r'h1:%s -> h2  FAILED  .*Cannot measure the free space on h2: /nonexistent/docker/volumes: '
+                         r'.*is migrate_dest_docker_root=/nonexistent/docker the Docker data root there'
+                         % re.escape(vol), wrong.stdout), wrong.stdout[-4000:]
+        assert volume_inspect(bench, 'h2', vol) is None
+        assert digest(bench, 'h1', vol) == src
+        assert 'volumeops-migrate-' not in sh(bench, 'h2', ['cat', alt_keys], check=False)
+
+        ok = migrate(dict(base, migrate_dest_docker_root=alt_root))
+        assert_ok(ok)
+        summary_ok(ok, 'h1', vol, 'h2')
+        assert_same_tree(src, digest(bench, 'h2', vol))
+        assert marker(bench, 'h2', vol)['state'] == 'complete'
+        assert volume_inspect(bench, 'h1', vol) is None, 'migrate_remove_source kept the source volume'
+        assert file_identity(bench, 'h2', '/root/.ssh/authorized_keys') == default_keys, \
+            'the default authorized_keys was rewritten'
+        # The role created the given file (it did not exist), and its temporary key line is gone again.
+        alt = sh(bench, 'h2', ['cat', alt_keys])
+        assert 'volumeops-migrate-' not in alt, alt
+
+        again = migrate(dict(base, migrate_dest_docker_root=alt_root))
+        assert_unchanged(again)
+        assert len(re.findall(r'  OK \(unchanged', again.stdout)) == 1, again.stdout[-4000:]
+        assert_same_tree(src, digest(bench, 'h2', vol))
+        assert file_identity(bench, 'h2', '/root/.ssh/authorized_keys') == default_keys
+        # ... and only there: under another root the marker is not found, so the removed source is missing.
+        lost = migrate(dict(base, migrate_dest_docker_root='/nonexistent/docker'))
+        assert lost.returncode != 0 and lost.recap['h1']['failed'] == 1, lost.stdout[-4000:]
+        assert re.search(r'h1:%s -> h2  FAILED  .*Volume\(s\) not found on h1: %s\. With remove_source, .* only when h2 '
+                         r'holds its complete copy by this migration under migrate_dest_docker_root=/nonexistent/docker'
+                         % (re.escape(vol), re.escape(vol)), lost.stdout), lost.stdout[-4000:]
+        assert_same_tree(src, digest(bench, 'h2', vol))
+        assert marker(bench, 'h2', vol)['state'] == 'complete'
+    finally:
+        sh(bench, 'h2', ['rm', '-rf', alt_root, '/etc/ssh/authorized_keys.d'], check=False)
+        cleanup(bench, volumes=[vol])
