@@ -841,7 +841,7 @@ def _octal(field, what):
     try:
         return int(field.strip(), 8)
     except ValueError:
-        raise StreamRejected('Corrupt tar header: invalid %s field %r.' % (what, field))
+        raise StreamRejected('Corrupt tar header: invalid %s field %s.' % (what, shown(field)))
 
 
 def _pax_int(pax, key):
@@ -1014,7 +1014,7 @@ class TarStreamValidator(object):
             self._forward = True
             return
         if typeflag not in ALLOWED_TYPES:
-            raise StreamRejected('Refusing archive: unsupported member type %r.' % typeflag)
+            raise StreamRejected('Refusing archive: unsupported member type %s.' % shown(typeflag))
         kind = ALLOWED_TYPES[typeflag]
         pax = self._pax
         self._pax = {}

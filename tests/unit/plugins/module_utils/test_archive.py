@@ -475,3 +475,24 @@ def test_refusals_name_paths_as_text_with_odd_bytes_escaped(_run):
     assert "device node 'd\u00e9v\\n' (set allow_devices" in str(info.value)
     assert "b'" not in str(info.value)
     assert A.shown(b'x\xff\x01') == "'x\\xff\\x01'"  # undecodable and control bytes stay visible
+
+
+def _with_header_field(raw, member, start, value):
+    """The stream with bytes [start:start+len(value)] of ``member``'s header replaced, checksum made valid again."""
+    offset = next(m.offset for m in tarfile.open(fileobj=io.BytesIO(raw)) if m.name == member)
+    raw = bytearray(raw)
+    raw[offset + start:offset + start + len(value)] = value
+    header = raw[offset:offset + 512]
+    header[148:156] = b' ' * 8
+    raw[offset + 148:offset + 156] = b'%06o\0 ' % sum(header)
+    return bytes(raw)
+
+
+def test_corrupt_fields_are_named_as_text(_run):
+    raw = _tar(lambda tf: _add(tf, './f', data=b'x'))
+    with pytest.raises(A.StreamRejected) as info:
+        _run(_with_header_field(raw, './f', 156, b'X'))  # typeflag
+    assert str(info.value) == "Refusing archive: unsupported member type 'X'."
+    with pytest.raises(A.StreamRejected) as info:
+        _run(_with_header_field(raw, './f', 124, b'0000000\xff9\x01\0\0'))  # size (12 bytes): not octal
+    assert str(info.value) == "Corrupt tar header: invalid size field '0000000\\xff9\\x01'."
