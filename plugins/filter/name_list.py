@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.collections import is_sequence
-from ansible.module_utils.six import string_types
 
 
 def name_list(value):
@@ -19,7 +18,7 @@ def name_list(value):
     """
     if value is None:
         return []
-    if isinstance(value, string_types):
+    if isinstance(value, str):
         items = value.split(',')
     elif is_sequence(value):
         items = list(value)
@@ -28,7 +27,7 @@ def name_list(value):
                                  % type(value).__name__)
     out = []
     for item in items:
-        if isinstance(item, string_types):
+        if isinstance(item, str):
             item = item.strip()
             if not item:
                 continue

@@ -10,7 +10,6 @@ import base64
 from ansible.errors import AnsibleFilterError
 from ansible.module_utils.common.collections import is_sequence
 from ansible.module_utils.common.text.converters import to_bytes
-from ansible.module_utils.six import string_types
 
 # Run by /bin/sh on the host with the base64 words as its arguments: each is decoded into "$@" in
 # turn, then the list is executed as it is. The sentinel "." keeps trailing newlines, which $(...)
@@ -27,11 +26,11 @@ def raw_argv(argv):
     Here the login shell sees only a constant script and single-quoted base64 words (letters,
     digits, ``+/=``), which every shell reads alike.
     """
-    if isinstance(argv, string_types) or not is_sequence(argv) or not argv:
+    if isinstance(argv, str) or not is_sequence(argv) or not argv:
         raise AnsibleFilterError('raw_argv: expected a non-empty list of arguments, got %r' % (argv,))
     words = []
     for arg in argv:
-        if isinstance(arg, bool) or not isinstance(arg, string_types + (int,)):
+        if isinstance(arg, bool) or not isinstance(arg, (str, int)):
             raise AnsibleFilterError('raw_argv: arguments must be strings or integers, got %r' % (arg,))
         words.append("'%s'" % base64.b64encode(to_bytes(str(arg), errors='surrogate_or_strict')).decode('ascii'))
     return "/bin/sh -c '%s' volumeops-exec %s" % (EXEC_SCRIPT, ' '.join(words))

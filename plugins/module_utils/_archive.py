@@ -58,6 +58,7 @@ import tarfile
 import tempfile
 import threading
 
+from ansible_collections.volumeops.docker.plugins.module_utils import _process
 from ansible_collections.volumeops.docker.plugins.module_utils import _tree
 
 FORMAT_VERSION = 1
@@ -345,7 +346,7 @@ def check_tools(compression, need_tar=True):
         if not tar:
             missing.append('GNU tar')
         else:
-            out = subprocess.run([tar, '--version'], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, check=False).stdout
+            out = _process.output([tar, '--version'])[1]
             if b'GNU tar' not in out:
                 missing.append('GNU tar (the tar on PATH is not GNU tar)')
     if compression == 'zstd' and not shutil.which('zstd'):
@@ -597,12 +598,10 @@ class _HeadBeside(object):
         try:
             head = make_head()
             if comp_argv is not None:
-                proc = subprocess.run(comp_argv, input=head, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                      check=False)
-                if proc.returncode != 0:
-                    raise ArchiveError('%s failed (exit %s): %s' % (comp_argv[0], proc.returncode,
-                                                                    proc.stderr.decode('utf-8', 'replace').strip()))
-                head = proc.stdout
+                rc, out, err = _process.output(comp_argv, stdin_data=head)
+                if rc != 0:
+                    raise ArchiveError('%s failed (exit %s): %s' % (comp_argv[0], rc, err.decode('utf-8', 'replace').strip()))
+                head = out
             self._box['head'] = head
         except BaseException as exc:  # pylint: disable=broad-except; re-raised in the caller's thread
             self._box['error'] = exc
@@ -712,7 +711,7 @@ def write_compressed_stream(out, compression, level=None, head=b'', producer_arg
             if head:
                 emit(head)
             if producer_argv is not None:
-                prod = subprocess.Popen(producer_argv, stdout=subprocess.PIPE, stderr=prod_err, cwd=producer_cwd)
+                prod = _process.spawn(producer_argv, stdout=subprocess.PIPE, stderr=prod_err, cwd=producer_cwd)
                 procs.append(prod)
                 widen_pipe(prod.stdout)
                 source = pipe_chunks(prod.stdout)
@@ -726,7 +725,7 @@ def write_compressed_stream(out, compression, level=None, head=b'', producer_arg
             wpipe = os.fdopen(wfd, 'wb', buffering=0)
             widen_pipe(wpipe)  # producer -> compressor; measured: less time in pipe wake-ups
             try:
-                comp = subprocess.Popen(comp_argv, stdin=rfd, stdout=subprocess.PIPE, stderr=comp_err)
+                comp = _process.spawn(comp_argv, stdin=rfd, stdout=subprocess.PIPE, stderr=comp_err)
             except BaseException:
                 wpipe.close()
                 raise
@@ -742,7 +741,7 @@ def write_compressed_stream(out, compression, level=None, head=b'', producer_arg
                     t = threading.Thread(target=_feed, args=([head], head_pipe, feed_errors))
                     t.start()
                     t.join()
-                prod = subprocess.Popen(producer_argv, stdout=wpipe, stderr=prod_err, cwd=producer_cwd)
+                prod = _process.spawn(producer_argv, stdout=wpipe, stderr=prod_err, cwd=producer_cwd)
                 procs.insert(0, prod)
                 wpipe.close()
             else:
@@ -1243,7 +1242,7 @@ class DecompressedPipe(object):
     def __enter__(self):
         self.err = tempfile.TemporaryFile()
         try:
-            self.proc = subprocess.Popen(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err)
+            self.proc = _process.spawn(self.argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err)
         except Exception:
             self.err.close()
             raise
@@ -1336,8 +1335,8 @@ def extract_stream(source_chunks, compression, dest, allow_devices=False, on_mem
     validator = TarStreamValidator(allow_devices=allow_devices, on_member=on_member,
                                    require_manifest=require_manifest, strip_manifest=strip_manifest)
     tar_err = tempfile.TemporaryFile()
-    tar_proc = subprocess.Popen(tar_argv or tar_extract_argv(dest, tar=tar), stdin=subprocess.PIPE,
-                                stdout=subprocess.DEVNULL, stderr=tar_err)
+    tar_proc = _process.spawn(tar_argv or tar_extract_argv(dest, tar=tar), stdin=subprocess.PIPE,
+                              stdout=subprocess.DEVNULL, stderr=tar_err)
     widen_pipe(tar_proc.stdin)
     stream = None
     try:

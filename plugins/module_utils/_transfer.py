@@ -66,6 +66,7 @@ import time
 import uuid
 from urllib.parse import quote
 
+from ansible_collections.volumeops.docker.plugins.module_utils import _process
 from ansible_collections.volumeops.docker.plugins.module_utils import _tree
 from ansible_collections.volumeops.docker.plugins.module_utils import _engine_http
 from ansible_collections.volumeops.docker.plugins.module_utils import _archive
@@ -92,7 +93,7 @@ MAX_PACKET = 256 * 1024
 PREFERRED_CIPHERS = ('aes128-gcm@openssh.com', 'aes256-gcm@openssh.com', 'aes128-ctr', 'aes256-ctr')
 BOOTSTRAP = 'import sys;exec(compile(sys.stdin.buffer.read(int(sys.argv[1])),"volumeops-receiver","exec"))'
 MODULE_UTILS = 'ansible_collections.volumeops.docker.plugins.module_utils'
-BUNDLED = ('_tree', '_engine_http', '_archive', '_transfer')
+BUNDLED = ('_tree', '_process', '_engine_http', '_archive', '_transfer')  # in import order
 
 
 class TransferError(Exception):
@@ -938,19 +939,19 @@ class SourceStream(object):
         self._release = threading.Event()
         try:
             if self.comp_argv is None:
-                self.tar = subprocess.Popen(tar_argv, stdin=stdin, stdout=subprocess.PIPE, stderr=self.tar_err)
+                self.tar = _process.spawn(tar_argv, stdin=stdin, stdout=subprocess.PIPE, stderr=self.tar_err)
                 self.procs.append(self.tar)
                 self.out = self.tar.stdout
             else:
                 rfd, wfd = os.pipe()
                 try:
-                    self.tar = subprocess.Popen(tar_argv, stdin=stdin, stdout=wfd, stderr=self.tar_err)
+                    self.tar = _process.spawn(tar_argv, stdin=stdin, stdout=wfd, stderr=self.tar_err)
                     self.procs.append(self.tar)
                 finally:
                     os.close(wfd)
                 try:
-                    self.comp = subprocess.Popen(self.comp_argv, stdin=rfd, stdout=subprocess.PIPE,
-                                                 stderr=self.comp_err)
+                    self.comp = _process.spawn(self.comp_argv, stdin=rfd, stdout=subprocess.PIPE,
+                                               stderr=self.comp_err)
                     self.procs.append(self.comp)
                 finally:
                     os.close(rfd)

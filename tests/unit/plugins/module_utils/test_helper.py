@@ -6,6 +6,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from ansible_collections.volumeops.docker.plugins.module_utils import _archive, _helper
@@ -38,3 +40,24 @@ def test_mount_points_read_from_mountinfo_with_escapes(monkeypatch, tmp_path):
     assert 'mounted only while a container uses it' in err and 'data_path=helper' in err
     assert _helper.local_path_error('v', 'local', {}, '/var/lib/docker/volumes/other/_data') is None
     assert 'would be mounted only while' in _helper.local_path_error('v', 'local', nfs, None)
+
+
+@pytest.mark.parametrize('main, with_merge', [(_helper.FINGERPRINT_MAIN, False), (_helper.RECOVER_MAIN, True)])
+def test_helper_scripts_run_on_their_own(tmp_path, main, with_merge):
+    """The scripts the helper container runs need nothing but the standard library: run here by a bare
+    interpreter (isolated mode, no PYTHONPATH, so no collection importable), they give the same
+    fingerprint as _tree does in this process."""
+    import json
+    import subprocess
+    import sys
+    from ansible_collections.volumeops.docker.plugins.module_utils import _tree
+    (tmp_path / 'd').mkdir()
+    (tmp_path / 'd' / 'f').write_bytes(b'x')
+    os.symlink('d/f', str(tmp_path / 'l'))
+    script = _helper._script(main, with_merge=with_merge)
+    proc = subprocess.run([sys.executable, '-I', '-c', script, str(tmp_path), '[]', '[]'],
+                          capture_output=True, check=False, env={'PATH': os.environ.get('PATH', '/usr/bin:/bin')})
+    assert proc.returncode == 0, proc.stderr.decode(errors='replace')
+    got = json.loads(proc.stdout)
+    want = _tree.fingerprint(str(tmp_path), skip_types=())
+    assert (got['fingerprint'], got['entries']) == (want.fingerprint, want.entries) and want.entries == 4
