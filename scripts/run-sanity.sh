@@ -10,4 +10,4 @@ root=${VOLUMEOPS_COPY_ROOT:-/tmp/volumeops-sanity-$$}
 coll=$("$here/lib/collection-copy.sh" "$root")
 trap 'rm -rf "$root"' EXIT
 cd "$coll"
-ansible-test sanity --local --python 3.11 --color no "$@"
+ansible-test sanity --local --python "$("$VOLUMEOPS_VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" --color no "$@"

@@ -9,4 +9,4 @@ export PATH="$VOLUMEOPS_VENV/bin:$PATH"
 coll=$("$here/lib/collection-copy.sh" "${VOLUMEOPS_COPY_ROOT:-/tmp/volumeops-target-$$}")
 cd "$coll"
 trap 'rm -rf "${VOLUMEOPS_COPY_ROOT:-/tmp/volumeops-target-$$}"' EXIT
-ansible-test integration --local --python 3.11 --allow-destructive --color no -v "$@"
+ansible-test integration --local --python "$("$VOLUMEOPS_VENV/bin/python" -c 'import sys; print("%d.%d" % sys.version_info[:2])')" --allow-destructive --color no -v "$@"

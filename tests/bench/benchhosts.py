@@ -45,7 +45,10 @@ import time
 DEFAULT_STATE_DIR = os.environ.get('VOLUMEOPS_BENCH_STATE', '/var/lib/volumeops-bench')
 DEFAULT_NET = int(os.environ.get('VOLUMEOPS_BENCH_NET', '77'))
 IMAGE = os.environ.get('VOLUMEOPS_TEST_IMAGE', 'volumeops-test/busybox:1')
-VENV_PYTHON = os.environ.get('VOLUMEOPS_VENV', '/opt/volumeops/venv') + '/bin/python'
+# The interpreter Ansible uses on the bench hosts. VOLUMEOPS_HOST_PYTHON sets another one, e.g. to run
+# the controller from a venv whose Python the hosts cannot see (a pyenv Python under /root, which each
+# host mounts privately).
+VENV_PYTHON = os.environ.get('VOLUMEOPS_HOST_PYTHON') or os.environ.get('VOLUMEOPS_VENV', '/opt/volumeops/venv') + '/bin/python'
 MARKER = '.volumeops-bench'
 ENV_TAG = 'VOLUMEOPS_BENCH_ID'
 

@@ -9,10 +9,14 @@ from __future__ import annotations
 import os
 import pathlib
 import subprocess
+import sys
 
 import pytest
 
 COLLECTION_ROOT = pathlib.Path(__file__).resolve().parents[2]
+# ansible-test runs its tests with the interpreter of the venv that runs pytest (the one whose
+# ansible-core is under test).
+PYTHON_VERSION = '%d.%d' % sys.version_info[:2]
 
 
 def run(argv, cwd=COLLECTION_ROOT, env=None, timeout=1800):

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from suite_helpers import COLLECTION_ROOT, assert_ok, run
+from suite_helpers import COLLECTION_ROOT, PYTHON_VERSION, assert_ok, run
 
 TARGETS_DIR = COLLECTION_ROOT / 'tests' / 'integration' / 'targets'
 
@@ -28,7 +28,7 @@ def _targets():
 
 @pytest.mark.parametrize('target', _targets())
 def test_integration_target(collection_root, target):
-    proc = run(['ansible-test', 'integration', '--local', '--python', '3.11', '--allow-destructive', '--color', 'no', '-v', target],
+    proc = run(['ansible-test', 'integration', '--local', '--python', PYTHON_VERSION, '--allow-destructive', '--color', 'no', '-v', target],
                cwd=collection_root)
     assert_ok(proc, 'integration target %s' % target)
     assert 'failed=0' in proc.stdout, proc.stdout[-2000:]

@@ -8,13 +8,13 @@ import subprocess
 import tempfile
 import uuid
 
-from suite_helpers import assert_ok, run
+from suite_helpers import PYTHON_VERSION, assert_ok, run
 
 
 def test_ansible_test_sanity(collection_root):
     # --local: no containers or delegation; the offline get-pip stand-in lets it
     # build its per-test virtual environments (see DEVELOPERS.md).
-    proc = run(['ansible-test', 'sanity', '--local', '--python', '3.11', '--color', 'no'], cwd=collection_root)
+    proc = run(['ansible-test', 'sanity', '--local', '--python', PYTHON_VERSION, '--color', 'no'], cwd=collection_root)
     assert_ok(proc, 'ansible-test sanity')
     assert 'Running sanity test "validate-modules"' in proc.stdout
 

@@ -36,7 +36,8 @@ IMAGE = os.environ.get('VOLUMEOPS_TEST_IMAGE', 'volumeops-test/busybox:1')
 FIDELITY_SOURCE = (REPO_ROOT / 'tests' / 'support' / 'fidelity.py').read_bytes()
 HOST_PYTHON = '/usr/bin/python3'
 VENV_BIN = Path(os.environ.get('VOLUMEOPS_VENV', '/opt/volumeops/venv')) / 'bin'
-HOST_VENV_PYTHON = str(VENV_BIN / 'python')  # the interpreter the bench inventory gives Ansible on the hosts
+# The interpreter the bench inventory gives Ansible on the hosts (see tests/bench/benchhosts.py).
+HOST_VENV_PYTHON = os.environ.get('VOLUMEOPS_HOST_PYTHON') or str(VENV_BIN / 'python')
 
 
 def rand(prefix='vomig'):

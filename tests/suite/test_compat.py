@@ -1,0 +1,81 @@
+"""The collection with the newest ansible-core (scripts/lib/requirements-compat.txt).
+
+The main suite runs ansible-core 2.19, the newest release for Debian 12's Python 3.11. Users run
+newer ones, whose ansible-test sanity has more rules and whose controller templates the roles.
+ansible-core 2.20 and later need Python >= 3.12: where one is installed (pyenv on the CI machine),
+scripts/lib/bootstrap.sh makes a second venv with it, and these tests run with that venv:
+
+- ansible-test sanity of the whole collection;
+- integration targets whose modules exercise the shared connection options and the action group;
+- the roles' system tests on their own bench (another state dir and subnet), with the controller on
+  the newest ansible-core and the hosts' interpreter from the main venv (the hosts cannot see a
+  pyenv Python under /root, which each bench host mounts privately).
+
+Without such a Python they are skipped, with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from suite_helpers import COLLECTION_ROOT, assert_ok, run
+
+ROLE_TESTS = [
+    'tests/system/test_migrate.py::test_many_pairs_selections_options_relay_and_rerun',
+    'tests/system/test_backup_role.py::test_backup_and_restore_roles_pass_their_options_through',
+    'tests/system/test_restore_role.py',
+]
+TARGETS = ['connection', 'volume']
+
+
+@pytest.fixture(scope='module')
+def compat_venv(tmp_path_factory):
+    proc = subprocess.run(['bash', '-c', 'source scripts/lib/bootstrap.sh && bootstrap_compat_venv'],
+                          cwd=str(COLLECTION_ROOT), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          check=False, timeout=1200)
+    if proc.returncode == 2:
+        pytest.skip('no Python >= 3.12 on this machine: the newest ansible-core cannot be installed')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    venv = proc.stdout.strip().splitlines()[-1]
+    version = run([os.path.join(venv, 'bin', 'ansible'), '--version'])
+    assert_ok(version, 'ansible --version')
+    wanted = [line.split('==')[1] for line in (COLLECTION_ROOT / 'scripts' / 'lib' / 'requirements-compat.txt')
+              .read_text().splitlines() if line.startswith('ansible-core==')][0]
+    assert 'core %s]' % wanted in version.stdout, version.stdout
+    return venv
+
+
+def _env(venv, copy_root):
+    return {'VOLUMEOPS_VENV': venv, 'VOLUMEOPS_COPY_ROOT': str(copy_root),
+            'PATH': '%s:%s' % (os.path.join(venv, 'bin'), os.environ.get('PATH', '/usr/bin:/bin'))}
+
+
+def test_sanity_with_the_newest_ansible_core(compat_venv, tmp_path):
+    proc = run(['bash', 'scripts/run-sanity.sh'], env=_env(compat_venv, tmp_path / 'copy'))
+    assert_ok(proc, 'ansible-test sanity with the newest ansible-core')
+    assert 'Running sanity test "validate-modules"' in proc.stdout
+    assert 'Running sanity test "pylint"' in proc.stdout
+
+
+@pytest.mark.parametrize('target', TARGETS)
+def test_integration_target_with_the_newest_ansible_core(compat_venv, tmp_path, target):
+    proc = run(['bash', 'scripts/run-target.sh', target], env=_env(compat_venv, tmp_path / 'copy'))
+    assert_ok(proc, 'integration target %s with the newest ansible-core' % target)
+    assert 'failed=0' in proc.stdout, proc.stdout[-2000:]
+    assert 'Using a template for task args is unsafe' not in proc.stdout, 'a task passes its whole args as a template'
+
+
+def test_roles_with_the_newest_ansible_core(compat_venv):
+    env = _env(compat_venv, '/nonexistent')
+    env.update({'VOLUMEOPS_HOST_PYTHON': os.path.join(os.path.dirname(sys.executable), 'python'),
+                'VOLUMEOPS_BENCH_STATE': '/var/lib/volumeops-bench-compat', 'VOLUMEOPS_BENCH_NET': '79',
+                'PYTHONPATH': os.environ.get('PYTHONPATH', '')})
+    del env['VOLUMEOPS_COPY_ROOT']
+    proc = run([os.path.join(compat_venv, 'bin', 'python'), '-m', 'pytest', '-p', 'no:cacheprovider', '-q', '-rfE']
+               + ROLE_TESTS, env=env)
+    assert_ok(proc, 'the roles\' system tests with the newest ansible-core')
+    assert ' passed' in proc.stdout and ' failed' not in proc.stdout and 'skipped' not in proc.stdout, proc.stdout[-3000:]
