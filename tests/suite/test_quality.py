@@ -70,3 +70,62 @@ def test_built_collection_installs_and_runs(collection_root):
             assert 'usage' in doc.stdout and 'in_use_by' in doc.stdout
         finally:
             subprocess.run(['docker', 'volume', 'rm', name], check=False, stdout=subprocess.DEVNULL)
+
+
+# Modules whose arguments are a free-form string: a template there is that string, not argsplat.
+FREE_FORM = {'ansible.builtin.raw', 'ansible.builtin.command', 'ansible.builtin.shell', 'ansible.builtin.script',
+             'ansible.builtin.include_tasks', 'ansible.builtin.import_tasks', 'ansible.builtin.include_vars',
+             'ansible.builtin.include_role', 'ansible.builtin.import_playbook', 'volumeops.test.run'}
+
+
+def _task_files(root):
+    for base in ('roles', 'playbooks', 'tests/integration/targets'):
+        yield from sorted((root / base).rglob('*.yml'))
+
+
+def _merge_overrides(node, path, found):
+    """Mappings that merge an anchor (<<) and give one of its keys again: a duplicate key to ansible-core 2.21."""
+    import yaml
+    if isinstance(node, yaml.MappingNode):
+        merged, explicit = set(), set()
+        for key, value in node.value:
+            if key.tag == 'tag:yaml.org,2002:merge':
+                sources = value.value if isinstance(value, yaml.SequenceNode) else [value]
+                for src in sources:
+                    merged.update(k.value for k, dummy in src.value)
+            else:
+                explicit.add(key.value)
+        for key in sorted(merged & explicit):
+            found.append('%s:%d: %s given again after a merge' % (path, node.start_mark.line + 1, key))
+        for key, value in node.value:
+            _merge_overrides(value, path, found)
+    elif isinstance(node, yaml.SequenceNode):
+        for item in node.value:
+            _merge_overrides(item, path, found)
+
+
+def test_task_files_pass_module_args_as_mappings(collection_root):
+    """No task gives a module's whole arguments as one template ("argsplat", unsafe and warned about since
+    ansible-core 2.19/2.21) or overrides a key it merged from a YAML anchor (a duplicate key to 2.21).
+    Checked statically on every task file, whatever ansible-core runs the suite."""
+    import yaml
+    found = []
+    for path in _task_files(collection_root):
+        text = path.read_text()
+        rel = path.relative_to(collection_root)
+        _merge_overrides(yaml.compose(text), rel, found)
+        tasks = yaml.safe_load(text)
+        stack = list(tasks) if isinstance(tasks, list) else []
+        while stack:
+            task = stack.pop()
+            if not isinstance(task, dict):
+                continue
+            for section in ('block', 'rescue', 'always', 'tasks', 'pre_tasks', 'post_tasks', 'handlers'):
+                stack.extend(task.get(section) or [])
+            for key, value in task.items():
+                # Every module here is named by its FQCN (keywords have no dot); 'args' is the other way to pass them.
+                if not (key == 'args' or '.' in key and key not in FREE_FORM):
+                    continue
+                if isinstance(value, str) and value.strip().startswith('{{') and value.strip().endswith('}}'):
+                    found.append('%s: task %r gives %s its whole arguments as a template' % (rel, task.get('name'), key))
+    assert not found, '\n'.join(found)
