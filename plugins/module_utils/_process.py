@@ -3,7 +3,7 @@
 # GNU General Public License v3.0+ (see https://www.gnu.org/licenses/gpl-3.0.txt)
 # SPDX-License-Identifier: GPL-3.0-or-later
 
-"""Starting the external commands (GNU tar, zstd, gzip, find) of the collection's pipelines.
+"""Starting the external commands (GNU tar, zstd, gzip) of the collection's pipelines.
 
 Private to the collection. ``AnsibleModule.run_command`` is the usual way for a
 module to run a command, but it reads the command's whole output into memory and
@@ -12,7 +12,8 @@ pipelines stream gigabytes from tar through a compressor into this process (or
 from this process through a decompressor into tar) with bounded memory, and the
 transfer's receiver on the destination host runs without an AnsibleModule.
 So they start their processes here, in one place, always from an argument list,
-never through a shell.
+never through a shell. (``_tree`` starts its ``find`` itself: it imports nothing from
+the collection, see its docstring.)
 """
 
 from __future__ import annotations
