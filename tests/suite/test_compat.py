@@ -49,9 +49,12 @@ def compat_venv(tmp_path_factory):
     return venv
 
 
-def _env(venv, copy_root):
-    return {'VOLUMEOPS_VENV': venv, 'VOLUMEOPS_COPY_ROOT': str(copy_root),
-            'PATH': '%s:%s' % (os.path.join(venv, 'bin'), os.environ.get('PATH', '/usr/bin:/bin'))}
+def _env(venv, copy_root=None):
+    env = {'VOLUMEOPS_VENV': venv,
+           'PATH': '%s:%s' % (os.path.join(venv, 'bin'), os.environ.get('PATH', '/usr/bin:/bin'))}
+    if copy_root is not None:
+        env['VOLUMEOPS_COPY_ROOT'] = str(copy_root)  # the scripts' collection copy
+    return env
 
 
 def test_sanity_with_the_newest_ansible_core(compat_venv, tmp_path):
@@ -70,11 +73,10 @@ def test_integration_target_with_the_newest_ansible_core(compat_venv, tmp_path, 
 
 
 def test_roles_with_the_newest_ansible_core(compat_venv):
-    env = _env(compat_venv, '/nonexistent')
+    env = _env(compat_venv)
     env.update({'VOLUMEOPS_HOST_PYTHON': os.path.join(os.path.dirname(sys.executable), 'python'),
                 'VOLUMEOPS_BENCH_STATE': '/var/lib/volumeops-bench-compat', 'VOLUMEOPS_BENCH_NET': '79',
                 'PYTHONPATH': os.environ.get('PYTHONPATH', '')})
-    del env['VOLUMEOPS_COPY_ROOT']
     proc = run([os.path.join(compat_venv, 'bin', 'python'), '-m', 'pytest', '-p', 'no:cacheprovider', '-q', '-rfE']
                + ROLE_TESTS, env=env)
     assert_ok(proc, 'the roles\' system tests with the newest ansible-core')
