@@ -6,7 +6,8 @@ ansible-core 2.20 and later need Python >= 3.12: where one is installed (pyenv o
 scripts/lib/bootstrap.sh makes a second venv with it, and these tests run with that venv:
 
 - ansible-test sanity of the whole collection;
-- integration targets whose modules exercise the shared connection options and the action group;
+- integration targets: the shared connection options and the action group, and the archive pipelines
+  (backup_info backs up and reads back) on the newer Python;
 - the roles' system tests on their own bench (another state dir and subnet), with the controller on
   the newest ansible-core and the hosts' interpreter from the main venv (the hosts cannot see a
   pyenv Python under /root, which each bench host mounts privately).
@@ -29,7 +30,7 @@ ROLE_TESTS = [
     'tests/system/test_backup_role.py::test_backup_and_restore_roles_pass_their_options_through',
     'tests/system/test_restore_role.py',
 ]
-TARGETS = ['connection', 'volume']
+TARGETS = ['connection', 'volume', 'backup_info']  # backup_info: the archive pipelines on the newer Python
 
 
 @pytest.fixture(scope='module')
