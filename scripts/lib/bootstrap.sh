@@ -146,34 +146,42 @@ GR
     rm -rf "$root"
 }
 
-# A second venv with the newest ansible-core (scripts/lib/requirements-compat.txt) for the
-# compatibility tests. ansible-core 2.20 and later need Python >= 3.12, which Debian 12 does not
-# ship: it is made only where such an interpreter is installed (e.g. with pyenv). Prints the venv's
-# path; returns 2 when there is no such interpreter. Not part of bootstrap_all.
-VOLUMEOPS_COMPAT_VENV=${VOLUMEOPS_COMPAT_VENV:-/opt/volumeops/venv-compat}
-bootstrap_compat_venv() {
-    local req="$VOLUMEOPS_ROOT/scripts/lib/requirements-compat.txt"
-    local stamp="$VOLUMEOPS_COMPAT_VENV/.requirements.sha256"
+# Extra venvs for the compatibility tests (tests/suite/test_compat.py), not part of bootstrap_all:
+#   newest: the newest ansible-core (scripts/lib/requirements-newest.txt). ansible-core 2.20 and later
+#           need Python >= 3.12, which Debian 12 does not ship: made only where such an interpreter is
+#           installed (e.g. with pyenv); returns 2 where there is none.
+#   oldest: the oldest ansible-core meta/runtime.yml accepts (scripts/lib/requirements-oldest.txt),
+#           with Debian's own Python.
+# Prints the venv's path (/opt/volumeops/venv-<which>).
+bootstrap_extra_venv() {
+    local which=$1
+    local venv="${VOLUMEOPS_VENV_PREFIX:-/opt/volumeops/venv}-$which"
+    local req="$VOLUMEOPS_ROOT/scripts/lib/requirements-$which.txt"
+    local stamp="$venv/.requirements.sha256"
     local want py="" cand
     want=$(sha256sum "$req" | cut -d' ' -f1)
-    if ! { [ -x "$VOLUMEOPS_COMPAT_VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; }; then
-        for cand in /usr/bin/python3.13 /usr/bin/python3.12 "$HOME"/.pyenv/versions/3.13*/bin/python3 \
-                    "$HOME"/.pyenv/versions/3.12*/bin/python3; do
-            if [ -x "$cand" ] && "$cand" -c 'import sys, ensurepip; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
-                py=$cand
-                break
-            fi
-        done
-        [ -n "$py" ] || { log "no Python >= 3.12 here: no venv with the newest ansible-core"; return 2; }
-        log "creating venv $VOLUMEOPS_COMPAT_VENV with $py"
-        rm -rf "$VOLUMEOPS_COMPAT_VENV"
-        "$py" -m venv "$VOLUMEOPS_COMPAT_VENV"
-        "$VOLUMEOPS_COMPAT_VENV/bin/pip" install -q --upgrade pip >/dev/null
-        "$VOLUMEOPS_COMPAT_VENV/bin/pip" install -q -r "$req"
+    if ! { [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; }; then
+        if [ "$which" = newest ]; then
+            for cand in /usr/bin/python3.13 /usr/bin/python3.12 "$HOME"/.pyenv/versions/3.13*/bin/python3 \
+                        "$HOME"/.pyenv/versions/3.12*/bin/python3; do
+                if [ -x "$cand" ] && "$cand" -c 'import sys, ensurepip; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
+                    py=$cand
+                    break
+                fi
+            done
+            [ -n "$py" ] || { log "no Python >= 3.12 here: no venv with the newest ansible-core"; return 2; }
+        else
+            py=/usr/bin/python3
+        fi
+        log "creating venv $venv with $py"
+        rm -rf "$venv"
+        "$py" -m venv "$venv"
+        "$venv/bin/pip" install -q --upgrade pip >/dev/null
+        "$venv/bin/pip" install -q -r "$req"
         echo "$want" > "$stamp"
     fi
-    VOLUMEOPS_VENV=$VOLUMEOPS_COMPAT_VENV bootstrap_get_pip_standin
-    echo "$VOLUMEOPS_COMPAT_VENV"
+    VOLUMEOPS_VENV=$venv bootstrap_get_pip_standin
+    echo "$venv"
 }
 
 bootstrap_all() {
