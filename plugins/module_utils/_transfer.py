@@ -1052,6 +1052,10 @@ class Sender(object):
 
     def __init__(self, params, source_root, volume_info=None, check_mode=False, diff=False, warn=None):
         self.p = params
+        # The parameters' defaults, resolved once (a relayed sender gets a plain dict without them).
+        self.pass_ = params.get('pass') or 'full'
+        self.verify = params.get('verify') or 'metadata'
+        self.compression = params.get('compression') or 'zstd'
         self.root = source_root
         self.volume_info = volume_info or {}
         self.check_mode = check_mode
@@ -1139,20 +1143,20 @@ class Sender(object):
         connector.start()
         try:
             started_ns = time.time_ns()
-            if (p.get('pass') or 'full') == 'full' and not self.check_mode:
+            if self.pass_ == 'full' and not self.check_mode:
                 # A full pass sends the whole tree whatever the walk finds, unless the destination turns
                 # out complete already or a check fails: start tar and the compressor now, beside the walk
                 # and the connection. Their output waits in memory (SourceStream) until the checks in
                 # _run passed, and is dropped when one fails or when the overlap cannot be proven
                 # harmless (_early_stream_sound): then the stream starts after the walk, as before.
-                self.early_stream = SourceStream(self.root, exclude, p.get('compression') or 'zstd',
-                                                 p.get('compression_level'), hold=EARLY_HOLD)
+                self.early_stream = SourceStream(self.root, exclude, self.compression, p.get('compression_level'),
+                                                 hold=EARLY_HOLD)
             # The token lets the re-check after streaming be a cheap lstat walk (_source_after). It starts
             # when reading began (tar's start for a full pass), so that it covers all the reading.
-            scan = TreeScan(self.root, exclude, with_change_token=(p.get('verify') or 'metadata') == 'metadata',
+            scan = TreeScan(self.root, exclude, with_change_token=self.verify == 'metadata',
                             started_ns=started_ns)
             source = None
-            if (p.get('pass') or 'full') == 'delta':
+            if self.pass_ == 'delta':
                 # Records are consumed by the merge with the destination's records, which needs the
                 # connection: walk ahead into a bounded buffer until it is up.
                 source = _Prefetch(self._source_records(scan), PREFETCH_ENTRIES)
@@ -1195,7 +1199,7 @@ class Sender(object):
         """
         if scan.summary is None:
             return False  # the walk did not finish (the connection failed meanwhile)
-        if (self.p.get('verify') or 'metadata') == 'content':
+        if self.verify == 'content':
             return True
         token = scan.summary.change_token
         return token is not None and token.settled
@@ -1211,9 +1215,9 @@ class Sender(object):
             dest_docker_host=p.get('dest_docker_host'), dest_driver=p.get('dest_driver'),
             dest_helper_image=p.get('helper_image'),
             dest_driver_options=p.get('dest_driver_options') or {}, dest_labels=p.get('dest_labels') or {},
-            existing=p.get('existing') or 'fail', check_mode=self.check_mode, pass_=p.get('pass') or 'full',
-            finalize=bool(p.get('finalize', True)), verify=p.get('verify') or 'metadata',
-            compression=p.get('compression') or 'zstd', allow_devices=bool(p.get('allow_devices')),
+            existing=p.get('existing') or 'fail', check_mode=self.check_mode, pass_=self.pass_,
+            finalize=bool(p.get('finalize', True)), verify=self.verify,
+            compression=self.compression, allow_devices=bool(p.get('allow_devices')),
             source=dict(volume=p.get('volume'), host=os.uname()[1]),
             source_volume=dict(driver=self.volume_info.get('Driver'), labels=self.volume_info.get('Labels') or {},
                                options=self.volume_info.get('Options') or {}),
@@ -1222,7 +1226,7 @@ class Sender(object):
     def _run(self, scan, source, exclude, started):
         p = self.p
         io_ = self.io
-        pass_ = p.get('pass') or 'full'
+        pass_ = self.pass_
         self._idle()
         dummy, payload = io_.recv_expect(b'S')
         state = _json(payload)
@@ -1333,7 +1337,7 @@ class Sender(object):
         plus the fingerprint records of just those entries prove it (_tree.unchanged_but_recent).
         Otherwise, and with verify=content, one full walk gives the fingerprint and the content digest.
         """
-        want_content = (self.p.get('verify') or 'metadata') == 'content'
+        want_content = self.verify == 'content'
         before = scan.summary.change_token
         if not want_content and before is not None:
             try:
@@ -1402,7 +1406,7 @@ class Sender(object):
         p = self.p
         stream, self.early_stream = self.early_stream, None
         if stream is None:
-            stream = SourceStream(self.root, exclude, p.get('compression') or 'zstd', p.get('compression_level'),
+            stream = SourceStream(self.root, exclude, self.compression, p.get('compression_level'),
                                   names=plan.send if plan is not None else None)
         else:
             self.streamed_beside_walk = True
