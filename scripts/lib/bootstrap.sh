@@ -33,20 +33,24 @@ bootstrap_packages() {
     fi
 }
 
+# venv_current VENV REQ: VENV exists and holds the pinned requirements file REQ (a stamp of its hash).
+venv_current() {
+    [ -x "$1/bin/python" ] && [ "$(cat "$1/.requirements.sha256" 2>/dev/null)" = "$(sha256sum "$2" | cut -d' ' -f1)" ]
+}
+
+# make_venv VENV PYTHON REQ: (re)make VENV with PYTHON and install REQ into it, then stamp it.
+make_venv() {
+    log "creating venv $1 with $2"
+    "$2" -m venv "$1"
+    "$1/bin/pip" install -q --upgrade pip >/dev/null
+    "$1/bin/pip" install -q -r "$3"
+    sha256sum "$3" | cut -d' ' -f1 > "$1/.requirements.sha256"
+}
+
 bootstrap_venv() {
     local req="$VOLUMEOPS_ROOT/scripts/lib/requirements-test.txt"
-    local stamp="$VOLUMEOPS_VENV/.requirements.sha256"
-    local want
-    want=$(sha256sum "$req" | cut -d' ' -f1)
-    if [ -x "$VOLUMEOPS_VENV/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; then
-        return 0
-    fi
-    log "creating venv $VOLUMEOPS_VENV"
     # Debian's own interpreter: the one Debian hosts will run modules with.
-    /usr/bin/python3 -m venv "$VOLUMEOPS_VENV"
-    "$VOLUMEOPS_VENV/bin/pip" install -q --upgrade pip >/dev/null
-    "$VOLUMEOPS_VENV/bin/pip" install -q -r "$req"
-    echo "$want" > "$stamp"
+    venv_current "$VOLUMEOPS_VENV" "$req" || make_venv "$VOLUMEOPS_VENV" /usr/bin/python3 "$req"
 }
 
 # ansible-test downloads get-pip.py from a host that is unreachable here. It
@@ -157,11 +161,10 @@ bootstrap_extra_venv() {
     local which=$1
     local venv="${VOLUMEOPS_VENV_PREFIX:-/opt/volumeops/venv}-$which"
     local req="$VOLUMEOPS_ROOT/scripts/lib/requirements-$which.txt"
-    local stamp="$venv/.requirements.sha256"
-    local want py="" cand
-    want=$(sha256sum "$req" | cut -d' ' -f1)
-    if ! { [ -x "$venv/bin/python" ] && [ "$(cat "$stamp" 2>/dev/null)" = "$want" ]; }; then
+    local py=/usr/bin/python3 cand
+    if ! venv_current "$venv" "$req"; then
         if [ "$which" = newest ]; then
+            py=""
             for cand in /usr/bin/python3.13 /usr/bin/python3.12 "$HOME"/.pyenv/versions/3.13*/bin/python3 \
                         "$HOME"/.pyenv/versions/3.12*/bin/python3; do
                 if [ -x "$cand" ] && "$cand" -c 'import sys, ensurepip; sys.exit(sys.version_info < (3, 12))' 2>/dev/null; then
@@ -170,15 +173,8 @@ bootstrap_extra_venv() {
                 fi
             done
             [ -n "$py" ] || { log "no Python >= 3.12 here: no venv with the newest ansible-core"; return 2; }
-        else
-            py=/usr/bin/python3
         fi
-        log "creating venv $venv with $py"
-        rm -rf "$venv"
-        "$py" -m venv "$venv"
-        "$venv/bin/pip" install -q --upgrade pip >/dev/null
-        "$venv/bin/pip" install -q -r "$req"
-        echo "$want" > "$stamp"
+        make_venv "$venv" "$py" "$req"
     fi
     VOLUMEOPS_VENV=$venv bootstrap_get_pip_standin
     echo "$venv"
