@@ -8,6 +8,8 @@ import subprocess
 import tempfile
 import uuid
 
+import yaml
+
 from suite_helpers import PYTHON_VERSION, assert_ok, run
 
 
@@ -85,7 +87,6 @@ def _task_files(root):
 
 def _merge_overrides(node, path, found):
     """Mappings that merge an anchor (<<) and give one of its keys again: a duplicate key to ansible-core 2.21."""
-    import yaml
     if isinstance(node, yaml.MappingNode):
         merged, explicit = set(), set()
         for key, value in node.value:
@@ -108,7 +109,6 @@ def test_task_files_pass_module_args_as_mappings(collection_root):
     """No task gives a module's whole arguments as one template ("argsplat", unsafe and warned about since
     ansible-core 2.19/2.21) or overrides a key it merged from a YAML anchor (a duplicate key to 2.21).
     Checked statically on every task file, whatever ansible-core runs the suite."""
-    import yaml
     found = []
     for path in _task_files(collection_root):
         text = path.read_text()
