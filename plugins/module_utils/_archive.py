@@ -1427,13 +1427,21 @@ def cleanup_stale(parent, markers=(STAGING_MARKER, OLD_MARKER)):
     return removed
 
 
-def tree_summary(root, exclude=None, with_change_token=False, started_ns=None):
+def tree_summary(root, exclude=None, with_change_token=False, started_ns=None, version=_tree.FINGERPRINT_VERSION):
     """The fingerprint used for manifests and comparisons (sockets left out)."""
     return _tree.fingerprint(root, exclude=exclude, skip_types=SKIP_TYPES, with_change_token=with_change_token,
-                             started_ns=started_ns)
+                             started_ns=started_ns, version=version)
 
 
-def subset_summary(root, paths, skip_types=SKIP_TYPES):
+def manifest_fingerprint_version(manifest):
+    """The FINGERPRINT_VERSION the manifest's fingerprint was computed with (1 before it was recorded)."""
+    try:
+        return int(manifest.get('fingerprint_version') or 1)
+    except (TypeError, ValueError):
+        return 1
+
+
+def subset_summary(root, paths, skip_types=SKIP_TYPES, version=_tree.FINGERPRINT_VERSION):
     """TreeSummary of only the entries of ``root`` whose relative path is in ``paths``.
 
     ``paths`` holds paths as the validator reports them (``b'.'`` for the root,
@@ -1447,12 +1455,12 @@ def subset_summary(root, paths, skip_types=SKIP_TYPES):
 
     selected = (entry for entry in _tree.walk(root, descend=descend)
                 if (b'.' if entry.relpath == b'.' else entry.relpath[2:]) in paths)
-    return _tree.summarize(selected, skip_types=skip_types)
+    return _tree.summarize(selected, skip_types=skip_types, version=version)
 
 
 def verify_tree(root, manifest):
     """Raise ArchiveError unless the tree at ``root`` matches the manifest's count and fingerprint."""
-    summary = tree_summary(root)
+    summary = tree_summary(root, version=manifest_fingerprint_version(manifest))
     if summary.entries != manifest['entries']:
         raise StreamRejected('The extracted tree has %d entries but the archive manifest lists %d '
                              '(the archive is truncated or incomplete).' % (summary.entries, manifest['entries']))

@@ -219,11 +219,6 @@ def walk_key(relpath):
     return (tuple(parts[:-1]), parts[-1])
 
 
-def record_digest(entry):
-    """16-byte digest of the entry's fingerprinted properties (``_tree.entry_record``)."""
-    return _tree.record_digest(_tree.entry_record(entry))
-
-
 class TreeScan(object):
     """ONE walk of a tree (``_tree.walk``) giving both its per-entry records and its fingerprint.
 
@@ -279,10 +274,12 @@ class TreeScan(object):
                     record = _tree.entry_record(entry, code)
                 if changes is not None:
                     changes.recorded(entry, record)
-                fingerprint_sum.add(entry, code, record)
                 if self._spill is not None:
                     self._spill.add(entry.relpath, entry.st, record)
-                yield entry.relpath, sha256(record).digest()[:16], code, entry  # _tree.record_digest, inlined
+                # The delta compares the record as fingerprinted: with a hard link's first path, so that a
+                # link made or broken is sent again even when no member's own metadata changed.
+                hashed = fingerprint_sum.add(entry, code, record)
+                yield entry.relpath, sha256(hashed).digest()[:16], code, entry  # _tree.record_digest, inlined
         except BaseException:
             if changes is not None:
                 changes.close()

@@ -35,7 +35,12 @@ import subprocess
 import tempfile
 import time
 
-FINGERPRINT_VERSION = 1
+# Version 2 adds the hard-link structure: a regular file that shares its inode with an entry walked
+# before it gets the first such entry's path as one more field (``\0>path``). Nothing else changed,
+# and the digest keeps version 1's header line, so a tree without hard links has the same fingerprint
+# under both versions: archives and markers made before stay comparable. Comparisons with a stored
+# fingerprint of version 1 compute version 1 (``version`` of fingerprint/summarize).
+FINGERPRINT_VERSION = 2
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | getattr(os, 'O_CLOEXEC', 0)
 
@@ -350,24 +355,36 @@ class FingerprintAccumulator(object):
     so every walk of the collection hashes the same way.
     """
 
-    def __init__(self):
-        self._digest = _LineDigest(b'volumeops-tree-v%d\n' % FINGERPRINT_VERSION)
+    def __init__(self, version=FINGERPRINT_VERSION):
+        self._digest = _LineDigest(b'volumeops-tree-v1\n')  # see FINGERPRINT_VERSION
         self.entries = 0
         self.bytes = 0
-        self._seen_inodes = set()
+        self._links = version >= 2
+        self._first_path = {}  # (st_dev, st_ino) -> relpath of the first walked entry of that inode
 
     def add(self, entry, code, record):
-        """Account for one entry: its ``entry_record`` and type ``code``; hard links count their bytes once."""
-        self._digest.add(record)
-        self.entries += 1
+        """Account for one entry: its ``entry_record`` and type ``code``; returns the record as hashed.
+
+        A hard link to a file walked before it is hashed with that file's path added (version 2), so
+        that a link made or broken changes the fingerprint even when every member keeps its metadata;
+        its bytes count once.
+        """
         if code == 'f':
             st = entry.st
             if st.st_nlink > 1:
                 key = (st.st_dev, st.st_ino)
-                if key in self._seen_inodes:
-                    return
-                self._seen_inodes.add(key)
+                first = self._first_path.get(key)
+                if first is not None:
+                    if self._links:
+                        record += b'\0>' + first
+                    self._digest.add(record)
+                    self.entries += 1
+                    return record
+                self._first_path[key] = entry.relpath
             self.bytes += st.st_size
+        self._digest.add(record)
+        self.entries += 1
+        return record
 
     def summary(self, change_token=None):
         return TreeSummary(self._digest.hexdigest(), self.entries, self.bytes, change_token)
@@ -614,7 +631,8 @@ def find_change_token(root):
 FIND_TOKEN_MIN_ENTRIES = 2048
 
 
-def fingerprint(root, exclude=None, include_root_mtime=True, skip_types=(), with_change_token=False, started_ns=None):
+def fingerprint(root, exclude=None, include_root_mtime=True, skip_types=(), with_change_token=False, started_ns=None,
+                version=FINGERPRINT_VERSION):
     """Walk ``root`` once and return a TreeSummary.
 
     ``entries`` counts every entry including the root; ``bytes`` sums the
@@ -626,20 +644,21 @@ def fingerprint(root, exclude=None, include_root_mtime=True, skip_types=(), with
     manifest must not count them either.
     ``with_change_token`` also makes the summary's ``change_token`` in the same walk (listed by GNU
     find beside it for a big tree without exclusions; see ChangeHasher), whose ``started_ns`` is
-    ``started_ns`` when given (see ChangeHasher).
+    ``started_ns`` when given (see ChangeHasher). ``version``: the FINGERPRINT_VERSION to compute, for a
+    comparison with a fingerprint stored by an earlier version.
     """
     return summarize(walk(root, exclude), include_root_mtime, skip_types, with_change_token,
-                     token_root=None if exclude else root, started_ns=started_ns)
+                     token_root=None if exclude else root, started_ns=started_ns, version=version)
 
 
 def summarize(entries_iter, include_root_mtime=True, skip_types=(), with_change_token=False, token_root=None,
-              started_ns=None):
+              started_ns=None, version=FINGERPRINT_VERSION):
     """TreeSummary of the given walk entries (see fingerprint()); a filtered walk hashes exactly
     like a full one (FingerprintAccumulator). ``token_root``: the root of an unfiltered walk, whose
     change token GNU find may make (ChangeHasher)."""
     changes = (ChangeHasher(token_root, keep_records=True, skip_types=skip_types, started_ns=started_ns)
                if with_change_token else None)
-    fingerprint_sum = FingerprintAccumulator()
+    fingerprint_sum = FingerprintAccumulator(version)
     try:
         for entry in entries_iter:
             if changes is not None:

@@ -282,11 +282,15 @@ def test_tree_scan_is_one_walk_equal_to_fingerprint_records_and_content(tmp_path
     got = list(scan)
     entries = [e for e in _tree.walk(root, exclude) if _tree.type_code(e.st.st_mode) not in _archive.SKIP_TYPES]
     assert [g[0] for g in got] == [e.relpath for e in entries]
+    fingerprinted = _tree.FingerprintAccumulator()
     for (relpath, digest, code, entry), ref in zip(got, entries):
         record = _tree.entry_record(ref)
         assert _tree.entry_record(entry, code) == record
-        assert digest == hashlib.sha256(record).digest()[:16] == _transfer.record_digest(ref)
+        # The digest is of the record as fingerprinted: a hard link's carries its first path too.
+        hashed = fingerprinted.add(ref, code, record)
+        assert digest == hashlib.sha256(hashed).digest()[:16]
         assert code == _tree.type_code(ref.st.st_mode)
+    assert any(g[1] != hashlib.sha256(_tree.entry_record(g[3])).digest()[:16] for g in got)  # b-hardlink's
     assert scan.summary.as_dict() == _archive.tree_summary(root, exclude=exclude).as_dict()
     assert scan.content == _transfer.content_digest(root, exclude)
     assert _transfer.TreeScan(root, exclude).run().as_dict() == scan.summary.as_dict()
@@ -886,3 +890,30 @@ def test_source_stream_reports_tar_failure(tmp_path):
     finally:
         stream.close()
     assert info['error'] and info['error'].startswith('tar failed on the source (exit 2)')
+
+
+def test_delta_sends_a_hard_link_made_or_broken_without_other_changes(tmp_path):
+    # The review's case: ``cp -p a b.tmp; mv b.tmp b`` breaks a link, ``ln -f c d`` joins two files; no
+    # member's own size, mtime, mode or owner changes. Both must be sent (and deleted first), or the
+    # destination keeps the old link structure and still verifies.
+    src = tmp_path / 'src'
+    dst = tmp_path / 'dst'
+    _tree_at(str(src), [('a', 'shared'), ('c', 'x'), ('d', 'x')])
+    os.link(str(src / 'a'), str(src / 'b'))
+    stamp = (1700000000 * 10 ** 9, 1700000000 * 10 ** 9)
+    for name in ('a', 'c', 'd', '.'):
+        os.utime(str(src / name), ns=stamp)
+    subprocess.run(['cp', '-a', str(src), str(dst)], check=True)
+    assert _transfer.compute_delta(_records(str(src)), _dest(str(dst))).send == []
+    subprocess.run(['cp', '-p', str(src / 'a'), str(src / 'b.tmp')], check=True)
+    os.rename(str(src / 'b.tmp'), str(src / 'b'))
+    os.unlink(str(src / 'd'))
+    os.link(str(src / 'c'), str(src / 'd'))
+    os.utime(str(src), ns=stamp)
+    plan = _transfer.compute_delta(_records(str(src)), _dest(str(dst)))
+    assert b'./b' in plan.send and b'./b' in plan.delete  # now a file of its own
+    assert b'./a' not in plan.send  # unchanged, and no longer linked to anything sent
+    assert b'./c' in plan.send and b'./d' in plan.send  # the new group, sent together
+    assert b'./c' in plan.delete and b'./d' in plan.delete
+    src_summary = _transfer.TreeScan(str(src)).run()
+    assert src_summary.fingerprint != _transfer.TreeScan(str(dst)).run().fingerprint

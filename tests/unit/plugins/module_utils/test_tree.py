@@ -377,3 +377,36 @@ def test_change_hasher_saw_recent_as_soon_as_a_recent_entry_is_added(tree):
         seen.append(recent.saw_recent)
     assert seen[-1] and not recent.token().settled  # the same rule as the token's, judged while walking
     assert seen == sorted(seen)  # once seen, it stays
+
+
+def _linked_pair(root, linked):
+    """``root`` with files a and b of equal content and metadata, hard-linked or two separate inodes."""
+    root.mkdir()
+    (root / 'a').write_bytes(b'same')
+    if linked:
+        os.link(root / 'a', root / 'b')
+    else:
+        (root / 'b').write_bytes(b'same')
+    for name in ('a', 'b', '.'):
+        os.utime(root / name, ns=(1700000000 * 10 ** 9, 1700000000 * 10 ** 9))
+
+
+def test_fingerprint_covers_hard_link_structure(tmp_path):
+    # Two trees whose entries have the same metadata, one with a and b hard-linked, one with two files:
+    # a copy that made or broke the link must not verify (a later write to a would change b, or not).
+    linked, separate = tmp_path / 'linked', tmp_path / 'separate'
+    _linked_pair(linked, True)
+    _linked_pair(separate, False)
+    assert _tree.fingerprint(str(linked)).fingerprint != _tree.fingerprint(str(separate)).fingerprint
+    # Version 1 (archives made before) did not see the difference: comparisons with a stored v1 fingerprint
+    # compute v1.
+    assert (_tree.fingerprint(str(linked), version=1).fingerprint
+            == _tree.fingerprint(str(separate), version=1).fingerprint)
+
+
+def test_fingerprint_of_a_tree_without_hard_links_is_the_same_in_versions_1_and_2(tree):
+    os.unlink(tree / 'b' / 'hard')
+    assert _tree.fingerprint(str(tree), version=1).fingerprint == _tree.fingerprint(str(tree)).fingerprint
+    # A file with another link outside the tree (nlink 2, one member walked) is hashed as a lone file.
+    os.link(tree / 'a.txt', tree.parent / 'outside-link')
+    assert _tree.fingerprint(str(tree), version=1).fingerprint == _tree.fingerprint(str(tree)).fingerprint
