@@ -395,6 +395,27 @@ def test_preflight_host_key_from_gathered_facts_and_unreachable_sshd(bench, migr
         assert 'Would migrate 1 volume(s) from h1 to h2' in proc.stdout, proc.stdout[-6000:]
         assert not volume_inspect(bench, 'h2', vol)  # check mode: nothing on the destination
 
+        # Two volumes into one destination name: within a pair (found on the source) and across pairs (named).
+        sh(bench, 'h1', ['docker', 'volume', 'create', vol + 'b'])
+        proc = migrate(dict(extra, migrate_volumes=[{'name': vol, 'dest_name': vol + 'x'},
+                                                    {'name': vol + 'b', 'dest_name': vol + 'x'}]), check=True)
+        assert proc.returncode != 0, proc.stdout[-6000:]
+        assert ('Two or more selected volumes would be copied into the same destination volume on h2: %sx (from %s, %sb)'
+                % (vol, vol, vol)) in proc.stdout, proc.stdout[-6000:]
+        proc = migrate({'migrate_pairs': [{'source': 'h1', 'destination': 'h2', 'volumes': [vol]},
+                                          {'source': 'h1', 'destination': 'h2',
+                                           'volumes': [{'name': vol + 'b', 'dest_name': vol}]}]}, check=True)
+        assert proc.returncode != 0, proc.stdout[-6000:]
+        assert ('Two migration pairs would copy into the same destination volume: h2:%s (from h1:%s, h1:%sb)'
+                % (vol, vol, vol)) in proc.stdout, proc.stdout[-6000:]
+        # --limit (AWX's Limit field): the source in the limit runs the migration; a limit without it fails loudly.
+        argv = playbook_argv(extra, check=True)
+        proc = migrate.raw(argv + ['--limit', 'h1'])
+        assert proc.returncode == 0 and 'Would migrate 1 volume(s) from h1 to h2' in proc.stdout, proc.stdout[-6000:]
+        proc = migrate.raw(argv + ['--limit', 'h2'])
+        assert proc.returncode != 0, proc.stdout[-6000:]
+        assert 'leaves out the source host(s) h1' in proc.stdout, proc.stdout[-6000:]
+
         # Destination volumes the transfer cannot write: a new one asked for by a driver_options override (NFS,
         # mounted only while a container uses it) without migrate_helper_image, and an existing tmpfs volume
         # (gone with its last user). Both named by the pre-flight, which runs before any container stops.
@@ -450,7 +471,7 @@ def test_preflight_host_key_from_gathered_facts_and_unreachable_sshd(bench, migr
     finally:
         bench.exec('h2', ['sh', '-c', '[ -e "$0.aside" ] && mv "$0.aside" "$0"; true', HOST_PUB], check=False)
         bench.exec('h2', ['rm', '-f', nodocker_py], check=False)
-        cleanup(bench, volumes=[vol, vol + 'tmp'])
+        cleanup(bench, volumes=[vol, vol + 'tmp', vol + 'b'])
 
 
 def test_two_phase_into_and_out_of_volumes_with_mount_options(bench, migrate):
@@ -606,7 +627,13 @@ def test_role_options_exclude_extra_stop_no_stop_no_start_quiet(bench, migrate):
     tag = rand('voopt')
     vol, app, extra, other = tag + 'v', tag + 'app', tag + 'extra', tag + 'other'
     excluded = ['run.log', 'logs/b.log']
+    # migrate_dest_address given as a name that only h1 resolves (its own /etc/hosts, bind-mounted in its
+    # mount namespace): the temporary key's from= must be h1's address on the route to it, not 127.0.0.1.
+    name_of_h2 = tag + '-h2.example'
+    hosts_copy = '/tmp/%s-hosts' % tag
     try:
+        sh(bench, 'h1', ['sh', '-c', 'cp /etc/hosts "$0" && echo "$1 $2" >> "$0" && mount --bind "$0" /etc/hosts',
+                         hosts_copy, bench.ip('h2'), name_of_h2])
         mp = make_volume(bench, 'h1', vol)
         sh(bench, 'h1', ['sh', '-c', 'cd "$0" && echo log > run.log && mkdir logs && echo log > logs/b.log '
                          '&& echo kept > logs/kept.txt', mp])
@@ -616,7 +643,7 @@ def test_role_options_exclude_extra_stop_no_stop_no_start_quiet(bench, migrate):
         extra_vars = {'migrate_source': 'h1', 'migrate_destination': 'h2', 'migrate_volumes': [vol],
                       'migrate_exclude': ['*.log'], 'migrate_stop_containers': [extra],
                       'migrate_stop_using_containers': False, 'migrate_start_destination': False,
-                      'migrate_summary': False, 'migrate_dest_address': bench.ip('h2'),
+                      'migrate_summary': False, 'migrate_dest_address': name_of_h2,
                       'migrate_compression_level': 3}
         src = digest(bench, 'h1', vol)
         assert all(p in src['entries'] for p in excluded), sorted(src['entries'])[:20]
@@ -645,11 +672,28 @@ def test_role_options_exclude_extra_stop_no_stop_no_start_quiet(bench, migrate):
         assert_unchanged(again)
         assert digest(bench, 'h2', vol) == dst
         assert running(bench, 'h1', app) and not running(bench, 'h2', app)
+        check_again = migrate(dict(extra_vars, migrate_summary=True), check=True)
+        assert_ok(check_again)
+        assert re.search(r'%s -> h2:%s \([^)]*\) \(already complete for this migration' % (vol, vol), check_again.stdout), \
+            check_again.stdout[-4000:]
+
+        # The application writes on the destination after the switch-over: a rerun refuses to copy the source
+        # over it (not "OK"), and nothing on either host changes.
+        sh(bench, 'h2', ['sh', '-c', 'echo written-on-h2 > "$0/orders.db"', volume_mountpoint(bench, 'h2', vol)])
+        used = digest(bench, 'h2', vol)
+        rerun = migrate(dict(extra_vars, migrate_summary=True))
+        assert rerun.returncode != 0 and rerun.recap['h1']['failed'] == 1, rerun.stdout[-4000:]
+        assert re.search(r'h1:%s -> h2  FAILED  .*changed after migration' % re.escape(vol), rerun.stdout), \
+            rerun.stdout[-4000:]
+        assert not re.search(r'h1:%s -> h2:\S+  OK' % re.escape(vol), rerun.stdout), rerun.stdout[-4000:]
+        assert digest(bench, 'h2', vol) == used and marker(bench, 'h2', vol)['state'] == 'complete'
+        assert running(bench, 'h1', app) and not running(bench, 'h2', app)
     finally:
+        bench.exec('h1', ['sh', '-c', 'umount /etc/hosts; rm -f "$0"', hosts_copy], check=False)
         cleanup(bench, containers=[app, extra], volumes=[vol, other])
 
 
-def test_fail_at_end_false_reports_the_failed_pair_without_failing_the_play(bench, migrate):
+def test_fail_at_end_false_reports_the_failed_pair_without_failing_the_play(bench, migrate, tmp_path):
     """migrate_fail_at_end=false: a pair that fails (a volume missing on the source) is in the summary as
     FAILED with its reason, the play itself succeeds, and the other pair of the same source host migrates."""
     tag = rand('vofae')
@@ -657,8 +701,10 @@ def test_fail_at_end_false_reports_the_failed_pair_without_failing_the_play(benc
     try:
         make_volume(bench, 'h1', good)
         src = digest(bench, 'h1', good)
+        failing_post = tmp_path / 'post-fails.yml'
+        failing_post.write_text('- name: A post task that fails\n  ansible.builtin.fail:\n    msg: post-task-broke\n')
         pairs = [{'source': 'h1', 'destination': 'h2', 'volumes': [missing]},
-                 {'source': 'h1', 'destination': 'h2', 'volumes': [good]}]
+                 {'source': 'h1', 'destination': 'h2', 'volumes': [good], 'post_tasks': str(failing_post)}]
         strict = migrate({'migrate_pairs': pairs}, check=True)
         assert strict.returncode != 0 and strict.recap['h1']['failed'] == 1, strict.stdout[-4000:]
         proc = migrate({'migrate_pairs': pairs, 'migrate_fail_at_end': False})
@@ -666,6 +712,9 @@ def test_fail_at_end_false_reports_the_failed_pair_without_failing_the_play(benc
         assert re.search(r'h1:%s -> h2  FAILED  .*Volume\(s\) not found on h1: %s' % (missing, missing), proc.stdout), \
             proc.stdout[-4000:]
         summary_ok(proc, 'h1', good, 'h2')
+        # A failure beside the volumes is shown too, though it fails nothing.
+        assert re.search(r'h1 -> h2  FAILED  Volumes were migrated and verified, but .*post-task-broke', proc.stdout), \
+            proc.stdout[-4000:]
         assert_same_tree(src, digest(bench, 'h2', good))
         assert volume_inspect(bench, 'h2', missing) is None
     finally:

@@ -15,7 +15,7 @@ import time
 
 # "migrate" is a fixture: imported for pytest, not referenced by name.
 from test_migrate import (  # noqa: F401  pylint: disable=unused-import
-    REPO_ROOT, assert_ok, assert_same_tree, authorized_keys, cleanup, digest, make_volume, marker, migrate,
+    IMAGE, REPO_ROOT, assert_ok, assert_same_tree, authorized_keys, cleanup, digest, make_volume, marker, migrate,
     playbook_argv, rand, run_container, running, sh, summary_ok, volume_mountpoint,
 )
 
@@ -63,7 +63,7 @@ def test_independent_faults_in_one_run_and_rerun(bench, migrate):
     migrates; each faulty one fails with its own message and is rolled back. Once the faults are gone, a rerun
     finishes all."""
     t = rand('vof')
-    h1_vols = {k: t + k for k in ('good', 'badkey', 'taken', 'stubborn')}
+    h1_vols = {k: t + k for k in ('good', 'badkey', 'taken', 'stubborn', 'mate', 'nostart')}
     h2_vols = {k: t + k for k in ('full', 'enospc', 'midfull', 'relaykey')}
     src_of = dict([(v, 'h1') for v in h1_vols.values()] + [(v, 'h2') for v in h2_vols.values()])
     dst_of = dict((v, 'h2' if s == 'h1' else 'h1') for v, s in src_of.items())
@@ -91,7 +91,11 @@ def test_independent_faults_in_one_run_and_rerun(bench, migrate):
             mounts.append(_tmpfs_over_volume(bench, 'h1', v, size, inodes))
             run_container(bench, 'h1', apps[v], v, start=False)
         # "stubborn": something on the source starts the container again whenever it stops.
-        stubborn = h1_vols['stubborn']
+        stubborn, mate, nostart = h1_vols['stubborn'], h1_vols['mate'], h1_vols['nostart']
+        # "nostart": its same-named container on h2 cannot start (no such entrypoint).
+        sh(bench, 'h2', ['docker', 'rm', '-f', apps[nostart]])
+        sh(bench, 'h2', ['docker', 'create', '--name', apps[nostart], '--entrypoint', '/nonexistent', '-v',
+                         '%s:/var/lib/app' % nostart, IMAGE])
         watchdog = bench.popen('h1', ['/bin/sh', '-c', 'while :; do docker start "$1" >/dev/null 2>&1; sleep 0.1; done',
                                       'watchdog', apps[stubborn]],
                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
@@ -100,7 +104,13 @@ def test_independent_faults_in_one_run_and_rerun(bench, migrate):
             # a real ed25519 key, but h1's, not h2's
             {'source': 'h1', 'destination': 'h2', 'volumes': [h1_vols['badkey']], 'dest_host_key': bench.host_key('h1')},
             {'source': 'h1', 'destination': 'h2', 'volumes': [taken]},
-            {'source': 'h1', 'destination': 'h2', 'volumes': [stubborn], 'stop_timeout': 2},
+            # "mate" is copied and completed before "stubborn" fails in the same final pass: it must not stay
+            # complete on h2 while its source container runs again.
+            {'source': 'h1', 'destination': 'h2', 'volumes': [mate, stubborn], 'stop_timeout': 2},
+            # The destination is complete when its container fails to start: no way back to the source.
+            {'source': 'h1', 'destination': 'h2', 'volumes': [nostart]},
+            # A further container to stop that does not exist: the docker CLI's own error, not "non-zero return code".
+            {'source': 'h1', 'destination': 'h2', 'volumes': [t + 'unmade'], 'stop_containers': [t + 'nosuch']},
             # two problems at once (too little space and h2's own host key pinned for h1): both are named
             {'source': 'h2', 'destination': 'h1', 'volumes': [h2_vols['full']], 'compression': 'none',
              'dest_host_key': bench.host_key('h2')},
@@ -121,6 +131,22 @@ def test_independent_faults_in_one_run_and_rerun(bench, migrate):
         assert 'already exist with other data: %s' % taken in out, out[-6000:]
         assert ('Container(s) %s still run or were started again and use source volume %s'
                 % (apps[stubborn], stubborn)) in out, out[-6000:]
+        # One summary line per volume of the failed pair, each with its real state on the destination.
+        mate_line = out.split('h1:%s -> h2  FAILED' % mate)[1].split('\n')[0]
+        assert 'copied and verified, then set back to staging' in mate_line, mate_line
+        assert 'Set back from complete to staging on h2 (this run had completed them): %s.' % mate in mate_line, mate_line
+        assert 'h1:%s -> h2  FAILED' % stubborn in out, out[-6000:]
+        assert marker(bench, 'h2', mate)['state'] == 'staging', marker(bench, 'h2', mate)
+        # The destination's container did not start: the volume is migrated, the source stays stopped.
+        summary_ok(proc, 'h1', nostart, 'h2')
+        assert re.search(r'h1 -> h2  FAILED  Volumes migrated and verified \(%s complete on h2\), but could not start %s '
+                         r'on h2: .*/nonexistent.*no such file or directory.*The source containers stay stopped \(%s\)'
+                         % (nostart, apps[nostart], apps[nostart]), out), out[-6000:]
+        assert marker(bench, 'h2', nostart)['state'] == 'complete'
+        assert not running(bench, 'h1', apps[nostart]) and not running(bench, 'h2', apps[nostart])
+        assert_same_tree(before[nostart], digest(bench, 'h2', nostart), 'h2:' + nostart)
+        assert re.search(r'h1:%s -> h2  FAILED  .*Inspect the further containers to stop.*No such (container|object): '
+                         r'%snosuch' % (t + 'unmade', t), out), out[-6000:]
         full_line = out.split('h2:%s -> h1  FAILED' % h2_vols['full'])[1].split('\n')[0]
         assert 'Not enough free space on h1' in full_line and 'Host key mismatch: h1' in full_line, full_line
         assert 'h2:%s -> h1  FAILED' % h2_vols['enospc'] in out, out[-6000:]
@@ -135,7 +161,7 @@ def test_independent_faults_in_one_run_and_rerun(bench, migrate):
         assert 'host key mismatch' in relay_line and 'relay_source_host_key pins' in relay_line, relay_line
         # The good pair is done; the faulty ones are rolled back.
         assert_migrated(bench, 'h1', 'h2', h1_vols['good'], apps[h1_vols['good']], before[h1_vols['good']])
-        for v in (h1_vols['badkey'], stubborn, h2_vols['full'], h2_vols['enospc'], h2_vols['midfull'],
+        for v in (h1_vols['badkey'], stubborn, mate, h2_vols['full'], h2_vols['enospc'], h2_vols['midfull'],
                   h2_vols['relaykey']):
             assert_rolled_back(bench, src_of[v], dst_of[v], v, apps[v], before[v])
         assert_same_tree(before[taken], digest(bench, 'h1', taken), 'source h1:' + taken)
@@ -152,6 +178,9 @@ def test_independent_faults_in_one_run_and_rerun(bench, migrate):
         sh(bench, 'h2', ['docker', 'rm', '-f', apps[taken]])
         sh(bench, 'h2', ['docker', 'volume', 'rm', taken])
         run_container(bench, 'h2', apps[taken], taken, start=False)
+        sh(bench, 'h2', ['docker', 'rm', '-f', apps[nostart]])
+        run_container(bench, 'h2', apps[nostart], nostart, start=False)
+        pairs = [p for p in pairs if not p.get('stop_containers')]
         while mounts:
             sh(bench, 'h1', ['umount', mounts.pop()])
         for p in pairs:
