@@ -39,11 +39,17 @@ import re
 import stat
 import sys
 
-from ansible_collections.volumeops.docker.plugins.module_utils._tree import walk
+from ansible_collections.volumeops.docker.plugins.module_utils._tree import walk as _tree_walk
 
 SPECIAL_BITS = stat.S_ISUID | stat.S_ISGID | stat.S_ISVTX
 EXEC_BITS = stat.S_IXUSR | stat.S_IXGRP | stat.S_IXOTH
 CAPABILITY_XATTR = 'security.capability'
+
+
+def walk(root, descend=None):
+    """``_tree.walk`` that also enters mount points below the root, as ``chown -R`` and ``chmod -R`` do
+    (the backup's walk stops there because GNU tar does; this tree is not archived)."""
+    return _tree_walk(root, descend=descend, one_file_system=False)
 
 
 class PermissionsError(Exception):

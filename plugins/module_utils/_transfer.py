@@ -804,6 +804,32 @@ def ssh_connect(host, port, user, host_key, pkey, timeout):
     return client
 
 
+def ssh_session_error(exc, params, prefix=''):
+    """A TransferError for paramiko's errors after the handshake (an SSHException), else None.
+
+    sshd may refuse a session channel ("administratively prohibited", MaxSessions) or the exec request, and
+    paramiko then raises ChannelException or SSHException, which are no OSError: without this they end the
+    module in a traceback. ``prefix`` selects the relay's source parameters (``relay_source_``).
+    """
+    try:
+        import paramiko
+    except ImportError:
+        return None
+    if not isinstance(exc, paramiko.SSHException):
+        return None
+    if prefix:
+        where = '%s@%s:%s' % (params.get(prefix + 'user') or 'root', params.get(prefix + 'host'),
+                              params.get(prefix + 'port') or 22)
+    else:
+        where = '%s@%s:%s' % (params.get('dest_user') or 'root', params.get('dest_host'), params.get('dest_port') or 22)
+    text = str(exc) or exc.__class__.__name__
+    if isinstance(exc, paramiko.ChannelException):
+        text = '%s (SSH channel open failure %s)' % (exc.text or text, exc.code)
+    return TransferError('SSH session to %s failed after the connection was made: %s. Does its sshd allow a session '
+                         'and command execution for this user (MaxSessions, ForceCommand, authorized_keys options)? '
+                         'Nothing was started there.' % (where, text))
+
+
 def _abort_on_dead_peer(sock, seconds):
     """Let the kernel abort the connection when sent data stays unacknowledged for ``seconds``.
 
@@ -851,6 +877,9 @@ class _Connector(threading.Thread):
                 raise error
             if isinstance(error, (ConnectionLost, socket.timeout, EOFError, OSError)):
                 raise TransferError(self.sender._remote_failure(error))
+            session_error = ssh_session_error(error, self.sender.p)
+            if session_error is not None:
+                raise session_error
             raise error
 
 
@@ -1176,7 +1205,8 @@ class Sender(object):
             except TransferError:
                 raise
             except Exception as exc:
-                if self.channel is not None and self.channel.closed:
+                if self.channel is not None and (self.channel.closed or ssh_session_error(exc, p) is not None):
+                    # paramiko's own errors on the open channel (an SSHException is no OSError).
                     raise TransferError(self._remote_failure(exc))
                 raise
         finally:
@@ -1250,6 +1280,10 @@ class Sender(object):
         complete_match = bool(state.get('complete') and dest_summary
                               and dest_summary.get('fingerprint') == summary.fingerprint
                               and dest_summary.get('entries') == summary.entries)
+        if complete_match and self.verify == 'content':
+            # Equal metadata does not prove equal content (an edit that kept size and mtime, corruption):
+            # verify=content compares both sides' content digests before calling it verified.
+            complete_match = self._complete_content_matches(result, exclude)
         if complete_match:
             io_.send(b'Q')
             result.update(dest_fingerprint=dest_summary['fingerprint'], verified=True, dest_state='complete')
@@ -1257,6 +1291,9 @@ class Sender(object):
             if self.diff:
                 result['diff'] = dict(before=self._diff_text(state), after=self._diff_text(state))
             return result
+        if end.get('conflict'):
+            io_.send(b'Q')
+            raise TransferError(end['conflict'])
         if end.get('in_use'):
             io_.send(b'Q')
             raise TransferError('Destination volume %s is in use by running container(s) %s on the destination; '
@@ -1322,6 +1359,34 @@ class Sender(object):
         if tar_info.get('warning'):
             self.warn(tar_info['warning'])
         return result
+
+    def _complete_content_matches(self, result, exclude):
+        """verify=content on a complete destination whose metadata equals the source's: compare content digests.
+
+        Both sides read their data at the same time (C frame). Equal: True (nothing to send). Different: the
+        destination is not overwritten unless ``existing: replace`` with a full pass (False: the pass goes on);
+        a delta could not repair it (it picks entries by their metadata, which is equal), so it refuses too.
+        """
+        self.io.send(b'C')
+        try:
+            source_content = content_digest(self.root, exclude)
+        except OSError as exc:
+            raise TransferError(_archive.describe_os_error(exc, 'Reading the source volume'))
+        dummy, payload = self.io.recv_expect(b'c')
+        dest_content = _json(payload).get('content_digest')
+        result['content_digest'] = source_content
+        if dest_content == source_content:
+            return True
+        if self.pass_ == 'full' and self.p.get('existing') == 'replace':
+            return False
+        self.io.send(b'Q')
+        raise TransferError(
+            'Destination volume %s is complete for migration %r and its metadata (fingerprint %s) equals the '
+            'source\'s, but its content digest %s differs from the source\'s %s: a file\'s content changed on one '
+            'side while its size and mtime stayed the same (an edit with the mtime restored, or corruption). '
+            'Nothing was changed. To copy the source over the destination again, rerun with pass: full and '
+            'existing: replace.' % (self.p['dest_volume'], self.p['migration_id'],
+                                    self.dest_end['summary']['fingerprint'], dest_content, source_content))
 
     def _source_after(self, scan, exclude):
         """(summary, content digest or None) of the source after streaming.
@@ -1492,9 +1557,15 @@ class Relay(object):
                 raise TransferError('The source host refused a remote port forward for the relay (%s); its sshd '
                                     'needs AllowTcpForwarding yes (or remote).' % exc)
             program = receiver_program(entry='sender_main')
-            chan = transport.open_session(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET)
-            chan.exec_command(build_remote_command(p.get('relay_source_python') or '/usr/bin/python3',
-                                                   len(program), mode='sender'))
+            try:
+                chan = transport.open_session(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET)
+                chan.exec_command(build_remote_command(p.get('relay_source_python') or '/usr/bin/python3',
+                                                       len(program), mode='sender'))
+            except Exception as exc:
+                error = ssh_session_error(exc, p, prefix='relay_source_')
+                if error is None:
+                    raise
+                raise error
             chan.sendall(program)
             sender_params = dict((k, v) for k, v in p.items() if not k.startswith('relay_'))
             sender_params.update(dest_host='127.0.0.1', dest_port=port, _check_mode=self.check_mode,
@@ -1705,6 +1776,38 @@ def write_marker(path, data):
     _archive.fsync_dir(os.path.dirname(path))
 
 
+def marker_other_source(marker, source):
+    """How a marker names its source when that is not ``source`` (the hello's volume and host), else None.
+
+    The migration_id alone does not make a complete destination this transfer's: one id given to several
+    source volumes (or a wrong dest_volume) would otherwise let one source replace another's completed copy.
+    Markers written before they named their source (no such field) are taken as this transfer's, as before.
+    """
+    source = source or {}
+    for key, field in (('volume', 'source_volume'), ('host', 'source_host')):
+        recorded = marker.get(field)
+        if recorded is not None and recorded != source.get(key):
+            return 'source volume %s on host %s' % (marker.get('source_volume') or '?', marker.get('source_host') or '?')
+    return None
+
+
+def marker_dest_changed(marker, summary):
+    """Whether ``summary`` (``as_dict()`` of the volume's data now) differs from what a complete marker recorded.
+
+    Only what the marker recorded is compared: markers of older versions hold only ``dest_fingerprint`` (or
+    nothing, then nothing can be told: False, as before), and a fingerprint of another FINGERPRINT_VERSION
+    (the marker's ``fingerprint_version``, 1 when absent) hashes other records, so it proves nothing either.
+    """
+    if summary is None:
+        return False
+    if marker.get('fingerprint_version', 1) != _tree.FINGERPRINT_VERSION:
+        return False
+    recorded = marker.get('dest_summary')
+    if not isinstance(recorded, dict):
+        recorded = {'fingerprint': marker['dest_fingerprint']} if marker.get('dest_fingerprint') else {}
+    return any(key in summary and summary[key] != value for key, value in recorded.items())
+
+
 def _is_empty_dir(path):
     try:
         with os.scandir(path) as it:
@@ -1820,6 +1923,9 @@ class Receiver(object):
         self.docker = None
         self.held = False  # a volume with mount options, written through a holder container
         self.volume_fs = None  # a directory on the filesystem that holds the staging tree
+        self.complete_marker = None  # this migration's 'complete' marker, checked against _data after its walk
+        self.end_conflict = None  # why the pass must not go on, found by the walk (_send_records)
+        self.lock = None  # the volume's lock (_archive.volume_lock), held until the receiver ends
 
     # helpers ---------------------------------------------------------------
     def _marker(self, state, **extra):
@@ -1871,6 +1977,10 @@ class Receiver(object):
         if marker is not None:
             state['marker_state'] = marker.get('state')
             state['marker_migration_id'] = marker.get('migration_id')
+        # A completed copy of another source under the same migration_id is not ours to overwrite.
+        other_source = ours and marker.get('state') == 'complete' and marker_other_source(marker, h.get('source'))
+        if other_source:
+            ours = False
         # Whether this migration already completed here: the sender compares the fingerprint of _data
         # (computed below, in the same walk as the delta's records) with the source's.
         state['complete'] = bool(ours and marker.get('state') == 'complete' and os.path.isdir(self.data_dir))
@@ -1889,6 +1999,10 @@ class Receiver(object):
         if not ours and not empty and h.get('existing') != 'replace':
             other = ('migration %r' % marker.get('migration_id')) if marker and marker.get('migration_id') \
                 else 'data that is not from this migration'
+            if other_source:
+                src = h.get('source') or {}
+                other = ('the completed copy of migration %r from %s, not from this transfer\'s source volume %s on '
+                         'host %s' % (marker.get('migration_id'), other_source, src.get('volume'), src.get('host')))
             state['conflict'] = ('Destination volume %s already exists and holds %s. Refusing to overwrite it; use '
                                  "existing: replace to replace its content (explicit opt-in), or another dest_volume."
                                  % (h['dest_volume'], other))
@@ -1898,6 +2012,9 @@ class Receiver(object):
                                      'destination; stop them first.' % (h['dest_volume'], ', '.join(sorted(users))))
             return state, vol
         state['base'] = self.base
+        if state['complete'] and h.get('existing') != 'replace':
+            # Whether the application wrote to it since it completed: known after the walk of _data.
+            self.complete_marker = marker
         if h.get('pass_') == 'delta':
             self.walk_root = {'staging': self.staging, 'data': self.data_dir}.get(self.base)
         elif state['complete']:
@@ -1914,6 +2031,7 @@ class Receiver(object):
             raise TransferError('Destination volume %s (mountpoint %s) has no data directory on this host; '
                                 'volume_transfer writes into local volumes only.' % (vol.get('Name'), mp))
         vdir = os.path.dirname(mp)
+        self._lock(vdir)
         # The marker lives in the volume's directory on the host's disk, beside _data, for both kinds.
         self.marker_path = os.path.join(vdir, MARKER_NAME)
         incoming = INCOMING_PREFIX + self.hello['migration_id']
@@ -1927,6 +2045,26 @@ class Receiver(object):
             self.data_dir = mp
             self.staging = os.path.join(vdir, incoming)
             self.volume_fs = vdir
+
+    def _lock(self, vdir):
+        """Hold the volume's lock until the receiver ends (check mode only probes it: it writes nothing).
+
+        Taken before the marker is read: a second receiver for the same volume would otherwise remove the
+        first one's staging tree under it, or the first would swap in the second's partial tree.
+        """
+        if self.lock is not None:
+            return
+        name = self.hello['dest_volume']
+        try:
+            if self.hello.get('check_mode'):
+                _archive.volume_lock.probe(vdir, name)  # refuses as a real run would, creates nothing
+            else:
+                self.lock = _archive.volume_lock(vdir, name)
+        except _archive.VolumeBusy as exc:
+            raise TransferError(str(exc))
+        except OSError as exc:
+            raise TransferError('Cannot lock destination volume %s (%s): %s'
+                                % (name, os.path.join(vdir, _archive.VOLUME_LOCK), exc.strerror or exc))
 
     def _where(self):
         """The filesystem that holds the volume, for messages."""
@@ -1987,7 +2125,13 @@ class Receiver(object):
             vol = self.docker.inspect(h['dest_volume'])
             if vol is None:
                 raise TransferError('The destination volume %s could not be created.' % h['dest_volume'])
-            self._set_paths(vol)
+            self._set_paths(vol)  # takes the lock
+            # _state saw no volume, unlocked: another run may have created and written it since (creating an
+            # existing volume changes nothing). What this pass was planned on no longer holds.
+            if read_marker(self.marker_path) is not None or not self._data_empty():
+                raise TransferError('Destination volume %s was created and written by another transfer or restore '
+                                    'while this one was starting; nothing was changed. Rerun to look at it again.'
+                                    % h['dest_volume'])
         return vol
 
     def _recover_swap(self):
@@ -2048,7 +2192,26 @@ class Receiver(object):
             lister.join()
         if users_error:
             raise users_error[0]
-        self.io.send_json(b'e', dict(summary=summary, in_use=users))
+        if self.complete_marker is not None and marker_dest_changed(self.complete_marker, summary):
+            self.end_conflict = (
+                'Destination volume %s changed after migration %r completed there (its data no longer has the '
+                'fingerprint recorded at completion, %s; now %s): the application wrote to it on the destination. '
+                'Refusing to overwrite it with the source\'s data; nothing was changed. Use existing: replace to '
+                'replace it anyway (explicit opt-in), or another dest_volume or migration_id.'
+                % (self.hello['dest_volume'], self.hello['migration_id'],
+                   self.complete_marker.get('dest_fingerprint'), summary.get('fingerprint')))
+        self.io.send_json(b'e', dict(summary=summary, in_use=users, conflict=self.end_conflict))
+
+    def _send_content_digest(self):
+        """The content digest of the complete ``_data`` (C frame: verify=content found its metadata equal)."""
+        if self.walk_root is None or self.walk_root != self.data_dir:
+            raise TransferError('protocol error: content digest asked of a destination that is not complete')
+        done = self._keepalive()
+        try:
+            digest = content_digest(self.data_dir, self._data_exclude(self.data_dir))
+        finally:
+            done()
+        self.io.send_json(b'c', dict(content_digest=digest))
 
     # main ------------------------------------------------------------------
     def run(self):
@@ -2065,9 +2228,15 @@ class Receiver(object):
         # Right away, while the sender walks the source: the records of the delta's base (or, for a
         # complete destination, only its fingerprint), read-only, also in check mode.
         self._send_records(self.walk_root, h.get('pass_') == 'delta')
-        kind, payload = self.io.recv_expect(b'P', b'Q')
+        while True:
+            kind, payload = self.io.recv_expect(b'P', b'Q', b'C')
+            if kind != b'C':
+                break
+            self._send_content_digest()
         if kind == b'Q':
             return
+        if self.end_conflict:
+            raise TransferError(self.end_conflict)  # the sender quits on it; never write past it
         if h.get('check_mode'):
             raise TransferError('protocol error: prepare frame in check mode')
         prep = _json(payload)
@@ -2244,26 +2413,42 @@ class Receiver(object):
             self.io.send_json(b'F', result)
             return
         if problems:
+            hint = 'Was the source modified during the final pass?'
+            if h.get('pass_') == 'delta' and len(problems) == 1 and dest_content is not None \
+                    and dest_content != src.get('content_digest'):
+                # Metadata equal, content not: a delta picks entries by metadata only, so a file edited with
+                # its size and mtime kept was never sent, and every rerun of the delta would fail the same way.
+                hint = ('A delta sends only entries whose metadata (type, size, mtime, mode, owner, link target, '
+                        'xattrs) changed: a file whose content changed while its size and mtime stayed the same is '
+                        'not sent again, and rerunning the delta fails the same way. Run this pass with pass: full, '
+                        'which copies everything again (or, if the source was written during the pass, stop its '
+                        'writers first).')
             result.update(ok=False, msg='Verification failed on the destination: %s. The destination volume is not '
-                          'marked complete (data left staged). Was the source modified during the final pass?'
-                          % '; '.join(problems))
+                          'marked complete (data left staged). %s' % ('; '.join(problems), hint))
             self.io.send_json(b'F', result)
             return
         self.hello['source']['fingerprint'] = src.get('fingerprint')
         self._marker('swapping')
         self._swap_in()
-        self._marker('complete', dest_fingerprint=summary.fingerprint)
+        # What the data was at completion: a later run that finds it changed refuses to overwrite it.
+        self._marker('complete', dest_fingerprint=summary.fingerprint, dest_summary=summary.as_dict(),
+                     fingerprint_version=_tree.FINGERPRINT_VERSION)
         result['dest_state'] = 'complete'
         self.io.send_json(b'F', result)
 
     def cleanup(self):
-        if self.spill is not None:
-            self.spill.close()
-        if self.docker is not None:
-            self.docker.release()
-        for p in self.procs:
-            if p.poll() is None:
-                p.kill()
+        try:
+            if self.spill is not None:
+                self.spill.close()
+            if self.docker is not None:
+                self.docker.release()
+            for p in self.procs:
+                if p.poll() is None:
+                    p.kill()
+        finally:
+            if self.lock is not None:
+                self.lock.release()  # last: nothing of this receiver touches the volume any more
+                self.lock = None
 
 
 def extract_frames(chunks, compression, dest, allow_devices=False, on_member=None):

@@ -76,29 +76,140 @@ class Entry(object):
         return type_code(self.st.st_mode)
 
 
-def _excluded(relpath, patterns):
-    if not patterns:
+# --- exclusion patterns ---
+# The walk and GNU tar (see _archive.tar_create_argv) must leave out exactly the same entries: a
+# manifest that counts an entry tar left out describes an archive that does not exist. So the
+# patterns have one meaning, which both sides implement: ``*``, ``?`` and ``[...]`` never match a
+# ``/``; a pattern without ``/`` matches the name of an entry at any depth; a pattern with ``/``
+# matches the path relative to the root (a leading ``/`` or ``./`` is optional); a trailing ``/``
+# is ignored; the root itself is never excluded. Syntax that GNU tar's fnmatch and Python's fnmatch
+# read differently is refused (exclude_pattern_error).
+
+
+def glob_tokens(pattern):
+    """The tokens of a glob pattern: '*' (runs collapsed), '?', a bracket expression, or one literal character.
+
+    Brackets are delimited as Python's fnmatch and GNU tar's fnmatch both do ('[' without a closing
+    ']' is a literal; a ']' right after '[' or '[!' belongs to the set).
+    """
+    tokens = []
+    i, n = 0, len(pattern)
+    while i < n:
+        c = pattern[i]
+        i += 1
+        if c == '*':
+            if not tokens or tokens[-1] != '*':
+                tokens.append('*')
+        elif c == '[':
+            j = i
+            if j < n and pattern[j] == '!':
+                j += 1
+            if j < n and pattern[j] == ']':
+                j += 1
+            while j < n and pattern[j] != ']':
+                j += 1
+            if j >= n:
+                tokens.append('[')  # unterminated: a literal '['
+            else:
+                tokens.append(pattern[i - 1:j + 1])
+                i = j + 1
+        else:
+            tokens.append(c)
+    return tokens
+
+
+def exclude_pattern_error(pattern):
+    """Why ``pattern`` cannot be an exclusion pattern, or None."""
+    if not isinstance(pattern, str) or normalized_exclude(pattern)[1] in ('', '.'):
+        return 'exclude pattern %r is empty or names the root itself, which is never excluded.' % (pattern,)
+    if '\\' in pattern:
+        return ('exclude pattern %r: a backslash is not supported (GNU tar reads it as an escape, the walk '
+                'would not); use [*], [?] or [[] to match those characters literally.' % pattern)
+    for token in glob_tokens(pattern):
+        if len(token) > 1 and token.startswith('['):
+            body = token[1:-1]
+            if '/' in body:
+                return 'exclude pattern %r: a bracket expression cannot match "/".' % pattern
+            if body.startswith('^'):
+                return 'exclude pattern %r: write [!...] to negate a bracket expression, not [^...].' % pattern
+            if '[:' in body or '[=' in body or '[.' in body:
+                return ('exclude pattern %r: character classes like [:alpha:] are not supported; list the '
+                        'characters or a range.' % pattern)
+    return None
+
+
+def normalized_exclude(pattern):
+    """(anchored, pattern) as matched: a pattern with '/' is anchored at the root (relative path),
+    without its leading '/' or './' and trailing '/'; one without matches names at any depth."""
+    pattern = pattern.rstrip('/')
+    anchored = '/' in pattern
+    while pattern.startswith('./') or pattern.startswith('/'):
+        pattern = pattern[1:] if pattern.startswith('/') else pattern[2:]
+    return anchored, pattern
+
+
+def _glob_re(pattern):
+    # One path component: fnmatch's '*' may then match anything, there is no '/' in what it sees.
+    return re.compile(fnmatch.translate(pattern)).match
+
+
+def exclude_matcher(patterns):
+    """A function(relpath) -> True when the entry (walk style, b'./a/b') is excluded; None without patterns.
+
+    The root (b'.') is never excluded."""
+    names = []
+    paths = []
+    for pattern in patterns or ():
+        anchored, pattern = normalized_exclude(pattern)
+        if anchored:
+            paths.append([_glob_re(part) for part in pattern.split('/')])
+        else:
+            names.append(_glob_re(pattern))
+    if not names and not paths:
+        return None
+
+    def excluded(relpath):
+        if relpath == b'.':
+            return False
+        text = relpath.decode('utf-8', 'surrogateescape')
+        if text.startswith('./'):
+            text = text[2:]
+        name = text.rsplit('/', 1)[-1]
+        if any(match(name) for match in names):
+            return True
+        if paths:
+            parts = text.split('/')
+            for pattern in paths:
+                if len(pattern) == len(parts) and all(match(part) for match, part in zip(pattern, parts)):
+                    return True
         return False
-    text = relpath.decode('utf-8', 'surrogateescape')
-    if text.startswith('./'):
-        text = text[2:]
-    name = text.rsplit('/', 1)[-1]
-    return any(fnmatch.fnmatchcase(text, p) or fnmatch.fnmatchcase(name, p) for p in patterns)
+    return excluded
 
 
-def walk(root, exclude=None, descend=None):
+def _excluded(relpath, patterns):
+    matcher = exclude_matcher(patterns)
+    return matcher is not None and matcher(relpath)
+
+
+def walk(root, exclude=None, descend=None, one_file_system=True):
     """Yield an Entry for the root (relpath b'.') and every entry below it, depth first, sorted.
 
-    ``exclude`` is a list of glob patterns matched against the relative path
-    (without the leading './') and against the entry's name. An excluded
+    ``exclude`` is a list of glob patterns (see exclude_matcher) matched against the relative
+    path (without the leading './') and against the entry's name. An excluded
     directory is not descended into.
     ``descend``, if given, is called with the Entry of each directory below the
     root (the root itself is always listed); when it returns False the
     directory is yielded but not descended into. Callers use it to split a tree
     into subtrees walked separately (volume_permissions' parallel workers).
+    ``one_file_system`` (the default): a directory on another filesystem than the root (a mount
+    point below it) is yielded but not descended into, as GNU tar's ``--one-file-system`` does
+    with the archives: the walk must see exactly what tar archives.
     """
     root_b = os.fsencode(root)
-    yield Entry(b'.', root_b, os.lstat(root_b))
+    root_st = os.lstat(root_b)
+    yield Entry(b'.', root_b, root_st)
+    root_dev = root_st.st_dev if one_file_system else None
+    excluded = exclude_matcher(exclude)
     stack = [(b'.', root_b)]
     lstat = os.lstat
     isdir = stat.S_ISDIR
@@ -118,7 +229,7 @@ def walk(root, exclude=None, descend=None):
             prefix = b'./' if rel_dir == b'.' else rel_dir + b'/'
             for name in names:
                 rel = prefix + name
-                if exclude and _excluded(rel, exclude):
+                if excluded is not None and excluded(rel):
                     continue
                 try:
                     st = lstat(name, dir_fd=dir_fd)
@@ -132,7 +243,7 @@ def walk(root, exclude=None, descend=None):
         for rel, name, st in batch:
             entry = Entry(rel, abs_prefix + name, st)
             yield entry
-            if isdir(st.st_mode) and (descend is None or descend(entry)):
+            if isdir(st.st_mode) and (root_dev is None or st.st_dev == root_dev) and (descend is None or descend(entry)):
                 subdirs.append((rel, entry.abspath))
         # Reverse so that popping visits subdirectories in sorted order.
         stack.extend(reversed(subdirs))

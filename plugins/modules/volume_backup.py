@@ -58,6 +58,8 @@ options:
     description:
       - A directory on the managed host (for example a bind-mount source) to back up instead of a volume.
       - The archive is named after O(name), or after the directory's base name.
+      - Like GNU tar's C(--one-file-system), another filesystem mounted below the directory is not entered; the
+        archive holds its mount point as an empty directory, and a warning names it.
     type: path
   name:
     description: Name recorded in the manifest and used in the archive file name when O(path) is used.
@@ -77,7 +79,15 @@ options:
   exclude:
     description:
       - Glob patterns of entries to leave out. A pattern without C(/) matches an entry's name at any depth, a
-        pattern with C(/) matches the path relative to the volume root (for example C(cache/*)).
+        pattern with C(/) matches the path relative to the volume root (for example C(cache/*)); a leading C(/)
+        or C(./) changes nothing, so C(/cache) is only the C(cache) at the top. A trailing C(/) is ignored
+        (C(cache/) leaves out every entry named C(cache)). An excluded directory is left out with everything below it.
+      - C(*), C(?) and C([...]) never match C(/), and match a leading C(.) (C(.*) leaves out hidden entries). The
+        volume root itself is never left out. Backslash escapes, C([^...]) and classes like C([:alpha:]) are refused
+        (write C([*]) for a literal C(*), C([!...]) to negate).
+      - The metadata walk (manifest) and GNU tar apply the same patterns; in addition the number of members of
+        the written tar stream is checked against the manifest's entry count before the archive gets its final
+        name.
     type: list
     elements: str
     default: []
@@ -291,6 +301,8 @@ stopped_containers:
 '''
 
 import os
+import re
+import stat
 import time
 
 from ansible_collections.volumeops.docker.plugins.module_utils._docker_client import AnsibleDockerClient
@@ -332,6 +344,49 @@ class Source(object):
         filesystem, where ctime is kept by the kernel (a bind-mounted path or a mounted volume may be
         a network or foreign filesystem), so change tokens may stand in for a full metadata walk."""
         return self.data_path == 'local' and self.driver == 'local' and not self.options
+
+
+def skipped_mount_points(root, exclude=None):
+    """Paths (relative to ``root``, bytes) of the mount points below ``root`` that a backup does not enter.
+
+    GNU tar (--one-file-system) and the metadata walk both archive such a directory as an empty one
+    and leave out what is mounted there; the user must hear of it. Only mount points on another
+    filesystem than the root count (a bind mount of the same filesystem is entered), only the
+    topmost of nested ones, and none that an exclude pattern leaves out anyway.
+    """
+    root_b = os.fsencode(os.path.realpath(root))
+    prefix = root_b.rstrip(b'/') + b'/'
+    try:
+        root_dev = os.lstat(root_b).st_dev
+        with open('/proc/self/mountinfo', 'rb') as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    found = set()
+    for line in lines:
+        fields = line.split(b' ')
+        if len(fields) < 5:
+            continue
+        # The mount point is the fifth field; spaces and other bytes are octal escapes (\040).
+        point = re.sub(br'\\([0-7]{3})', lambda m: bytes([int(m.group(1), 8)]), fields[4])
+        if not point.startswith(prefix):
+            continue
+        try:
+            st = os.lstat(point)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_dev != root_dev:
+            found.add(point[len(prefix):])
+    excluded = _tree.exclude_matcher(exclude)
+    result = []
+    for rel in sorted(found):
+        if any(rel.startswith(top + b'/') for top in result):
+            continue
+        parts = rel.split(b'/')
+        if excluded is not None and any(excluded(b'./' + b'/'.join(parts[:i])) for i in range(1, len(parts) + 1)):
+            continue
+        result.append(rel)
+    return result
 
 
 class BackupManager(object):
@@ -629,8 +684,14 @@ class BackupManager(object):
             with _archive.open_private(tmp) as out:
                 written.append(tmp)
                 if src.data_path == 'local':
-                    res = _archive.write_compressed_stream(out, p['compression'], self.level, head=head,
-                                                           producer_argv=_archive.tar_create_argv(src.root, p['exclude']))
+                    counter = _archive.TarMemberCount()
+                    try:
+                        argv = _archive.tar_create_argv(src.root, p['exclude'], index_fd=counter.fd)
+                        res = _archive.write_compressed_stream(out, p['compression'], self.level, head=head,
+                                                               producer_argv=argv, producer_pass_fds=(counter.fd,))
+                    finally:
+                        members = counter.result()
+                    res.update(members=members, members_error=None)
                 else:
                     res = self._write_via_helper(out, src, head)
                 if summary is None:
@@ -647,6 +708,8 @@ class BackupManager(object):
                             '(stop_containers: true) or set consistency: best_effort.' % (src.name, text))
                     else:
                         raise _archive.ArchiveError('tar failed on %s (exit %s): %s' % (src.name, rc, text))
+                if res['members_error'] is not None:
+                    raise _archive.ArchiveError('The tar stream of %s is not acceptable: %s' % (src.name, res['members_error']))
                 out.flush()
                 # The archive's fsync (waiting on the disk) and the second metadata walk (is the volume
                 # still as it was?) are independent: overlap them.
@@ -657,6 +720,13 @@ class BackupManager(object):
                 sidecar_manifest = dict(manifest, change_token=summary.change_token.as_dict())
             else:
                 sidecar_manifest = manifest
+            if res['members'] != summary.entries and (consistent or p['consistency'] == 'strict'):
+                # The safety net under the walk and tar agreeing on what to archive (exclusions,
+                # mount points): a manifest must never promise entries the archive does not hold.
+                raise _archive.ArchiveError(
+                    'The archive of %s would hold %d entries, but the metadata walk found %d: GNU tar and the walk '
+                    'disagree on what to archive (an exclude pattern or a mount point below the root?). The '
+                    'archive was not kept.' % (src.name, res['members'], summary.entries))
             if not consistent:
                 if p['consistency'] == 'strict':
                     raise _archive.ArchiveError(
@@ -706,14 +776,35 @@ class BackupManager(object):
         t = threading.Thread(target=run)
         t.daemon = True
         t.start()
+        # The members of the helper's tar stream are counted as the stream passes (headers only; see
+        # write's check against the manifest). A refusal must not stop the chunks: the helper's thread
+        # would wait on the full queue forever. It is reported once the stream ended.
+        validator = _archive.TarStreamValidator(allow_devices=True, strip_manifest=False, require_manifest=False)
+        problem = []
+
+        def counted(chunks):
+            for chunk in chunks:
+                if not problem:
+                    try:
+                        validator.feed(chunk)
+                    except _archive.StreamRejected as exc:
+                        problem.append(str(exc))
+                yield chunk
+            if not problem:
+                try:
+                    validator.finish()
+                except _archive.StreamRejected as exc:
+                    problem.append(str(exc))
         res = _archive.write_compressed_stream(out, self.p['compression'], self.level, head=head,
-                                               producer_chunks=iter(q.get, None))
+                                               producer_chunks=counted(iter(q.get, None)))
         t.join()
         if 'error' in box:
             raise box['error']
         rc, _out, err = box['result']
         res['producer_rc'] = rc
         res['producer_stderr'] = err
+        res['members'] = validator.entries
+        res['members_error'] = problem[0] if problem else None
         return res
 
     def _set_attrs(self, path):
@@ -776,6 +867,13 @@ class BackupManager(object):
         todo = []  # (source, its summary (None: walked beside the stream), start)
         for src in sources:
             start = time.time()
+            if src.root:
+                mounts = skipped_mount_points(src.root, p['exclude'])
+                if mounts:
+                    self.warnings.append(
+                        '%s: what is mounted at %s below %s is not backed up (another filesystem: the archive holds '
+                        'only the empty mount point, as GNU tar --one-file-system does). Back it up with its own task.'
+                        % (src.name, ', '.join(os.fsdecode(m) for m in mounts), src.root))
             info, manifest = self.newest(src, existing)
             must_write = p['force'] or not self.settings_match(src, manifest)
             summary = None if must_write else self.proven_unchanged(src, manifest)
@@ -895,6 +993,10 @@ def main():
     p = client.params
     if p['path'] and p['data_path'] == 'helper':
         client.fail('path backups read the directory directly; data_path=helper applies to volumes only.')
+    for pattern in p['exclude']:
+        err = _tree.exclude_pattern_error(pattern)
+        if err:
+            client.fail(err)
     if p['keep'] is not None and p['keep'] < 1:
         client.fail('keep must be 1 or more (the archive of this run always stays); leave it unset to keep all.')
     lvl = p['compression_level']

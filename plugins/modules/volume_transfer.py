@@ -34,10 +34,15 @@ description:
     what it wrote itself.
   - 'Destination state: the staging tree C(<volume dir>/.volumeops-incoming-<migration_id>/) and the marker
     C(<volume dir>/.volumeops-migration.json) with C(migration_id), C(state) (C(staging), C(swapping) or
-    C(complete)), the source fingerprint and a timestamp, where C(<volume dir>) is the parent of the
+    C(complete)), the source volume, host and fingerprint, a timestamp and, once complete, the fingerprint of
+    the destination''s data at completion, where C(<volume dir>) is the parent of the
     volume''s C(_data) (e.g. C(/var/lib/docker/volumes/<name>)). A destination is complete only when the marker
     says C(complete) for this O(migration_id). For a volume with mount options (see O(helper_image)) the
     staging tree is inside the mounted filesystem, and the marker in C(<volume dir>) on the host.'
+  - 'One writer per destination volume: the receiver holds an exclusive lock (C(flock) on
+    C(<volume dir>/.volumeops.lock), shared with M(volumeops.docker.volume_restore)) from before it reads the
+    marker until it ends. A second transfer or a restore into the same volume meanwhile fails at once with
+    "Another restore or transfer of volume X is running"; check mode fails the same way but creates no lock file.'
   - A two-phase migration runs a O(pass=full) transfer with O(finalize=false) while the application is still
     running (warm copy), stops the application, then runs O(pass=delta) with O(finalize=true). Only entries whose
     metadata (type, size, mtime, mode, owner, link target, xattrs/ACLs) changed are sent, and what the source no
@@ -165,6 +170,14 @@ options:
         RV(source_recheck)); every change of a fingerprinted property moves the ctime.
       - V(content) also compares a digest of every regular file's content (reads all data on both sides once more);
         use it for the final pass, a metadata check misses edits that keep size and mtime.
+      - On a destination already complete for this O(migration_id) whose metadata equals the source's,
+        V(metadata) changes nothing and reports RV(verified) from the metadata alone. V(content) then reads both
+        sides' data and compares their content digests. Equal gives C(changed=false); different fails without
+        changing anything (a file's content changed on one side while its size and mtime stayed the same),
+        unless O(pass=full) with O(existing=replace), which copies everything again.
+      - A delta (O(pass=delta)) chooses what to send by metadata only. A file whose content changed while its size
+        and mtime stayed the same is not sent, and O(verify=content) then fails the pass (the data stays staged)
+        on every rerun of the delta; the message says so. O(pass=full) copies everything again.
     type: str
     choices: [metadata, content]
     default: metadata
@@ -190,13 +203,19 @@ options:
     description:
       - Identifies this migration (letters, digits, C(_), C(.), C(-); at most 64). Recorded in the destination's
         marker, so a rerun tells "this migration's data" (resume or no-op) from "other data".
+      - A complete destination counts as this migration's only while it holds what the migration left there
+        (see O(existing)), and only for the source volume and host the marker names.
     type: str
     required: true
   existing:
     description:
       - What to do when the destination volume exists and holds data that is not this migration's.
-      - V(fail) refuses (default); V(replace) replaces its content (explicit opt-in; the old content stays until
-        the new one is verified).
+      - Also counted as not this migration's - a destination that this O(migration_id) completed but whose data
+        changed since (its fingerprint differs from the one recorded at completion, say the application
+        already wrote to it on the destination), and the completed copy of another source volume or host under the
+        same O(migration_id). Markers written by versions that did not record these are trusted as before.
+      - V(fail) refuses (default), also in check mode; nothing is changed. V(replace) replaces its content
+        (explicit opt-in; the old content stays until the new one is verified).
     type: str
     choices: [fail, replace]
     default: fail
@@ -250,7 +269,7 @@ attributes:
   idempotent:
     support: full
     description: A destination already complete for this O(migration_id) whose tree fingerprint equals the source's
-      gives C(changed=false) and nothing is sent.
+      (and with O(verify=content) its content digest too) gives C(changed=false) and nothing is sent.
 notes:
   - Requires on the source host paramiko, GNU tar and zstd (with O(compression=zstd)), and the Python SDK for Docker
     only when O(tls) or a fixed O(api_version) is set (otherwise the volume is inspected on the local socket directly);
@@ -358,17 +377,23 @@ dest_fingerprint:
   returned: when connected and not in check mode
   type: str
 verified:
-  description: Whether the destination tree matched the source (fingerprint, count, content digest if requested).
+  description:
+    - Whether the destination tree matched the source (fingerprint, count, content digest if requested).
+    - On a destination already complete, with O(verify=metadata) from the metadata fingerprint alone; with
+      O(verify=content) only after the content digests of both sides were compared.
   returned: always
   type: bool
 content_digest:
   description: Content digest of the source (sha256 over every file's path and content hash).
-  returned: when O(verify=content) and data was sent
+  returned: when O(verify=content) and data was sent, or a complete destination's content was compared
   type: str
 source_recheck:
   description:
-    - How the source was re-checked after streaming, before the destination was declared verified (a source
-      that changed during the pass is never declared verified).
+    - How the source was re-checked after streaming, before the destination was declared verified. The
+      destination is declared verified only when it matches the source as re-checked after the stream. With
+      O(verify=metadata) a change during the pass that the fingerprint cannot see (a content edit that keeps size
+      and mtime, made after tar read the file) is not noticed when the source is walked again
+      (V(fingerprint) below); use O(verify=content) for the final pass.
     - V(change_token) when a listing of only each entry's inode and change time (ctime) matched the first walk's
       (made by GNU C(find) when there is no O(exclude) and C(find) is usable, else by a walk),
       proving nothing changed since; it is used with O(verify=metadata) when the newest ctime was at least 2 s
@@ -395,8 +420,11 @@ dest_records_reused:
   returned: when data was sent
   type: int
 deleted:
-  description: Number of paths a delta pass removed on the destination because the source no longer has them
-    (top-most paths only; a removed directory counts once). In check mode, how many would be removed.
+  description:
+    - Number of paths a delta pass removed on the destination because the source no longer has them
+      (top-most paths only; a removed directory counts once). In check mode, how many would be removed.
+    - Entries below a directory that became a non-directory on the source (a symlink, a file) are removed with it
+      but not counted here; the directory itself counts in RV(replaced).
   returned: always
   type: int
 replaced:
@@ -450,9 +478,12 @@ try:
     import paramiko
     PARAMIKO_VERSION = paramiko.__version__  # checked here for a clear message; used in _transfer
     HAS_PARAMIKO = True
+    # paramiko's errors are no OSError: one that _transfer did not word yet is still one message, no traceback.
+    SSH_ERRORS = (paramiko.SSHException,)
 except ImportError:
     PARAMIKO_VERSION = None
     HAS_PARAMIKO = False
+    SSH_ERRORS = ()
 
 
 class TransferParameters(object):
@@ -522,6 +553,11 @@ class VolumeTransferManager(object):
                 msg = msg.replace('dest_host_key pins', 'relay_source_host_key pins')
             self.fail('%s (relay %s:%s -> %s:%s)' % (
                 msg, p['relay_source_host'], p['volume'], p['dest_host'], p['dest_volume']))
+        except SSH_ERRORS as exc:
+            self.fail('SSH failed in relay mode (%s: %s); rerun the transfer: it resumes, or finds the destination '
+                      'complete. (relay %s:%s -> %s:%s)'
+                      % (exc.__class__.__name__, exc, p['relay_source_host'], p['volume'], p['dest_host'],
+                         p['dest_volume']))
         for w in result.pop('warnings', None) or []:
             self.module.warn(w)
         result.pop('dest_state_before', None)
@@ -557,6 +593,10 @@ class VolumeTransferManager(object):
             self.fail('%s (volume %s -> %s:%s)' % (exc, p['volume'], p['dest_host'], p['dest_volume']))
         except OSError as exc:
             self.fail(_archive.describe_os_error(exc, 'Transferring volume %s' % p['volume']))
+        except SSH_ERRORS as exc:
+            self.fail('SSH failed during the transfer (%s: %s); rerun the transfer: it resumes, or finds the '
+                      'destination complete. (volume %s -> %s:%s)'
+                      % (exc.__class__.__name__, exc, p['volume'], p['dest_host'], p['dest_volume']))
         finally:
             if holder is not None:
                 holder.release()
