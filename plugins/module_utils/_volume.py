@@ -207,12 +207,47 @@ def volume_facts(inspect, in_use_by):
 PRUNE_FILTER_KEYS = ('label', 'label!', 'all')
 
 
-def as_list(value):
-    if value is None:
-        return []
-    if isinstance(value, (list, tuple)):
-        return [str(v) for v in value]
-    return [str(value)]
+LABEL_FILTER_KEYS = ('label', 'label!')
+
+
+def filter_values(key, value):
+    """The strings to send for the list/prune filter ``key``, or raise ValueError with the message for the user.
+
+    Accepted: a non-empty string, a list of non-empty strings, and for the label filters also a dict
+    (``{k: v}`` is ``k=v``, ``{k: null}`` is ``k``, as labels are written in YAML). Nothing is turned
+    into a string silently: ``label!: {keep: 'yes'}`` once became the expression "{'keep': 'yes'}",
+    which no volume carries, so the volumes meant to be kept were pruned. An empty value is refused
+    too: ``label: []`` (a template that came out empty) once dropped the filter, and a prune then
+    matched every unused volume of the host.
+    """
+    what = 'Filter %s' % key
+    if value is None or (isinstance(value, (str, list, tuple, dict)) and not value):
+        raise ValueError('%s is empty. Give at least one value, or leave the key out%s.'
+                         % (what, ' (an empty label filter would match every volume)' if key in LABEL_FILTER_KEYS else ''))
+    if isinstance(value, str):
+        values = [value]
+    elif isinstance(value, (list, tuple)):
+        values = list(value)
+        bad = [v for v in values if not isinstance(v, str) or not v]
+        if bad:
+            raise ValueError('%s must be a list of non-empty strings; %r is not one%s.'
+                             % (what, bad[0], ' (quote it)' if isinstance(bad[0], (bool, int, float)) else ''))
+    elif isinstance(value, dict) and key in LABEL_FILTER_KEYS:
+        values = []
+        for k, v in value.items():
+            if not isinstance(k, str) or not k or '=' in k:
+                raise ValueError('%s: %r is not a label key.' % (what, k))
+            if v is None:
+                values.append(k)
+            elif isinstance(v, bool) or isinstance(v, float) or not isinstance(v, (str, int)):
+                # YAML turns yes into True and 1.0 into 1.0, whose strings are rarely what was typed.
+                raise ValueError('%s: the value %r of label %s is not a string; quote it.' % (what, v, k))
+            else:
+                values.append('%s=%s' % (k, v))
+    else:
+        raise ValueError('%s must be a string or a list of strings%s, not %r.'
+                         % (what, ' or a dict of label keys and values' if key in LABEL_FILTER_KEYS else '', value))
+    return values
 
 
 def _match_kv(expression, labels):
@@ -247,10 +282,12 @@ def prune_settings(filters, api_version):
                             % (', '.join(unknown), ', '.join(PRUNE_FILTER_KEYS)))
     new_engine = api_version_tuple(api_version) >= PRUNE_ALL_MIN_API
     api_filters = {}
-    for key in ('label', 'label!'):
-        values = as_list(filters.get(key))
-        if values:
-            api_filters[key] = values
+    for key in LABEL_FILTER_KEYS:
+        if key in filters:
+            try:
+                api_filters[key] = filter_values(key, filters[key])
+            except ValueError as exc:
+                return None, None, str(exc)
     all_value = filters.get('all')
     if all_value is not None and not isinstance(all_value, bool):
         text = str(all_value).lower()
@@ -269,6 +306,13 @@ def prune_settings(filters, api_version):
                             '(Docker 23.0) prune always removes every unused local volume matching the label '
                             'filters. Remove filters.all or set it to true, after checking with check mode what '
                             'would be removed.' % api_version)
+    if all_value is None and 'label' not in api_filters:
+        # The same task removes only anonymous volumes on a newer engine: here it would remove every
+        # unused NAMED volume too (a database volume whose container was removed for an upgrade).
+        return None, None, ('This Docker engine (API %s) cannot prune only anonymous volumes: before API 1.42 '
+                            '(Docker 23.0) prune removes every unused local volume, named ones included. Refusing '
+                            'without an explicit choice: select the volumes with filters.label, or set filters.all '
+                            'to true to remove every unused volume (check mode lists them first).' % api_version)
     return api_filters, False, None
 
 

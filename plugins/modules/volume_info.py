@@ -36,13 +36,19 @@ options:
   name:
     description:
       - Name of one volume to inspect. Without it, all volumes (or those matching O(filters)) are returned.
+      - Cannot be combined with O(filters).
     type: str
     aliases: [volume_name]
   filters:
     description:
-      - Filters applied by the Docker daemon when listing volumes (ignored with O(name)).
-      - C(label) (C(key) or C(key=value), a string or a list; all must match), C(driver), C(dangling)
-        (V(true) lists only volumes no container uses), C(name) (volumes whose name contains the value).
+      - Filters applied by the Docker daemon when listing volumes. Cannot be combined with O(name).
+      - C(label) - C(key) or C(key=value); a string, a list of them (all must match), or a dict of label keys and
+        values (a key with a value is C(key=value), a key with a null value matches the key with any value).
+      - C(driver) - a driver name, or a list of them.
+      - C(dangling) - boolean; V(true) lists only volumes no container uses.
+      - C(name) - volumes whose name contains the value (a string, or a list of them).
+      - A value of another shape, or an empty one (for example C(label=[]) from a template that came out empty), is
+        refused instead of being dropped or turned into text.
     type: dict
   usage:
     description:
@@ -208,7 +214,7 @@ volumes:
 from ansible_collections.volumeops.docker.plugins.module_utils._validation import volume_name_error
 from ansible_collections.volumeops.docker.plugins.module_utils._volume import (
     PrecheckedDockerClient,
-    as_list,
+    filter_values,
     local_filesystem_usage,
     mounts_by_volume,
     sizes_from_df,
@@ -224,19 +230,30 @@ def precheck(params):
     unknown = sorted(set(params['filters'] or {}) - set(LIST_FILTER_KEYS))
     if unknown:
         return 'Unsupported filter(s) %s; volume_info supports %s.' % (', '.join(unknown), ', '.join(LIST_FILTER_KEYS))
+    try:
+        api_filters(params['filters'])
+    except ValueError as exc:
+        return str(exc)
     return None
 
 
+BOOLEAN_TEXT = {'true': 'true', 'yes': 'true', '1': 'true', 'false': 'false', 'no': 'false', '0': 'false'}
+
+
 def api_filters(filters):
+    """The daemon's list filters for ``filters``; ValueError (the message) for a value of the wrong shape."""
     result = {}
     for key, value in (filters or {}).items():
         if key == 'dangling':
             # The API wants the strings true/false; YAML gives booleans.
-            values = ['true' if str(v).lower() in ('true', 'yes', '1') else 'false' for v in as_list(value)]
+            if isinstance(value, bool):
+                result[key] = ['true' if value else 'false']
+            elif isinstance(value, str) and value.lower() in BOOLEAN_TEXT:
+                result[key] = [BOOLEAN_TEXT[value.lower()]]
+            else:
+                raise ValueError('Filter dangling must be a boolean, not %r.' % (value,))
         else:
-            values = as_list(value)
-        if values:
-            result[key] = values
+            result[key] = filter_values(key, value)
     return result
 
 

@@ -21,8 +21,10 @@ description:
     does that). Run it first.
   - "Which volumes the engine prunes depends on its API version: from API 1.42 (Docker 23.0) it removes only
     B(anonymous) volumes unless C(filters.all=true); before that (Docker 20.10 and older, API 1.41) it removes
-    B(every) unused local volume, named ones included, and an anonymous-only prune is impossible
-    (C(filters.all=false) then fails without removing anything)."
+    B(every) unused local volume, named ones included, and an anonymous-only prune is impossible."
+  - "So that one task never removes named volumes on one engine and not on another: on an engine older than API
+    1.42 the module fails without removing anything unless the prune is restricted by a C(label) filter or
+    C(filters.all=true) asks for every unused volume (C(filters.all=false) fails there too)."
   - RV(anonymous_only) tells which of the two applied.
 extends_documentation_fragment:
   - volumeops.docker.docker
@@ -43,8 +45,13 @@ options:
       - C(label) - C(key) or C(key=value), a string or a list; a volume is removed only when it matches B(all) of them.
       - C(label!) - C(key) or C(key=value), a string or a list; a volume is kept when it matches B(all) of them
         (the engine's rule - with one expression, volumes matching it are kept).
+      - C(label) and C(label!) also take a dict of label keys and values, a key with a value meaning C(key=value)
+        and a key with a null value meaning the key with any value. Any other shape (a number, a list of lists, ...) and an
+        empty value (C(label=[]), C(label=null), for example from a template that came out empty) are refused and
+        nothing is removed.
       - C(all) - boolean. V(true) removes named volumes too. V(false) removes only anonymous volumes, which needs
-        API 1.42 or newer. Not set - the engine's default (see the description).
+        API 1.42 or newer. Not set - only anonymous volumes from API 1.42; before API 1.42 a C(label) filter is then
+        required (see the description).
       - Use a label filter on shared hosts, so that volumes of other users are never touched.
     type: dict
     default: {}
@@ -79,6 +86,20 @@ EXAMPLES = r'''
       label: project=ci
       label!: keep
       all: true
+
+- name: Labels written as a dict
+  volumeops.docker.volume_prune:
+    filters:
+      label:
+        project: ci
+      label!:
+        keep: 'yes'
+      all: true
+
+- name: Remove every unused volume of the host, named ones included (all=true is required before API 1.42)
+  volumeops.docker.volume_prune:
+    filters:
+      all: true
 '''
 
 RETURN = r'''
@@ -106,8 +127,10 @@ api_version:
 '''
 
 from ansible_collections.volumeops.docker.plugins.module_utils._volume import (
+    LABEL_FILTER_KEYS,
     PRUNE_FILTER_KEYS,
     PrecheckedDockerClient,
+    filter_values,
     prune_candidates,
     prune_settings,
     sizes_from_df,
@@ -115,9 +138,16 @@ from ansible_collections.volumeops.docker.plugins.module_utils._volume import (
 
 
 def precheck(params):
-    unknown = sorted(set(params['filters'] or {}) - set(PRUNE_FILTER_KEYS))
+    filters = params['filters'] or {}
+    unknown = sorted(set(filters) - set(PRUNE_FILTER_KEYS))
     if unknown:
         return 'Unsupported filter(s) %s; volume_prune supports %s.' % (', '.join(unknown), ', '.join(PRUNE_FILTER_KEYS))
+    for key in LABEL_FILTER_KEYS:
+        if key in filters:
+            try:
+                filter_values(key, filters[key])
+            except ValueError as exc:
+                return str(exc)
     return None
 
 

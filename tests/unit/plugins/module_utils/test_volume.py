@@ -191,3 +191,58 @@ def test_prune_candidates_anonymous_only():
 
 def test_prune_candidates_without_filters_still_skip_options_and_plugins():
     assert v.prune_candidates(VOLUMES, {'used'}, {}, False) == ['anon', 'named', 'other']
+
+
+# --- filter values (volume_prune, volume_info) ----------------------------------------------------------
+
+@pytest.mark.parametrize('value,expected', [
+    ('keep=yes', ['keep=yes']),
+    (['a', 'b=c'], ['a', 'b=c']),
+    ({'keep': 'yes'}, ['keep=yes']),
+    ({'keep': None, 'tier': 1}, ['keep', 'tier=1']),
+])
+def test_filter_values_accepted_shapes(value, expected):
+    assert v.filter_values('label!', value) == expected
+
+
+@pytest.mark.parametrize('value,message', [
+    ([], 'is empty'),
+    (None, 'is empty'),
+    ('', 'is empty'),
+    ({}, 'is empty'),
+    ([''], 'non-empty strings'),
+    ([{'keep': 'yes'}], 'non-empty strings'),
+    ([1], 'quote it'),
+    (5, 'not 5'),
+    (True, 'not True'),
+    ({'keep': True}, 'quote it'),
+    ({'keep': 1.0}, 'quote it'),
+    ({'a=b': 'c'}, 'not a label key'),
+])
+def test_filter_values_refused(value, message):
+    with pytest.raises(ValueError, match=message):
+        v.filter_values('label!', value)
+
+
+def test_filter_values_dict_only_for_labels():
+    with pytest.raises(ValueError, match='string or a list of strings, not'):
+        v.filter_values('name', {'a': 'b'})
+
+
+def test_prune_settings_refuse_wrong_shapes_instead_of_stringifying():
+    # label! {keep: yes} once became the expression "{'keep': 'yes'}": the volumes to keep were pruned.
+    assert v.prune_settings({'label': 'run=x', 'label!': {'keep': 'yes'}}, '1.41') == (
+        {'label': ['run=x'], 'label!': ['keep=yes']}, False, None)
+    # label [] once dropped the filter: every unused volume of the host matched.
+    assert 'is empty' in v.prune_settings({'label': []}, '1.41')[2]
+    assert 'is empty' in v.prune_settings({'label': None, 'all': True}, '1.45')[2]
+
+
+def test_prune_settings_old_engine_needs_a_label_or_all():
+    for filters in ({}, {'label!': 'keep'}):
+        error = v.prune_settings(filters, '1.41')[2]
+        assert 'named ones included' in error and 'filters.all' in error
+    assert v.prune_settings({'all': True}, '1.41') == ({}, False, None)
+    assert v.prune_settings({'label!': 'keep', 'all': 'yes'}, '1.41') == ({'label!': ['keep']}, False, None)
+    # Newer engines prune only anonymous volumes without all: nothing to refuse.
+    assert v.prune_settings({}, '1.42') == ({}, True, None)

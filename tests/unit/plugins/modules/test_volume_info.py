@@ -102,3 +102,14 @@ def test_nothing_found_makes_no_further_calls():
     result = _run(client)
     assert [c[0] for c in client.api.calls] == ['volumes']
     assert result['exists'] is False and result['volumes'] == []
+
+
+def test_filters_of_the_wrong_shape_are_refused_before_any_call():
+    params = dict(name=None, usage=False)
+    assert volume_info.precheck(dict(params, filters={'label': {'app': 'web', 'tier': None}})) is None
+    assert volume_info.api_filters({'label': {'app': 'web', 'tier': None}, 'dangling': True}) == {
+        'label': ['app=web', 'tier'], 'dangling': ['true']}
+    assert 'is empty' in volume_info.precheck(dict(params, filters={'label': []}))
+    assert 'non-empty strings' in volume_info.precheck(dict(params, filters={'label': [['a']]}))
+    assert 'boolean' in volume_info.precheck(dict(params, filters={'dangling': 'maybe'}))
+    assert 'string or a list of strings' in volume_info.precheck(dict(params, filters={'driver': {'a': 'b'}}))
