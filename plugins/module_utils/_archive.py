@@ -1027,6 +1027,7 @@ class TarStreamValidator(object):
         self._pax = {}
         self._longname = None
         self._longlink = None
+        self._pending_meta = set()  # kinds of extended headers (x, L, K) read since the last real header
         self._zero_blocks = 0
         self._seen = {}  # normalized path -> type code
         self._links = set()  # paths that are symlinks or hard links
@@ -1088,6 +1089,14 @@ class TarStreamValidator(object):
         if typeflag in META_TYPES:
             if size > 16 * 1024 * 1024:
                 raise StreamRejected('Refusing archive: oversized extended header (%d bytes).' % size)
+            if typeflag in self._pending_meta:
+                # GNU tar keeps only the last header of a kind where this parser would have to guess
+                # (it merged pax records): a size in the first one would count here and not for tar, and
+                # the bytes tar then reads as headers would never be checked. GNU tar never writes two.
+                raise StreamRejected('Refusing archive: two extended headers of type %s before one member.'
+                                     % shown(typeflag))
+            if typeflag != b'g':
+                self._pending_meta.add(typeflag)
             self._meta = (typeflag, bytearray(), size)
             self._remaining = size + (-size % 512)
             self._state = 'meta'
@@ -1098,6 +1107,7 @@ class TarStreamValidator(object):
         kind = ALLOWED_TYPES[typeflag]
         pax = self._pax
         self._pax = {}
+        self._pending_meta.clear()
         if b'size' in pax:
             size = _pax_int(pax, b'size')
         name = _nul_terminated(block[0:100])
@@ -1195,12 +1205,17 @@ class TarStreamValidator(object):
         data = bytes(data[:size])
         self._meta = None
         if kind == b'x':
-            self._pax.update(_parse_pax(data))
+            self._pax = _parse_pax(data)  # the only one before its member (see _header)
         elif kind == b'g':
-            # GNU tar applies global records to every later member: refuse name overrides.
+            # GNU tar applies global records to every later member, where they change how a member is
+            # read (size, sparse maps) or where it goes (path, linkpath), or its owner and times. GNU tar
+            # itself never writes a global header: accept only comments rather than model all of that.
             g = _parse_pax(data)
-            if b'path' in g or b'linkpath' in g or any(k.startswith(b'GNU.sparse') for k in g):
-                raise StreamRejected('Refusing archive: global header overrides member names.')
+            other = sorted(k for k in g if k != b'comment')
+            if other:
+                raise StreamRejected('Refusing archive: a global pax header with the record %s (volumeops '
+                                     'archives have none; it would change how every later member is read).'
+                                     % shown(other[0]))
         elif kind == b'L':
             self._longname = _nul_terminated(data)
         elif kind == b'K':
@@ -1493,19 +1508,111 @@ def remove_tree(path):
             os.unlink(path)
 
 
-def cleanup_stale(parent, markers=(STAGING_MARKER, OLD_MARKER)):
-    """Remove leftovers of interrupted runs (our own marker names only). Returns the removed paths."""
-    removed = []
+VOLUME_LOCK = '.volumeops.lock'
+
+
+class VolumeBusy(ArchiveError):
+    """Another restore or transfer of the volume holds its lock."""
+
+
+class volume_lock(object):  # pylint: disable=invalid-name
+    """The per-volume lock: flock on ``<volume_dir>/.volumeops.lock`` (the directory holding ``_data``).
+
+    Taken at once or not at all (raises VolumeBusy: a second run never waits behind a restore that may
+    take an hour). The file is kept (unlinking a lock file lets a waiter lock a file nobody else can
+    see); opened with O_NOFOLLOW and 0600. ``create=False`` only probes: None when there is no lock
+    file (nobody can hold it), so check mode writes nothing. Held until ``release()`` or the process ends.
+    """
+
+    def __init__(self, volume_dir, volume=None, create=True):
+        import fcntl
+        self.path = os.path.join(volume_dir, VOLUME_LOCK)
+        flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_CREAT if create else 0)
+        self.fd = os.open(self.path, flags, 0o600)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            raise VolumeBusy('Another restore or transfer of volume %s is running (it holds %s); run this one '
+                             'when it has finished. Nothing was changed.'
+                             % (volume or os.path.basename(volume_dir), self.path))
+        except BaseException:
+            os.close(self.fd)
+            self.fd = None
+            raise
+
+    @classmethod
+    def probe(cls, volume_dir, volume=None):
+        """Raise VolumeBusy when another run holds the lock; creates nothing (check mode)."""
+        try:
+            cls(volume_dir, volume, create=False).release()
+        except FileNotFoundError:
+            pass
+
+    def release(self):
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.release()
+        return False
+
+
+def cleanup_stale(parent, markers=(STAGING_MARKER, OLD_MARKER), data='_data', dry_run=False):
+    """Resolve what interrupted runs left beside ``<parent>/<data>`` (our marker names only).
+
+    Call only while holding ``volume_lock(parent)``: a restore running at the same time keeps its
+    staging directory here too. Returns (actions, problems): what was done (with ``dry_run``: what
+    would be done, nothing touched), and what could not be removed. A removal that fails is a
+    problem to report, never an exception: the leftovers of an earlier run must not stop this one
+    (a later run tries again).
+
+    ``<data>`` missing while a real directory ``.volumeops-old-<data>-<pid>`` exists means that
+    exchange_dirs' fallback (two renames) was interrupted between its renames: that directory holds
+    the volume's only copy of its content. It is renamed back (the restore is rolled back), never
+    removed; while ``<data>`` is missing nothing is removed at all.
+    """
+    actions, problems = [], []
     try:
-        names = os.listdir(parent)
+        names = sorted(os.listdir(parent))
     except FileNotFoundError:
-        return removed
+        return actions, problems
+    data_path = os.path.join(parent, data)
+    if not os.path.lexists(data_path):
+        parked = [n for n in names if n.startswith(OLD_MARKER + data + '-') and is_real_dir(os.path.join(parent, n))]
+        if len(parked) != 1:
+            if parked:
+                problems.append('%s is missing and several directories may hold its content (%s): left as they '
+                                'are.' % (data_path, ', '.join(parked)))
+            return actions, problems
+        try:
+            if not dry_run:
+                os.rename(os.path.join(parent, parked[0]), data_path)
+        except OSError as exc:
+            problems.append('Could not move %s back to %s: %s' % (parked[0], data_path, exc))
+            return actions, problems
+        actions.append('%s %s back to %s (a swap interrupted between its two renames: rolled back)'
+                       % ('would move' if dry_run else 'moved', parked[0], data))
+        names.remove(parked[0])
     for name in names:
-        if any(name.startswith(m) for m in markers):
-            path = os.path.join(parent, name)
+        if not name.startswith(markers):
+            continue
+        path = os.path.join(parent, name)
+        if dry_run:
+            actions.append('would remove %s' % name)
+            continue
+        try:
             remove_tree(path)
-            removed.append(path)
-    return removed
+        except OSError as exc:
+            problems.append('Could not remove %s, left by an interrupted or failed restore: %s' % (path, exc))
+            continue
+        actions.append('removed %s' % name)
+    return actions, problems
 
 
 def tree_summary(root, exclude=None, with_change_token=False, started_ns=None, version=_tree.FINGERPRINT_VERSION):
@@ -1592,13 +1699,17 @@ def exchange_dirs(a, b):
     return 'rename'
 
 
-def merge_into(staging, target):
+def merge_into(staging, target, progress=None):
     """Move the verified staging tree into ``target`` (existing content kept unless replaced).
 
     Walks top-down; never follows a symlink in ``target``: an existing entry
-    that is not a real directory where the archive has a directory is replaced.
+    that is not a real directory where the archive has a directory is replaced
+    (a file or symlink is unlinked first: rename(2) cannot put a directory in
+    its place), and a directory where the archive has something else is removed.
     Directory metadata (owner, mode, xattrs, mtime) is taken from the archive.
-    Returns the number of entries moved.
+    Returns the number of entries moved. ``progress`` (a list) gets the target
+    path of each entry as it is moved, so a caller still knows after a failure
+    part-way whether the target was changed.
     """
     moved = 0
     stack = [(staging, target)]
@@ -1618,8 +1729,12 @@ def merge_into(staging, target):
             if stat.S_ISDIR(sst.st_mode) and dst_st is not None and stat.S_ISDIR(dst_st.st_mode):
                 stack.append((src, dst))
                 continue
+            if progress is not None:
+                progress.append(dst)  # before the first change to it
             if dst_st is not None and stat.S_ISDIR(dst_st.st_mode):
                 shutil.rmtree(dst)
+            elif dst_st is not None and stat.S_ISDIR(sst.st_mode):
+                os.unlink(dst)  # the link itself, never what it points to
             os.rename(src, dst)  # replaces a file or symlink atomically, never follows it
             moved += 1
     # Directory metadata, deepest first so parents' mtimes are set last.

@@ -37,6 +37,14 @@ class HelperError(Exception):
     pass
 
 
+class MergeStopped(HelperError):
+    """A merge in the helper container failed part-way; ``changed`` paths of the volume were changed."""
+
+    def __init__(self, msg, changed):
+        super(MergeStopped, self).__init__(msg)
+        self.changed = changed
+
+
 def is_mount_point(path):
     """Whether ``path`` is a mount point in this process's mount namespace (bind mounts included, which
     os.path.ismount does not see when they come from the same filesystem)."""
@@ -107,7 +115,13 @@ if _mode == 'abort':
 _os.sync()
 if _mode == 'merge':
     _st = _os.lstat(_staging)
-    merge_into(_staging, _root)
+    _moved = []
+    try:
+        merge_into(_staging, _root, _moved)
+    except Exception as _exc:
+        # A merge is not atomic: say how far it got (the volume changed when anything moved).
+        _sys.stdout.write(_json.dumps({'merge_error': str(_exc), 'changed': len(_moved)}))
+        _sys.exit(3)
     _shutil.rmtree(_staging)
     _os.utime(_root, ns=(_st.st_atime_ns, _st.st_mtime_ns))
 else:
@@ -316,6 +330,13 @@ class Helper(object):
         if mode == 'abort' and volume in self.root_times:
             argv.append(json.dumps(self.root_times[volume]))
         rc, out, err = self.run(volume, argv, read_only=False)
+        if rc == 3 and mode == 'merge':
+            try:
+                data = json.loads(out.decode('utf-8'))
+            except ValueError:
+                data = None
+            if isinstance(data, dict) and 'merge_error' in data:
+                raise MergeStopped('Merging into the volume failed: %s' % data['merge_error'], int(data['changed']))
         if rc != 0:
             raise HelperError('Finishing the restore in the helper container failed (exit %s): %s' % (rc, err))
         if mode == 'abort':

@@ -17,19 +17,31 @@ description:
   - Restores an archive written by M(volumeops.docker.volume_backup) into a volume, keeping every property the
     archive holds (numeric owners, all permission bits, sub-second mtimes, hard links, sparse files, FIFOs,
     symlinks as they are, xattrs including C(security.capability), POSIX ACLs, the volume root's owner and mode).
-  - The archive is read once. Its compressed bytes are hashed while it is decompressed; every tar header is
+  - The restore itself reads the archive once (besides its first member, the manifest, read before anything
+    else). Its compressed bytes are hashed while it is decompressed; every tar header is
     checked (the archive is treated as untrusted) before GNU tar extracts it into a staging directory on the
     same filesystem as the volume. Only when the checksum matches the C(.sha256) sidecar and the staged tree
     matches the manifest's entry count and tree fingerprint is the staging directory swapped in (atomically with
     C(renameat2(RENAME_EXCHANGE)) where available). On any failure the staging directory is removed and the volume
     is as it was.
+  - The checks before the restore read and decompress the whole archive once more in two cases, O(existing=merge)
+    on a volume that is not empty (for the list of the archive's paths, to see whether the volume already holds
+    them as archived) and diff mode (for the paths that would change). On a big archive that is 2 to 3 times the
+    reading time of the restore alone. Each read is checked like the restore's.
   - The staged tree is written to disk (C(syncfs), in the background while it is extracted and once more before the
     swap; C(sync) inside the helper container on that path) before it replaces the old content, so a power loss
     right after the restore cannot leave empty files where the old content was. The restore's duration includes
     that write.
   - Refused archives are those with absolute paths, C(..), entries below a symlink or hard link, hard links to anything but an
-    earlier member, device nodes (unless O(allow_devices=true)), unknown member types, truncated streams (also
-    when cut at a file boundary), checksum or manifest mismatches.
+    earlier member, device nodes (unless O(allow_devices=true)), unknown member types, global pax headers with
+    records other than comments, two extended headers of one kind before a member, truncated streams (also
+    when cut at a file boundary), checksum or manifest mismatches, and archives whose member count differs from
+    their manifest's entry count or from what GNU tar extracted.
+  - On the local data path the restore holds the volume's lock, C(.volumeops.lock) beside its C(_data). A second
+    restore of the same volume then fails at once instead of running alongside.
+    Leftovers of an interrupted restore beside C(_data) are removed under that lock (reported in RV(recovered);
+    check mode only reports them); when C(_data) is missing because a swap was interrupted between its two
+    renames, the parked old content is moved back.
 options:
   volume:
     description: Volume to restore into.
@@ -51,15 +63,23 @@ options:
   create:
     description:
       - Create the volume when it does not exist, with the driver, driver options and labels from the archive's
-        manifest, or from O(driver), O(driver_options), O(labels) when given. A volume created by a restore that
-        then fails is removed again.
+        manifest (the checksummed one inside the archive), or from O(driver), O(driver_options), O(labels) when
+        given. A volume created by a restore that then fails is removed again.
+      - Driver options from the archive that mount a path of this host (a bind mount, C(o) with C(bind) or
+        C(rbind), C(type=none), or a C(device) that is an absolute local path) are refused; give O(driver_options)
+        to create such a volume. NFS (C(device=:/export)) and CIFS (C(device=//server/share)) options are used.
+      - A created volume with driver options (NFS, CIFS, a bind mount) or of another driver shows what its
+        mount source already holds. It is treated like an existing volume (O(existing), idempotency); when
+        that refuses, the volume is removed again, which leaves the data at its source alone. Check mode cannot
+        see that content and says so in a warning.
     type: bool
     default: true
   driver:
     description: Driver for a volume created by the restore (overrides the manifest's).
     type: str
   driver_options:
-    description: Driver options for a volume created by the restore (override the manifest's).
+    description: Driver options for a volume created by the restore (override the manifest's; needed for options
+      that mount a host path, see O(create)).
     type: dict
   labels:
     description: Labels for a volume created by the restore (override the manifest's).
@@ -74,13 +94,26 @@ options:
         error during the swap moves everything back, and a swap interrupted by a killed helper is resolved by
         the next restore of the volume (rolled back before the point of no return, completed after it). During
         the swap the volume shows a mix of old and new top-level entries, so use O(stop_containers=true).
-      - V(merge) is not atomic on either path; a failure part-way keeps the entries moved so far.
+      - V(merge) is not atomic on either path; a failure part-way keeps the entries moved so far (and reports
+        C(changed) when there were any). Where the archive has a directory and the volume a file or symlink (or
+        the reverse), the volume's entry is replaced; a symlink is never followed.
+      - Except with V(merge), the local data path exchanges the volume's directory. Containers that use it would
+        keep the old directory, which is then deleted under them. A volume used by running containers is
+        therefore refused there unless O(stop_containers=true).
     type: str
     choices: [fail, replace, merge]
     default: fail
   stop_containers:
     description: Stop the running containers that use the volume during the restore and start exactly those again
       afterwards, also when the restore fails.
+    type: bool
+    default: false
+  force:
+    description:
+      - Restore even when the volume already matches the archive's tree fingerprint. That fingerprint covers
+        metadata only (paths, types, sizes, modification times, permissions, owners, link targets, extended
+        attributes), not file content; a file damaged in place with its size and mtime kept matches. O(existing)
+        still applies (V(fail) refuses a volume that is not empty).
     type: bool
     default: false
   allow_devices:
@@ -118,7 +151,8 @@ attributes:
       helper container).
   idempotent:
     support: full
-    description: Not changed when the volume already holds exactly what the archive holds (equal tree fingerprint).
+    description: Not changed when the volume already matches the archive's tree fingerprint (equal metadata of
+      every entry; file content is not compared, see O(force)).
 notes:
   - GNU tar (and zstd or gzip for compressed archives) are needed on the managed host.
   - The staging directory lives next to the volume's data (same filesystem); the volume's filesystem needs room
@@ -191,7 +225,8 @@ stopped_containers:
   type: list
   elements: str
 recovered:
-  description: What was done to resolve the leftovers of an interrupted restore found in the volume (helper path).
+  description: What was done (in check mode, what would be done) to resolve the leftovers of an interrupted
+    restore found in the volume (helper path) or beside its data (local path).
   returned: when there were leftovers
   type: list
   elements: str
@@ -207,6 +242,7 @@ changes:
   sample: {added: 3, changed: 1, removed: 0, sample: ['./a', './b']}
 '''
 
+import json
 import os
 import time
 import uuid
@@ -214,9 +250,32 @@ import uuid
 from ansible_collections.volumeops.docker.plugins.module_utils._docker_client import AnsibleDockerClient
 from ansible_collections.volumeops.docker.plugins.module_utils._validation import volume_name_error, stringify_labels
 from ansible_collections.volumeops.docker.plugins.module_utils import _archive, _tree
-from ansible_collections.volumeops.docker.plugins.module_utils._helper import Helper, HelperError, local_path_error
+from ansible_collections.volumeops.docker.plugins.module_utils._helper import (
+    Helper, HelperError, MergeStopped, local_path_error)
 
 SAMPLE = 20
+UNCHANGED_MSG = ('The volume already matches the archive\'s tree fingerprint (paths, types, sizes, modification '
+                 'times, permissions, owners, link targets, extended attributes): nothing was restored. File '
+                 'content is not compared; set force: true to restore anyway.')
+UNCHANGED_MERGE_MSG = ('Every entry of the archive is already in the volume with the archived metadata (tree '
+                       'fingerprint of those entries): nothing was merged. File content is not compared; set '
+                       'force: true to merge anyway.')
+
+
+def host_path_mount(options):
+    """The host path that local driver ``options`` would mount into the volume, or None.
+
+    A bind mount (``o`` with ``bind``/``rbind``, or ``type: none``) mounts a directory of this host; a
+    ``device`` that is an absolute local path mounts a block device or directory of this host. NFS
+    (``host:/path``, ``:/path``), CIFS (``//server/share``) and tmpfs mount nothing of the host's.
+    """
+    words = [w.strip() for w in str(options.get('o', '')).split(',')]
+    device = str(options.get('device', ''))
+    if 'bind' in words or 'rbind' in words or str(options.get('type', '')).strip() == 'none':
+        return device or '(no device given)'
+    if device.startswith('/') and not device.startswith('//'):
+        return device
+    return None
 
 
 def _mtime_ns(text):
@@ -240,10 +299,17 @@ class RestoreManager(object):
         self.current_listing = None  # diff mode, local path: the volume's listing from the summary's walk
         self.warnings = []
         self.merging = False  # set once a merge starts moving entries (a merge is not atomic)
+        self.merge_progress = []  # paths a local merge changed so far (merge_into)
+        self.stream_manifest = None
+        self.lock = None  # the volume's lock (local data path)
+        self.remove_on_fail = False  # the volume was created by this run: a refusal removes it again
         self.result = dict(changed=False, volume=self.p['volume'], created=False, stopped_containers=[])
         self.started = time.time()
 
     def fail(self, msg):
+        if self.remove_on_fail:
+            self._remove_volume()
+            self.result.update(changed=bool(self.result.get('recovered')), created=False)
         for w in self.warnings:
             self.module.warn(w)
         self.warnings = []
@@ -381,7 +447,11 @@ class RestoreManager(object):
         compression = _archive.compression_from_path(archive)
         try:
             expected_sha = _archive.read_sidecar_sha256(archive)
-            manifest = _archive.read_sidecar_manifest(archive) or _archive.read_stream_manifest(archive, compression)
+            # The in-stream manifest (the first member, covered by the checksum) decides how a volume is
+            # created; the sidecar copy, which nothing verifies, only serves the cheap comparisons and is
+            # checked against the in-stream one when the archive is read.
+            self.stream_manifest = _archive.read_stream_manifest(archive, compression)
+            manifest = _archive.read_sidecar_manifest(archive) or self.stream_manifest
         except _archive.ArchiveError as exc:
             self.fail('Restore of %s from %s refused: %s Nothing was changed.' % (p['volume'], archive, exc))
         if expected_sha is None:
@@ -393,17 +463,13 @@ class RestoreManager(object):
 
         with self.client.errors('Inspecting volume %s' % p['volume']):
             info = self.client.inspect_volume(p['volume'])
-        driver = p['driver'] or manifest.get('driver') or 'local'
-        options = p['driver_options'] if p['driver_options'] is not None else (manifest.get('driver_options') or {})
-        labels = p['labels'] if p['labels'] is not None else (manifest.get('labels') or {})
-        if p['driver'] is None and p['driver_options'] is None and manifest.get('driver') not in (None, 'local'):
-            # A backup of another driver restores into a local volume unless told otherwise.
-            driver, options = 'local', {}
-        try:
-            labels = stringify_labels(labels)
-        except ValueError as exc:
-            self.fail(str(exc))
-        options = dict((str(k), str(v)) for k, v in (options or {}).items())
+        if info is None and not p['create']:
+            self.fail('Volume %s does not exist (set create: true to create it).' % p['volume'])
+        driver, options, labels = self.creation_args(info)
+        if info is not None and self.client.is_local and info.get('Mountpoint') \
+                and not _archive.mounted_only_in_use(info.get('Driver'), info.get('Options')):
+            # Before the data path is chosen: an interrupted swap may have left the volume without _data.
+            self.local_leftovers(info)
         path_kind = self.data_path(info, driver, options)
         self.result['data_path'] = path_kind
         helper = self.helper() if path_kind == 'helper' else None
@@ -412,45 +478,31 @@ class RestoreManager(object):
             if missing:
                 self.fail('Missing on the managed host: %s.' % ', '.join(missing))
 
-        if info is None and not p['create']:
-            self.fail('Volume %s does not exist (set create: true to create it).' % p['volume'])
-
         if info is not None:
-            if path_kind == 'local':
-                _archive.cleanup_stale(os.path.dirname(info['Mountpoint'].rstrip('/')))
-            try:
-                current = self.current_summary(info, path_kind, helper)
-            except HelperError as exc:
-                self.fail(str(exc))
-            if current.fingerprint == manifest['fingerprint'] and current.entries == manifest['entries']:
-                self.result['msg'] = 'The volume already holds exactly what the archive holds.'
+            if self.decide(info, path_kind, helper, archive, compression, manifest):
                 return self.finish()
-            if p['existing'] == 'merge' and current.entries > 1:
-                try:
-                    merged = self.merged_summary(info, path_kind, helper, archive, compression)
-                except (_archive.ArchiveError, HelperError) as exc:
-                    self.fail('The archive cannot be restored: %s' % exc)
-                if merged.fingerprint == manifest['fingerprint'] and merged.entries == manifest['entries']:
-                    self.result['msg'] = 'The volume already holds every entry of the archive as archived.'
-                    return self.finish()
-            if current.entries > 1 and p['existing'] == 'fail':
-                self.fail('Volume %s is not empty (%d entries); set existing: replace (the volume ends with exactly '
-                          'the archive content) or existing: merge.' % (p['volume'], current.entries - 1))
-            if self.module._diff:
-                try:
-                    listing = helper.listing(p['volume']) if helper is not None else self.current_listing
-                    self.result['changes'] = self.changes(archive, compression, listing, p['existing'])
-                except (_archive.ArchiveError, HelperError) as exc:
-                    self.fail('The archive cannot be restored: %s' % exc)
+        elif _archive.mounted_only_in_use(driver, options) and self.check_mode:
+            self.warnings.append(
+                'Volume %s would be created with driver %s and options %s: whatever its mount source already '
+                'holds cannot be seen before it exists. A real run checks it like an existing volume (existing: '
+                '%s) and removes the volume again when it refuses.'
+                % (p['volume'], driver, json.dumps(options, sort_keys=True), p['existing']))
         self.result['changed'] = True
         self.result['created'] = info is None
         if info is not None and not p['stop_containers']:
             with self.client.errors('Listing containers using %s' % p['volume']):
                 running = [c['name'] for c in self.client.containers_using_volume(p['volume']) if c['running']]
+            if running and path_kind == 'local' and p['existing'] != 'merge':
+                # The swap exchanges the volume's directory: the containers keep the old one, which is then
+                # deleted under them (their files vanish, what they write is lost until they restart).
+                self.result['changed'] = bool(self.result.get('recovered'))
+                self.fail('Volume %s is used by running containers (%s): replacing its content would delete the '
+                          'directory they are using (they keep the old one until restarted, and anything they '
+                          'write meanwhile is lost). Set stop_containers: true to stop them for the restore and '
+                          'start them again afterwards. Nothing was changed.' % (p['volume'], ', '.join(running)))
             if running:
                 self.warnings.append(
-                    'Running containers use volume %s (%s): the content changes underneath them, and with the local '
-                    'data path and existing=replace they keep seeing the old directory until restarted. Use '
+                    'Running containers use volume %s (%s): the content changes underneath them. Use '
                     'stop_containers: true.' % (p['volume'], ', '.join(running)))
         if self.check_mode:
             return self.finish()
@@ -462,6 +514,22 @@ class RestoreManager(object):
                                               labels=labels or None)
                 info = self.client.api.inspect_volume(p['volume'])
             created = True
+            self.remove_on_fail = True
+            if path_kind == 'local' and self.lock is None:
+                try:
+                    self.lock = _archive.volume_lock(os.path.dirname(info['Mountpoint'].rstrip('/')), p['volume'])
+                except _archive.VolumeBusy as exc:
+                    self.remove_on_fail = False  # it is the other run's volume now
+                    self.fail(str(exc))
+            if _archive.mounted_only_in_use(driver, options):
+                # A volume mounting NFS, CIFS or a directory shows what its source already holds: it is
+                # judged like an existing volume (existing, idempotency) and removed again when refused;
+                # removing such a volume leaves the data at its source alone.
+                if self.decide(info, path_kind, helper, archive, compression, manifest):
+                    self.result['changed'] = True
+                    self.result['msg'] = 'Created volume %s; %s' % (p['volume'], self.result['msg'][0].lower()
+                                                                    + self.result['msg'][1:])
+                    return self.finish()
         try:
             self.stop_containers()
             if path_kind == 'local':
@@ -469,6 +537,7 @@ class RestoreManager(object):
             else:
                 res = self.restore_helper(helper, archive, compression, expected_sha, manifest)
             self.result['sha256'] = res
+            self.remove_on_fail = False
         except (_archive.ArchiveError, HelperError, OSError) as exc:
             if created:
                 self._remove_volume()
@@ -481,10 +550,12 @@ class RestoreManager(object):
                 msg = 'Restore of %s from %s failed: %s.' % (p['volume'], archive, text)
             else:
                 msg = 'Restore of %s from %s refused: %s' % (p['volume'], archive, exc)
-            self.result['changed'] = False
+            merged = exc.changed if isinstance(exc, MergeStopped) else len(self.merge_progress)
+            self.result['changed'] = bool(self.result.get('recovered')) or (self.merging and merged > 0)
             self._restart_or_fail()
-            if self.merging:
-                self.fail(msg + ' The merge stopped part-way: entries moved into the volume so far stay there.')
+            if self.merging and merged:
+                self.fail(msg + ' The merge stopped part-way: %d path(s) of the volume were already changed and '
+                                'stay so (run the restore again once the cause is fixed).' % merged)
             self.fail(msg + ' The volume was left as it was.')
         except BaseException:
             if created:
@@ -495,6 +566,84 @@ class RestoreManager(object):
                 self._restart_or_fail()
         return self.finish()
 
+    def creation_args(self, info):
+        """Driver, options and labels for a volume the restore creates (refusing host paths from the archive)."""
+        p = self.p
+        manifest = self.stream_manifest
+        driver = p['driver'] or manifest.get('driver') or 'local'
+        options = p['driver_options'] if p['driver_options'] is not None else (manifest.get('driver_options') or {})
+        labels = p['labels'] if p['labels'] is not None else (manifest.get('labels') or {})
+        if p['driver'] is None and p['driver_options'] is None and manifest.get('driver') not in (None, 'local'):
+            # A backup of another driver restores into a local volume unless told otherwise.
+            driver, options = 'local', {}
+        try:
+            labels = stringify_labels(labels)
+        except ValueError as exc:
+            self.fail(str(exc))
+        options = dict((str(k), str(v)) for k, v in (options or {}).items())
+        if info is None and p['driver_options'] is None:
+            host = host_path_mount(options)
+            if host is not None:
+                self.fail('The archive\'s manifest would create volume %s with driver options %s, which mount the '
+                          'host path %s into it: the restore would write into that host directory (and empty it '
+                          'with existing: replace). An archive does not choose host paths: give driver_options '
+                          'yourself to create the volume that way (the same options to confirm them, or {} for a '
+                          'plain local volume). Nothing was changed.'
+                          % (p['volume'], json.dumps(options, sort_keys=True), host))
+        return driver, options, labels
+
+    def local_leftovers(self, info):
+        """Resolve what interrupted restores left beside the volume's _data, holding the volume's lock
+        (a restore running now keeps its staging directory there too). Check mode only reports."""
+        p = self.p
+        parent = os.path.dirname(info['Mountpoint'].rstrip('/'))
+        try:
+            if self.check_mode:
+                _archive.volume_lock.probe(parent, p['volume'])
+            else:
+                self.lock = _archive.volume_lock(parent, p['volume'])
+        except _archive.VolumeBusy as exc:
+            self.fail(str(exc))
+        except OSError as exc:
+            self.fail('Could not take the lock of volume %s in %s: %s' % (p['volume'], parent, exc))
+        actions, problems = _archive.cleanup_stale(parent, dry_run=self.check_mode)
+        self.warnings.extend(problems)
+        if actions:
+            self.warnings.append('Volume %s: leftovers of an interrupted restore beside its data: %s.'
+                                 % (p['volume'], '; '.join(actions)))
+            self.result['recovered'] = actions
+            self.result['changed'] = True
+
+    def decide(self, info, path_kind, helper, archive, compression, manifest):
+        """Apply ``existing`` and the idempotency checks to a volume that exists (or was just created with a
+        mount source): True when there is nothing to restore (msg set), fails when refused."""
+        p = self.p
+        try:
+            current = self.current_summary(info, path_kind, helper)
+        except HelperError as exc:
+            self.fail(str(exc))
+        if not p['force'] and current.fingerprint == manifest['fingerprint'] and current.entries == manifest['entries']:
+            self.result['msg'] = UNCHANGED_MSG
+            return True
+        if p['existing'] == 'merge' and current.entries > 1 and not p['force']:
+            try:
+                merged = self.merged_summary(info, path_kind, helper, archive, compression)
+            except (_archive.ArchiveError, HelperError) as exc:
+                self.fail('The archive cannot be restored: %s' % exc)
+            if merged.fingerprint == manifest['fingerprint'] and merged.entries == manifest['entries']:
+                self.result['msg'] = UNCHANGED_MERGE_MSG
+                return True
+        if current.entries > 1 and p['existing'] == 'fail':
+            self.fail('Volume %s is not empty (%d entries); set existing: replace (the volume ends with exactly '
+                      'the archive content) or existing: merge.' % (p['volume'], current.entries - 1))
+        if self.module._diff:
+            try:
+                listing = helper.listing(p['volume']) if helper is not None else self.current_listing
+                self.result['changes'] = self.changes(archive, compression, listing, p['existing'])
+            except (_archive.ArchiveError, HelperError) as exc:
+                self.fail('The archive cannot be restored: %s' % exc)
+        return False
+
     def _restart_or_fail(self):
         errors = self.start_containers()
         self.stopped = []
@@ -502,12 +651,19 @@ class RestoreManager(object):
             self.fail('Could not start again containers stopped for the restore: %s' % '; '.join(errors))
 
     def _remove_volume(self):
+        self.remove_on_fail = False
         try:
             self.client.api.remove_volume(self.p['volume'])
         except Exception as exc:
             self.warnings.append('Could not remove the volume created for the failed restore: %s' % exc)
 
-    def _check(self, got_sha, expected_sha, stream_manifest, manifest):
+    def _check(self, got_sha, expected_sha, stream_manifest, manifest, members):
+        """After the archive was read: checksum, manifests, and the validator's member count.
+
+        ``members``: what the validator passed on (root and hard links included, the manifest member not),
+        which equals the manifest's entry count (root included, sockets never archived) for an archive
+        read as GNU tar reads it.
+        """
         if expected_sha is not None and got_sha != expected_sha:
             raise _archive.StreamRejected('checksum mismatch: the archive hashes to %s, its .sha256 file says %s '
                                           '(corrupted or altered archive).' % (got_sha, expected_sha))
@@ -515,13 +671,28 @@ class RestoreManager(object):
             if stream_manifest.get(key) != manifest.get(key):
                 raise _archive.StreamRejected('the manifest inside the archive does not match %s.manifest.json (%s).'
                                               % (self.result['archive'], key))
+        if members != manifest['entries'] and not self._tree_mismatch_ok(manifest):
+            raise _archive.StreamRejected('the archive has %d members but its manifest lists %d entries.'
+                                          % (members, manifest['entries']))
+
+    def _check_tree_count(self, members, tree_entries):
+        """GNU tar extracts one entry per member: a member tar saw but the validator did not (a parser
+        disagreement, which would also have skipped every check of that member) makes the extracted tree
+        bigger than the checked stream, whatever the archive's author wrote in its manifest."""
+        if tree_entries != members:
+            raise _archive.StreamRejected('GNU tar extracted %d entries where the checked stream has %d members '
+                                          '(a member that escaped the checks).' % (tree_entries, members))
 
     def _tree_mismatch_ok(self, manifest):
-        return manifest.get('tree_changed_during_backup') and manifest.get('consistency') == 'best_effort'
+        # The flag is set in the sidecar only (after the stream was written); the consistency mode must be
+        # the checksummed in-stream manifest's too.
+        return bool(manifest.get('tree_changed_during_backup') and manifest.get('consistency') == 'best_effort'
+                    and (self.stream_manifest or manifest).get('consistency') == 'best_effort')
 
     def restore_local(self, info, archive, compression, expected_sha, manifest):
         mountpoint = info['Mountpoint'].rstrip('/')
         staging = _archive.new_staging_dir(os.path.dirname(mountpoint))
+        swapped = False
         try:
             writeback = _archive.EarlyWriteback.for_tree(staging)
             try:
@@ -532,28 +703,39 @@ class RestoreManager(object):
                 error = writeback.stop()  # after an error, the extraction's own error is the one to report
             if error is not None:
                 raise error
-            self._check(res['sha256'], expected_sha, res['manifest'], manifest)
+            self._check(res['sha256'], expected_sha, res['manifest'], manifest, res['entries'])
+            tree = []
 
             def verify():
                 try:
-                    _archive.verify_tree(staging, res['manifest'])
+                    tree.append(_archive.verify_tree(staging, res['manifest']))
                 except _archive.StreamRejected:
                     if not self._tree_mismatch_ok(manifest):
                         raise
                     self.warnings.append('The restored tree differs from the manifest: the backup was taken with '
                                          'consistency=best_effort while the volume changed.')
+                    tree.append(_archive.tree_summary(staging))
             # The restored tree is on disk before it replaces anything (a power loss after the swap must
             # not leave empty files where the old content was); the sync waits on the disk while the
             # verification walk uses the CPU.
             _archive.run_beside(lambda: _archive.sync_filesystem(staging), verify)
+            self._check_tree_count(res['entries'], tree[0].entries)
             if self.p['existing'] == 'merge':
                 self.merging = True
-                _archive.merge_into(staging, mountpoint)
+                _archive.merge_into(staging, mountpoint, self.merge_progress)
             else:
                 _archive.exchange_dirs(staging, mountpoint)
+                swapped = True
             return res['sha256']
         finally:
-            _archive.remove_tree(staging)
+            try:
+                _archive.remove_tree(staging)
+            except OSError as exc:
+                # Once swapped in, the restore has succeeded: the old content left in the staging directory
+                # is only clutter (the next restore of the volume removes it), not a reason to fail.
+                what = 'the old content' if swapped else 'the staging directory'
+                self.warnings.append('Could not remove %s of volume %s at %s: %s. The next restore of the volume '
+                                     'removes it.' % (what, self.p['volume'], staging, exc))
 
     def restore_helper(self, helper, archive, compression, expected_sha, manifest):
         import hashlib
@@ -565,7 +747,8 @@ class RestoreManager(object):
                 stream = _archive.validated_stream(
                     _archive.plain_stream(_archive.file_chunks(f), compression, hasher), validator)
                 summary = helper.extract(self.p['volume'], name, stream)
-            self._check(hasher.hexdigest(), expected_sha, validator.manifest, manifest)
+            self._check(hasher.hexdigest(), expected_sha, validator.manifest, manifest, validator.entries)
+            self._check_tree_count(validator.entries, summary.entries)
             if summary.entries != manifest['entries'] or summary.fingerprint != manifest['fingerprint']:
                 if not self._tree_mismatch_ok(manifest):
                     raise _archive.StreamRejected('the extracted tree (%d entries, %s) does not match the manifest '
@@ -608,6 +791,7 @@ def main():
         require_checksum=dict(type='bool', default=True),
         data_path=dict(type='str', choices=['auto', 'local', 'helper'], default='auto'),
         helper_image=dict(type='str'),
+        force=dict(type='bool', default=False),
     )
     client = AnsibleDockerClient(argument_spec, supports_check_mode=True,
                                  required_if=[('archive', 'latest', ('src',))])

@@ -496,3 +496,78 @@ def test_corrupt_fields_are_named_as_text(_run):
     with pytest.raises(A.StreamRejected) as info:
         _run(_with_header_field(raw, './f', 124, b'0000000\xff9\x01\0\0'))  # size (12 bytes): not octal
     assert str(info.value) == "Corrupt tar header: invalid size field '0000000\\xff9\\x01'."
+
+
+# --- The validator must read a stream exactly as GNU tar does (review finding 1). Built by hand: Python's
+# tarfile writes neither a global size record nor two extended headers in a row.
+
+def _ustar(name, kind=tarfile.REGTYPE, size=0, devmajor=0, devminor=0):
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.size = size
+    info.mode = 0o666 if kind == tarfile.CHRTYPE else 0o644
+    info.mtime = 1700000000
+    info.devmajor, info.devminor = devmajor, devminor
+    return info.tobuf(format=tarfile.USTAR_FORMAT)
+
+
+def _ext(records, kind):
+    """An extended header of type ``kind`` (b'x', b'g', b'L', b'K') whose data is ``records``
+    (a dict: pax records; bytes: the data as it is)."""
+    if isinstance(records, dict):
+        body = b''
+        for key, value in records.items():
+            rec = b' %s=%s\n' % (key, value)
+            n = len(rec) + 1
+            while len(str(n)) + len(rec) != n:
+                n = len(str(n)) + len(rec)
+            body += str(n).encode() + rec
+    else:
+        body = records
+    info = tarfile.TarInfo('././@LongLink' if kind in (b'L', b'K') else 'PaxHeaders/x')
+    info.type = kind
+    info.size = len(body)
+    return info.tobuf(format=tarfile.USTAR_FORMAT) + body + b'\0' * (-len(body) % 512)
+
+
+def _hand_built(body):
+    return (A.manifest_member(MANIFEST) + _ustar('./', tarfile.DIRTYPE) + body + b'\0' * 1024)
+
+
+# A device node hidden as the data of a member that GNU tar reads as empty (then reads its "data" as headers).
+_HIDDEN = _ustar('./hidden_mem', tarfile.CHRTYPE, devmajor=1, devminor=1) + b'\0' * 512
+
+PARSER_DIFFERENTIALS = {
+    'global size record': _ext({b'size': b'0'}, b'g') + _ustar('./cover', size=len(_HIDDEN)) + _HIDDEN,
+    'global mtime record': _ext({b'mtime': b'1'}, b'g') + _ustar('./f'),
+    'two x headers, the size in the first': (_ext({b'size': b'%d' % len(_HIDDEN)}, b'x')
+                                             + _ext({b'comment': b'hi'}, b'x') + _ustar('./cover') + _HIDDEN),
+    'two x headers, the size in the second': (_ext({b'comment': b'hi'}, b'x') + _ext({b'size': b'0'}, b'x')
+                                              + _ustar('./cover', size=len(_HIDDEN)) + _HIDDEN),
+    'two L headers': _ext(b'./a\0', b'L') + _ext(b'./b\0', b'L') + _ustar('./c'),
+    'two K headers': _ext(b'./a\0', b'K') + _ext(b'./b\0', b'K') + _ustar('./c', tarfile.SYMTYPE),
+}
+
+
+@pytest.mark.parametrize('case', sorted(PARSER_DIFFERENTIALS))
+def test_streams_read_differently_by_gnu_tar_are_refused(case, _run):
+    with pytest.raises(A.StreamRejected, match='global pax header|two extended headers'):
+        _run(_hand_built(PARSER_DIFFERENTIALS[case]))
+
+
+@needs_zstd_and_gnu_tar
+@pytest.mark.parametrize('case', ['global size record', 'two x headers, the size in the first'])
+def test_gnu_tar_sees_the_member_the_old_validator_missed(case):
+    """Real disagreements: GNU tar lists the device node that merging the records (or ignoring the global
+    size) made the validator pass on unchecked as file data."""
+    listing = subprocess.run(['tar', '-tvf', '-'], input=_hand_built(PARSER_DIFFERENTIALS[case]),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False).stdout
+    assert b'./hidden_mem' in listing and listing.count(b'\n') == 4  # manifest, root, cover, hidden_mem
+
+
+def test_global_header_with_a_comment_only_and_one_of_each_extended_header_pass(_run):
+    body = (_ext({b'comment': b'made by hand'}, b'g') + _ext(b'./' + b'n' * 120 + b'\0', b'L')
+            + _ext({b'mtime': b'1700000000.5'}, b'x') + _ustar('./short') + _ext({b'comment': b'x'}, b'x')
+            + _ustar('./g2'))
+    v, _out = _run(_hand_built(body))
+    assert v.entries == 3  # root, the long-named file, g2

@@ -160,3 +160,109 @@ def test_helper_scripts_compile_and_run_locally(volume):
                           json.dumps(list(A.SKIP_TYPES))], check=True, stdout=subprocess.PIPE).stdout
     data = json.loads(out.decode())
     assert data['entries'] == 4 and len(data['recovered']) == 1
+
+
+# --- merge_into where the two sides disagree on the type (review finding 6)
+
+def test_merge_replaces_a_file_or_symlink_where_the_archive_has_a_directory(tmp_path):
+    target = str(tmp_path / 'vol')
+    staging = str(tmp_path / 'staging')
+    outside = str(tmp_path / 'outside')
+    _write(os.path.join(outside, 'keep'), 'outside')
+    _write(os.path.join(target, 'sub'), 'I am a file named sub')
+    os.symlink(outside, os.path.join(target, 'link'))
+    _write(os.path.join(target, 'keep.txt'), 'keep')
+    _write(os.path.join(staging, 'sub', 'b.txt'), 'b')
+    _write(os.path.join(staging, 'link', 'c.txt'), 'c')
+    _write(os.path.join(staging, 'a.txt'), 'a')
+    progress = []
+    moved = A.merge_into(staging, target, progress)
+    assert _state(target) == {'a.txt': 'a', 'keep.txt': 'keep', 'sub': 'dir', 'sub/b.txt': 'b', 'link': 'dir',
+                              'link/c.txt': 'c'}
+    assert not os.path.islink(os.path.join(target, 'link'))
+    assert _state(outside) == {'keep': 'outside'}  # the symlink was removed, never followed
+    assert moved == 3 and sorted(os.path.basename(p) for p in progress) == ['a.txt', 'link', 'sub']
+
+
+def test_merge_failing_part_way_reports_what_it_changed(tmp_path, monkeypatch):
+    target = str(tmp_path / 'vol')
+    staging = str(tmp_path / 'staging')
+    _write(os.path.join(target, 'keep.txt'), 'keep')
+    for name in ('a', 'b', 'c'):
+        _write(os.path.join(staging, name), name)
+    real_rename = os.rename
+
+    def flaky(src, dst):
+        if dst.endswith('/b'):
+            raise OSError(28, 'No space left on device (injected)', src)
+        return real_rename(src, dst)
+    monkeypatch.setattr(A.os, 'rename', flaky)
+    progress = []
+    with pytest.raises(OSError):
+        A.merge_into(staging, target, progress)
+    assert [os.path.basename(p) for p in progress] == ['a', 'b']
+    assert _state(target) == {'a': 'a', 'keep.txt': 'keep'}
+
+
+# --- leftovers beside _data (review findings 5, 7, 11)
+
+def test_cleanup_rolls_back_an_exchange_interrupted_between_its_renames(tmp_path):
+    parent = str(tmp_path)
+    _write(os.path.join(parent, A.OLD_MARKER + '_data-4242', 'db'), 'the only copy')
+    _write(os.path.join(parent, A.STAGING_MARKER + 'abc', 'db'), 'new, verified')
+    actions, problems = A.cleanup_stale(parent, dry_run=True)
+    assert len(actions) == 2 and problems == []
+    assert not os.path.exists(os.path.join(parent, '_data'))  # dry run: nothing touched
+    actions, problems = A.cleanup_stale(parent)
+    assert _state(parent) == {'_data': 'dir', '_data/db': 'the only copy'}
+    assert any('rolled back' in a for a in actions) and problems == []
+
+
+def test_cleanup_removes_nothing_while_data_is_missing_and_unknown(tmp_path):
+    parent = str(tmp_path)
+    _write(os.path.join(parent, A.OLD_MARKER + '_data-1', 'db'), 'one')
+    _write(os.path.join(parent, A.OLD_MARKER + '_data-2', 'db'), 'two')
+    _write(os.path.join(parent, A.STAGING_MARKER + 'x', 'f'), 'f')
+    before = _state(parent)
+    actions, problems = A.cleanup_stale(parent)
+    assert _state(parent) == before and actions == [] and len(problems) == 1
+
+
+def test_cleanup_reports_what_it_cannot_remove_instead_of_raising(tmp_path, monkeypatch):
+    parent = str(tmp_path)
+    _write(os.path.join(parent, '_data', 'f'), 'live')
+    _write(os.path.join(parent, A.STAGING_MARKER + 'a', 'locked'), 'x')
+    _write(os.path.join(parent, A.OLD_MARKER + 'b', 'g'), 'y')
+
+    def remove(path):
+        if path.endswith('a'):
+            raise PermissionError(1, 'Operation not permitted (injected)', 'locked')
+        A.shutil.rmtree(path)
+    monkeypatch.setattr(A, 'remove_tree', remove)
+    actions, problems = A.cleanup_stale(parent)
+    assert actions == ['removed %sb' % A.OLD_MARKER]
+    assert len(problems) == 1 and 'Operation not permitted' in problems[0]
+    assert sorted(os.listdir(parent)) == sorted(['_data', A.STAGING_MARKER + 'a'])
+
+
+def test_volume_lock_is_exclusive_and_never_waits(tmp_path):
+    parent = str(tmp_path)
+    A.volume_lock.probe(parent, 'v')  # no lock file: nobody holds it, and probing creates none
+    assert not os.path.exists(os.path.join(parent, A.VOLUME_LOCK))
+    lock = A.volume_lock(parent, 'v')
+    assert oct(os.stat(os.path.join(parent, A.VOLUME_LOCK)).st_mode & 0o777) == oct(0o600)
+    with pytest.raises(A.VolumeBusy, match='Another restore or transfer of volume v is running'):
+        A.volume_lock(parent, 'v')
+    with pytest.raises(A.VolumeBusy):
+        A.volume_lock.probe(parent, 'v')
+    lock.release()
+    A.volume_lock(parent, 'v').release()
+    A.volume_lock.probe(parent, 'v')
+
+
+def test_volume_lock_file_is_never_a_followed_symlink(tmp_path):
+    parent = str(tmp_path)
+    os.symlink(str(tmp_path / 'elsewhere'), os.path.join(parent, A.VOLUME_LOCK))
+    with pytest.raises(OSError):
+        A.volume_lock(parent, 'v')
+    assert not os.path.exists(str(tmp_path / 'elsewhere'))
