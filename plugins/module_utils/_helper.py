@@ -83,9 +83,11 @@ def _tree_source():
     return inspect.getsource(_tree)
 
 
+# The helper scripts' last argument: the FINGERPRINT_VERSION to compute (a stored fingerprint's, for comparisons).
 FINGERPRINT_MAIN = '''
 import json as _json, sys as _sys
-_s = fingerprint(_sys.argv[1], exclude=_json.loads(_sys.argv[2]), skip_types=tuple(_json.loads(_sys.argv[3])))
+_s = fingerprint(_sys.argv[1], exclude=_json.loads(_sys.argv[2]), skip_types=tuple(_json.loads(_sys.argv[3])),
+                 version=int(_sys.argv[4]))
 _sys.stdout.write(_json.dumps(_s.as_dict()))
 '''
 
@@ -95,7 +97,7 @@ _staging = _sys.argv[1]
 _os.mkdir(_staging, 0o700)
 _rc = _sp.call(_json.loads(_sys.argv[2]), stdin=0)
 if _rc == 0:
-    _s = fingerprint(_staging, skip_types=tuple(_json.loads(_sys.argv[3])))
+    _s = fingerprint(_staging, skip_types=tuple(_json.loads(_sys.argv[3])), version=int(_sys.argv[4]))
     _sys.stdout.write(_json.dumps(_s.as_dict()))
 _sys.exit(_rc)
 '''
@@ -134,7 +136,7 @@ _sys.stdout.write(_json.dumps(_s.as_dict()))
 SUBSET_MAIN = '''
 import json as _json, sys as _sys
 _paths = set(_p for _p in _sys.stdin.buffer.read().split(b'\\0') if _p)
-_sys.stdout.write(_json.dumps(subset_summary(_sys.argv[1], _paths).as_dict()))
+_sys.stdout.write(_json.dumps(subset_summary(_sys.argv[1], _paths, version=int(_sys.argv[2])).as_dict()))
 '''
 
 LISTING_MAIN = '''
@@ -146,7 +148,8 @@ for _rel, _r in sorted(listing(_sys.argv[1], tuple(_json.loads(_sys.argv[2]))).i
 RECOVER_MAIN = '''
 import json as _json, os as _os, sys as _sys
 _actions = recover_swaps(_sys.argv[1])
-_s = fingerprint(_sys.argv[1], exclude=_json.loads(_sys.argv[2]), skip_types=tuple(_json.loads(_sys.argv[3])))
+_s = fingerprint(_sys.argv[1], exclude=_json.loads(_sys.argv[2]), skip_types=tuple(_json.loads(_sys.argv[3])),
+                 version=int(_sys.argv[4]))
 _d = _s.as_dict()
 _d['recovered'] = _actions
 _st = _os.lstat(_sys.argv[1])
@@ -260,14 +263,14 @@ class Helper(object):
                 raise exc
         return rc, b''.join(out), b''.join(err).decode('utf-8', 'replace').strip()[-4000:]
 
-    def fingerprint(self, volume, exclude=None, recover=False):
+    def fingerprint(self, volume, exclude=None, recover=False, version=_tree.FINGERPRINT_VERSION):
         """TreeSummary of the volume. ``recover``: first resolve what an interrupted restore left behind
         (``_archive.recover_swaps``; mounts the volume read-write), the actions go to ``self.recovered``."""
         if recover:
             argv = [PYTHON, '-c', _script(RECOVER_MAIN, with_merge=True), MOUNT]
         else:
             argv = [PYTHON, '-c', _script(FINGERPRINT_MAIN), MOUNT]
-        argv += [json.dumps(list(exclude or [])), json.dumps(list(_archive.SKIP_TYPES))]
+        argv += [json.dumps(list(exclude or [])), json.dumps(list(_archive.SKIP_TYPES)), str(version)]
         rc, out, err = self.run(volume, argv, read_only=not recover)
         if rc != 0:
             raise HelperError('The fingerprint walk in the helper container failed (exit %s): %s' % (rc, err))
@@ -277,9 +280,9 @@ class Helper(object):
             self.root_times[volume] = data['root_times']
         return _tree.TreeSummary(data['fingerprint'], data['entries'], data['bytes'])
 
-    def subset_fingerprint(self, volume, paths):
+    def subset_fingerprint(self, volume, paths, version=_tree.FINGERPRINT_VERSION):
         """``_archive.subset_summary`` of the volume (``paths``: bytes relative paths, b'.' for the root)."""
-        argv = [PYTHON, '-c', _script(SUBSET_MAIN, with_merge=True), MOUNT]
+        argv = [PYTHON, '-c', _script(SUBSET_MAIN, with_merge=True), MOUNT, str(version)]
         data = b'\0'.join(sorted(paths)) + b'\0'
         chunks = [data[i:i + _archive.CHUNK] for i in range(0, len(data), _archive.CHUNK)]
         rc, out, err = self.run(volume, argv, read_only=True, stdin_chunks=chunks)
@@ -309,11 +312,11 @@ class Helper(object):
             return self.run(volume, argv, read_only=True, stdout_consumer=consumer)
         return runner
 
-    def extract(self, volume, staging_name, chunks):
+    def extract(self, volume, staging_name, chunks, version=_tree.FINGERPRINT_VERSION):
         """Extract the (already validated) tar stream ``chunks`` into MOUNT/staging_name; returns TreeSummary."""
         staging = MOUNT + '/' + staging_name
         argv = [PYTHON, '-c', _script(EXTRACT_MAIN), staging, json.dumps(_archive.tar_extract_argv(staging, tar=TAR)),
-                json.dumps(list(_archive.SKIP_TYPES))]
+                json.dumps(list(_archive.SKIP_TYPES)), str(version)]
         rc, out, err = self.run(volume, argv, read_only=False, stdin_chunks=chunks)
         if rc != 0:
             if _archive.is_no_space(err):

@@ -336,12 +336,12 @@ def listing(root, skip_types=()):
     return result
 
 
-def fingerprint_and_listing(root, skip_types=()):
+def fingerprint_and_listing(root, skip_types=(), version=FINGERPRINT_VERSION):
     """(TreeSummary, listing) of the tree at ``root`` from ONE walk: equal to
-    ``fingerprint(root, skip_types=skip_types)`` and ``listing(root, skip_types)``.
+    ``fingerprint(root, skip_types=skip_types, version=version)`` and ``listing(root, skip_types)``.
     A restore in diff mode needs both; walking twice would double its cost on a big volume."""
     result = {}
-    return summarize(_listing_into(result, walk(root), skip_types), skip_types=skip_types), result
+    return summarize(_listing_into(result, walk(root), skip_types), skip_types=skip_types, version=version), result
 
 
 class TreeSummary(object):

@@ -359,17 +359,19 @@ class RestoreManager(object):
             return 'helper'
         return 'local' if direct_ok else 'helper'
 
-    def current_summary(self, info, path_kind, helper):
+    def current_summary(self, info, path_kind, helper, version):
+        """The volume's TreeSummary, of fingerprint ``version`` (the manifest's, which it is compared with)."""
         if info is None:
             return None
         if path_kind == 'local':
             if self.module._diff:  # the diff needs the listing too: one walk for both
-                summary, self.current_listing = _tree.fingerprint_and_listing(info['Mountpoint'], _archive.SKIP_TYPES)
+                summary, self.current_listing = _tree.fingerprint_and_listing(info['Mountpoint'], _archive.SKIP_TYPES,
+                                                                              version=version)
                 return summary
-            return _archive.tree_summary(info['Mountpoint'])
+            return _archive.tree_summary(info['Mountpoint'], version=version)
         # What an interrupted restore left in the volume (staging, parked old content, a half-done swap) is
         # resolved first, so that it neither counts in the comparison nor lingers; not in check mode.
-        summary = helper.fingerprint(self.p['volume'], recover=not self.check_mode)
+        summary = helper.fingerprint(self.p['volume'], recover=not self.check_mode, version=version)
         for action in helper.recovered:
             self.warnings.append('Volume %s: %s left by an interrupted restore.' % (self.p['volume'], action))
         if helper.recovered:
@@ -377,7 +379,7 @@ class RestoreManager(object):
             self.result['recovered'] = helper.recovered
         return summary
 
-    def merged_summary(self, info, path_kind, helper, archive, compression):
+    def merged_summary(self, info, path_kind, helper, archive, compression, version):
         """Summary of only the volume's entries that the archive has (merge idempotency)."""
         paths = set()
 
@@ -387,8 +389,8 @@ class RestoreManager(object):
             _archive.list_stream(_archive.file_chunks(f), compression, allow_devices=True, on_member=on_member)
         paths.add(b'.')
         if path_kind == 'local':
-            return _archive.subset_summary(info['Mountpoint'], paths)
-        return helper.subset_fingerprint(self.p['volume'], paths)
+            return _archive.subset_summary(info['Mountpoint'], paths, version=version)
+        return helper.subset_fingerprint(self.p['volume'], paths, version=version)
 
     # -- containers
     def stop_containers(self):
@@ -618,8 +620,9 @@ class RestoreManager(object):
         """Apply ``existing`` and the idempotency checks to a volume that exists (or was just created with a
         mount source): True when there is nothing to restore (msg set), fails when refused."""
         p = self.p
+        version = _archive.manifest_fingerprint_version(manifest)  # compare like with like (archives made before)
         try:
-            current = self.current_summary(info, path_kind, helper)
+            current = self.current_summary(info, path_kind, helper, version)
         except HelperError as exc:
             self.fail(str(exc))
         if not p['force'] and current.fingerprint == manifest['fingerprint'] and current.entries == manifest['entries']:
@@ -627,7 +630,7 @@ class RestoreManager(object):
             return True
         if p['existing'] == 'merge' and current.entries > 1 and not p['force']:
             try:
-                merged = self.merged_summary(info, path_kind, helper, archive, compression)
+                merged = self.merged_summary(info, path_kind, helper, archive, compression, version)
             except (_archive.ArchiveError, HelperError) as exc:
                 self.fail('The archive cannot be restored: %s' % exc)
             if merged.fingerprint == manifest['fingerprint'] and merged.entries == manifest['entries']:
@@ -746,7 +749,8 @@ class RestoreManager(object):
             with open(archive, 'rb') as f:
                 stream = _archive.validated_stream(
                     _archive.plain_stream(_archive.file_chunks(f), compression, hasher), validator)
-                summary = helper.extract(self.p['volume'], name, stream)
+                summary = helper.extract(self.p['volume'], name, stream,
+                                         version=_archive.manifest_fingerprint_version(manifest))
             self._check(hasher.hexdigest(), expected_sha, validator.manifest, manifest, validator.entries)
             self._check_tree_count(validator.entries, summary.entries)
             if summary.entries != manifest['entries'] or summary.fingerprint != manifest['fingerprint']:

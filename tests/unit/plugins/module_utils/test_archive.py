@@ -571,3 +571,19 @@ def test_global_header_with_a_comment_only_and_one_of_each_extended_header_pass(
             + _ustar('./g2'))
     v, _out = _run(_hand_built(body))
     assert v.entries == 3  # root, the long-named file, g2
+
+
+def test_verify_tree_computes_the_fingerprint_version_of_the_manifest(tmp_path):
+    # An archive made before fingerprints covered hard links (version 1, or no version recorded) of a tree
+    # with hard links still verifies after its restore; a version 2 manifest is held to the link structure.
+    from ansible_collections.volumeops.docker.plugins.module_utils import _tree
+    root = tmp_path / 'r'
+    root.mkdir()
+    (root / 'a').write_bytes(b'data')
+    os.link(str(root / 'a'), str(root / 'b'))
+    v1 = _tree.fingerprint(str(root), skip_types=A.SKIP_TYPES, version=1)
+    for manifest in ({'fingerprint': v1.fingerprint, 'entries': v1.entries, 'fingerprint_version': 1},
+                     {'fingerprint': v1.fingerprint, 'entries': v1.entries}):
+        assert A.verify_tree(str(root), manifest).fingerprint == v1.fingerprint
+    with pytest.raises(A.StreamRejected):
+        A.verify_tree(str(root), {'fingerprint': v1.fingerprint, 'entries': v1.entries, 'fingerprint_version': 2})

@@ -157,7 +157,7 @@ def test_helper_scripts_compile_and_run_locally(volume):
     assert _state(root) == {'new-x': 'X', 'shared': 'dir', 'shared/f': 'new f'}
     os.mkdir(os.path.join(root, A.STAGING_MARKER + 'leftover'))
     out = subprocess.run([sys.executable, '-c', H._script(H.RECOVER_MAIN, with_merge=True), root, '[]',
-                          json.dumps(list(A.SKIP_TYPES))], check=True, stdout=subprocess.PIPE).stdout
+                          json.dumps(list(A.SKIP_TYPES)), '2'], check=True, stdout=subprocess.PIPE).stdout
     data = json.loads(out.decode())
     assert data['entries'] == 4 and len(data['recovered']) == 1
 

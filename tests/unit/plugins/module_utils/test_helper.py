@@ -42,11 +42,13 @@ def test_mount_points_read_from_mountinfo_with_escapes(monkeypatch, tmp_path):
     assert 'would be mounted only while' in _helper.local_path_error('v', 'local', nfs, None)
 
 
+@pytest.mark.parametrize('version', [1, 2])
 @pytest.mark.parametrize('main, with_merge', [(_helper.FINGERPRINT_MAIN, False), (_helper.RECOVER_MAIN, True)])
-def test_helper_scripts_run_on_their_own(tmp_path, main, with_merge):
+def test_helper_scripts_run_on_their_own(tmp_path, main, with_merge, version):
     """The scripts the helper container runs need nothing but the standard library: run here by a bare
     interpreter (isolated mode, no PYTHONPATH, so no collection importable), they give the same
-    fingerprint as _tree does in this process."""
+    fingerprint as _tree does in this process, of the fingerprint version asked for (a hard link makes
+    versions 1 and 2 differ)."""
     import json
     import subprocess
     import sys
@@ -54,10 +56,13 @@ def test_helper_scripts_run_on_their_own(tmp_path, main, with_merge):
     (tmp_path / 'd').mkdir()
     (tmp_path / 'd' / 'f').write_bytes(b'x')
     os.symlink('d/f', str(tmp_path / 'l'))
+    os.link(str(tmp_path / 'd' / 'f'), str(tmp_path / 'd' / 'g'))
     script = _helper._script(main, with_merge=with_merge)
-    proc = subprocess.run([sys.executable, '-I', '-c', script, str(tmp_path), '[]', '[]'],
+    proc = subprocess.run([sys.executable, '-I', '-c', script, str(tmp_path), '[]', '[]', str(version)],
                           capture_output=True, check=False, env={'PATH': os.environ.get('PATH', '/usr/bin:/bin')})
     assert proc.returncode == 0, proc.stderr.decode(errors='replace')
     got = json.loads(proc.stdout)
-    want = _tree.fingerprint(str(tmp_path), skip_types=())
-    assert (got['fingerprint'], got['entries']) == (want.fingerprint, want.entries) and want.entries == 4
+    want = _tree.fingerprint(str(tmp_path), skip_types=(), version=version)
+    assert (got['fingerprint'], got['entries']) == (want.fingerprint, want.entries) and want.entries == 5
+    other = _tree.fingerprint(str(tmp_path), skip_types=(), version=3 - version)
+    assert got['fingerprint'] != other.fingerprint
