@@ -142,18 +142,47 @@ def whole_archive_manifest(path):
     return read_sidecar_manifest(path)
 
 
-def complete_archives(archives, volume):
+def manifest_source(manifest):
+    """The source an archive was made from, from its manifest: ``(kind, where, host)``.
+
+    ``('volume', <volume name>, host)`` or ``('path', <real path of the directory>, host)``. Archives of
+    different sources may share a name (``/srv/app1/data`` and ``/srv/app2/data`` are both ``data``; a
+    volume on two hosts writing to one shared ``dest``): the unchanged check and retention must only
+    ever compare an archive with archives of its own source. Manifests written before ``source_kind``
+    was recorded: a path backup recorded the path as given in ``source_path`` (its real path on this
+    host stands in), any other archive is of a volume.
+    """
+    kind = manifest.get('source_kind')
+    if kind is None:
+        kind = 'path' if manifest.get('source_path') else 'volume'
+    if kind == 'path':
+        where = manifest.get('source_real_path')
+        if where is None and isinstance(manifest.get('source_path'), str):
+            where = os.path.realpath(manifest['source_path'])
+    else:
+        where = manifest.get('volume')
+    return kind, where, manifest.get('source_host')
+
+
+def describe_source(source):
+    kind, where, host = source
+    return '%s %s on host %s' % ('the directory' if kind == 'path' else 'the volume', where, host)
+
+
+def complete_archives(archives, volume, source=None):
     """Those of ``archives`` (``list_archives`` entries, oldest first) that are whole archives of ``volume``.
 
     Whole, and the manifest copy names ``volume``: anything else (an archive copied in by hand, one whose
     write was cut short, a name that only looks like this volume's) is never counted nor chosen by retention.
+    ``source`` (see ``manifest_source``): only archives of that source count.
     """
     result = []
     for info in archives:
         if info['volume'] != volume:
             continue
         manifest = whole_archive_manifest(info['path'])
-        if manifest is not None and manifest.get('volume') == volume:
+        if manifest is not None and manifest.get('volume') == volume and (
+                source is None or manifest_source(manifest) == source):
             result.append(info)
     return result
 

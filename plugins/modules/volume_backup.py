@@ -25,6 +25,11 @@ description:
   - Idempotent. When the newest archive of a volume in O(dest) has the same tree fingerprint (path, type, size,
     mtime, mode, owner, link target, xattrs of every entry, from one metadata walk without reading content),
     nothing is written and the result is not changed.
+  - The manifest records the source (C(source_kind) volume or path, C(source_real_path) for a path, and
+    C(source_host)). The unchanged check and retention consider only archives of the same source, so a volume
+    backed up by several hosts into one shared O(dest), or a volume and a directory of the same name, never
+    count as each other's archives (archives written before these fields existed count as volume archives, or
+    as path archives when they recorded C(source_path)).
   - For a plain local volume read in place, the sidecar manifest also keeps a change token of that walk (the path,
     inode number and ctime of every entry). The kernel moves an entry's ctime on every change of its content, mode,
     owner, link count or xattrs, so when a later listing that only reads inode metadata (no xattrs, no link targets)
@@ -57,7 +62,9 @@ options:
   path:
     description:
       - A directory on the managed host (for example a bind-mount source) to back up instead of a volume.
-      - The archive is named after O(name), or after the directory's base name.
+      - The archive is named after O(name), or after the directory's base name. When O(dest) already holds
+        archives of that name made from another source (another directory, a volume, another host), the backup
+        fails before writing anything; set O(name) to a name of its own.
       - Like GNU tar's C(--one-file-system), another filesystem mounted below the directory is not entered; the
         archive holds its mount point as an empty directory, and a warning names it.
     type: path
@@ -98,6 +105,9 @@ options:
       - With several volumes, volumes that share a running container form a group, and each group's containers
         are stopped only while that group's volumes are archived; they run again before the next group's
         containers stop. Each application is down for the backup of its own volumes, not for the whole task's.
+      - Refused (the group's volumes fail, nothing is stopped) when the containers to stop are the last running
+        users of a local volume of type C(tmpfs) or C(ramfs), the backed-up one or another they mount. Such a
+        volume is empty again once no container mounts it, so stopping them would destroy its content.
     type: bool
     default: false
   force:
@@ -110,7 +120,8 @@ options:
         its volumes in O(dest) and delete the older ones with their sidecars. This run's archive (written, or
         the unchanged newest one) always stays and counts as one of them.
       - Only whole archives of the volume count and are ever deleted (both sidecars present, the manifest copy
-        naming the volume); other files in O(dest) are never touched.
+        naming the same source - the same volume, or for O(path) the same directory, backed up on the same host);
+        archives of other sources that share the name, and other files in O(dest), are never touched.
       - Unset (the default), nothing is deleted. In check mode the archives that would be deleted are listed in
         RV(backups[].removed_archives), and diff mode shows them.
     type: int
@@ -298,12 +309,23 @@ stopped_containers:
   returned: always
   type: list
   elements: str
+removed_temp_files:
+  description:
+    - Names of leftover files in O(dest) that this run removed first - temporary archives of runs that were
+      interrupted (their process is gone) and sidecars of archives that do not exist. Always empty in check mode.
+  returned: always
+  type: list
+  elements: str
 '''
 
+import grp
 import os
+import pwd
 import re
 import stat
 import time
+
+from ansible.module_utils.basic import AnsibleModule
 
 from ansible_collections.volumeops.docker.plugins.module_utils._docker_client import AnsibleDockerClient
 from ansible_collections.volumeops.docker.plugins.module_utils._validation import volume_name_error
@@ -311,6 +333,8 @@ from ansible_collections.volumeops.docker.plugins.module_utils import _archive, 
 from ansible_collections.volumeops.docker.plugins.module_utils._helper import Helper, HelperError, local_path_error
 
 DEFAULT_LEVELS = {'zstd': 3, 'gzip': 6, 'none': None}
+# Mount types of the local driver whose content exists only while mounted (see refuse_memory_volumes).
+MEMORY_MOUNT_TYPES = ('tmpfs', 'ramfs')
 
 
 class VolumeFailure(Exception):
@@ -320,11 +344,18 @@ class VolumeFailure(Exception):
 class Source(object):
     """One thing to back up: a volume (inspect dict) or a host path."""
 
-    def __init__(self, name, root=None, inspect=None, data_path='local'):
+    def __init__(self, name, root=None, inspect=None, data_path='local', kind='volume'):
         self.name = name
         self.root = root
         self.inspect = inspect or {}
         self.data_path = data_path
+        self.kind = kind  # 'volume' or 'path'
+
+    @property
+    def identity(self):
+        """What the archives of this source record as their source (_archive.manifest_source): the unchanged
+        check and retention only consider archives of the same source, whatever their name."""
+        return (self.kind, self.root if self.kind == 'path' else self.name, os.uname()[1])
 
     @property
     def driver(self):
@@ -344,6 +375,36 @@ class Source(object):
         filesystem, where ctime is kept by the kernel (a bind-mounted path or a mounted volume may be
         a network or foreign filesystem), so change tokens may stand in for a full metadata walk."""
         return self.data_path == 'local' and self.driver == 'local' and not self.options
+
+
+def file_attributes_error(mode, owner, group):
+    """Why mode/owner/group cannot be applied to the archive files, or None.
+
+    Checked before anything is read: AnsibleModule finds out only when it applies them, after the whole
+    archive (of the first of many volumes, maybe) has been written for nothing.
+    """
+    if isinstance(mode, int):
+        pass
+    elif not isinstance(mode, str):
+        return 'mode must be in octal or symbolic form, not %r.' % (mode,)
+    else:
+        try:
+            int(mode, 8)
+        except ValueError:
+            try:
+                # The parser set_mode_if_different uses; it needs a stat result to work relative to.
+                AnsibleModule._symbolic_mode_to_octal(os.stat('/'), mode)  # pylint: disable=protected-access
+            except ValueError as exc:
+                return 'mode %r must be in octal or symbolic form: %s.' % (mode, exc)
+    for what, value, lookup in (('owner', owner, pwd.getpwnam), ('group', group, grp.getgrnam)):
+        if value is None or value.isdigit():
+            continue
+        try:
+            lookup(value)
+        except KeyError:
+            return '%s %r is not known on the managed host (a name from its %s, or a number).' % (
+                what, value, '/etc/passwd' if what == 'owner' else '/etc/group')
+    return None
 
 
 def skipped_mount_points(root, exclude=None):
@@ -403,6 +464,7 @@ class BackupManager(object):
         self.warnings = []
         self._helper = None
         self.order = {}
+        self.by_name = {}
 
     def volume_failed(self, name, msg, start=None):
         """Record one volume's failure, or fail the task at once with on_error=stop."""
@@ -458,7 +520,7 @@ class BackupManager(object):
             err = volume_name_error(name, 'archive name')
             if err:
                 self.client.fail(err + ' Set name to a valid one for path backups.')
-            return [Source(name, root=os.path.realpath(p['path']), data_path='local')]
+            return [Source(name, root=os.path.realpath(p['path']), data_path='local', kind='path')]
         names = []
         if p['volume']:
             names = [p['volume']]
@@ -527,11 +589,30 @@ class BackupManager(object):
                 and manifest.get('labels') == src.labels)
 
     def newest(self, src, archives):
+        """The newest whole archive of ``src`` (its manifest names the same source), and its manifest."""
         for info in reversed(archives.get(src.name, [])):
             manifest = _archive.whole_archive_manifest(info['path'])
-            if manifest is not None:
+            if manifest is not None and manifest.get('volume') == src.name and \
+                    _archive.manifest_source(manifest) == src.identity:
                 return info, manifest
         return None, None
+
+    def name_taken(self, src, archives):
+        """For a path backup: a message when ``dest`` holds whole archives of the same name from another source.
+
+        Their names would be indistinguishable (a restore by name, a person picking the newest file). Volume
+        names cannot be chosen, so volume archives sharing a name with another source's are only kept apart
+        (newest, retention)."""
+        for info in archives.get(src.name, []):
+            manifest = _archive.whole_archive_manifest(info['path'])
+            if manifest is None or manifest.get('volume') != src.name:
+                continue
+            other = _archive.manifest_source(manifest)
+            if other != src.identity:
+                return ('%s already holds archives named %s of another source (%s, e.g. %s); this backup of %s '
+                        'would share their name. Set name to a name of its own for this path.'
+                        % (self.p['dest'], src.name, _archive.describe_source(other), info['name'], src.root))
+        return None
 
     def unchanged(self, src, summary, manifest):
         return (self.settings_match(src, manifest) and manifest.get('fingerprint') == summary.fingerprint
@@ -574,6 +655,46 @@ class BackupManager(object):
             for c in users[i]:
                 containers.setdefault(c['id'], c)
         return [(items, list(containers.values())) for _root, (items, containers) in sorted(groups.items())]
+
+    def refuse_memory_volumes(self, items, containers):
+        """True (each volume of ``items`` recorded as failed) when stopping ``containers`` would unmount a volume
+        whose content lives only while it is mounted.
+
+        A local volume of type tmpfs (or ramfs) is mounted while a container uses it and is empty again
+        the next time: stopping its last running user for a backup destroys what the backup was to keep,
+        and also the content of such a volume that only shares a container with the volumes backed up.
+        """
+        if not containers:
+            return False
+        stopping = set(c['id'] for c in containers)
+        with self.client.errors('Listing containers'):
+            summaries = self.client.list_containers()
+        users = {}  # volume name -> ids of its running users
+        for summary in summaries:
+            if summary.get('State') != 'running':
+                continue
+            for mount in summary.get('Mounts') or []:
+                if mount.get('Type') == 'volume' and mount.get('Name'):
+                    users.setdefault(mount['Name'], set()).add(summary['Id'])
+        lost = []
+        for name in sorted(users):
+            if not users[name] & stopping or users[name] - stopping:
+                continue  # not unmounted by this stop: no user stopped, or another keeps it mounted
+            with self.client.errors('Inspecting volume %s' % name):
+                info = self.client.inspect_volume(name) or {}
+            kind = (info.get('Options') or {}).get('type')
+            if (info.get('Driver') or 'local') == 'local' and kind in MEMORY_MOUNT_TYPES:
+                lost.append('%s (type=%s)' % (name, kind))
+        if not lost:
+            return False
+        msg = ('stop_containers would stop %s, the last running user(s) of %s: the content of such a volume lives '
+               'only while a container mounts it, and stopping them would destroy it. Nothing was stopped. Back up '
+               'without stop_containers (with consistency: best_effort if it is written meanwhile), or stop the '
+               'writers yourself while another container keeps the volume mounted.'
+               % (', '.join(sorted(c['name'] for c in containers)), ', '.join(lost)))
+        for src, _summary, start in items:
+            self.volume_failed(src.name, msg, start)
+        return True
 
     def stop_containers(self, containers, stopped):
         """Stop ``containers``, appending each one stopped to ``stopped`` at once (so that it is started
@@ -660,10 +781,12 @@ class BackupManager(object):
 
     def new_manifest(self, src, summary):
         p = self.p
+        extra = dict(data_path=src.data_path, source_path=p['path'], source_kind=src.kind)
+        if src.kind == 'path':
+            extra['source_real_path'] = src.root
         return _archive.build_manifest(src.name, summary, driver=src.driver, driver_options=src.options,
                                        labels=src.labels, compression=p['compression'], exclude=p['exclude'],
-                                       consistency=p['consistency'],
-                                       extra=dict(data_path=src.data_path, source_path=p['path']))
+                                       consistency=p['consistency'], source_host=src.identity[2], extra=extra)
 
     def write(self, src, summary, head=None, found=None):
         """Write the archive of ``src`` as walked (``summary``); (final path, stream result).
@@ -834,7 +957,8 @@ class BackupManager(object):
             r['removed_archives'] = []
             if self.p['keep'] is None:
                 continue
-            whole = _archive.complete_archives(listing, r['volume'])
+            src = self.by_name.get(r['volume'])
+            whole = _archive.complete_archives(listing, r['volume'], source=src.identity if src else None)
             for info in _archive.expired_archives(whole, self.p['keep'], current=r['archive']):
                 if not self.check_mode:
                     try:
@@ -863,6 +987,12 @@ class BackupManager(object):
         existing = {}
         for info in _archive.list_archives(dest):
             existing.setdefault(info['volume'], []).append(info)
+        self.by_name = dict((src.name, src) for src in sources)
+        for src in sources:
+            if src.kind == 'path':
+                taken = self.name_taken(src, existing)
+                if taken:
+                    self.client.fail(taken)
 
         todo = []  # (source, its summary (None: walked beside the stream), start)
         for src in sources:
@@ -893,9 +1023,15 @@ class BackupManager(object):
             else:
                 todo.append((src, summary, start))
         if self.check_mode:
-            for _items, containers in self.stop_groups(todo):
+            refused = set()
+            for items, containers in self.stop_groups(todo):
+                if self.refuse_memory_volumes(items, containers):
+                    refused.update(src.name for src, _summary, _start in items)
+                    continue
                 self.stopped.extend(containers)  # reported as the containers that would be stopped
             for src, summary, start in todo:
+                if src.name in refused:
+                    continue
                 self.results.append(dict(volume=src.name, archive=os.path.join(dest, _archive.archive_name(src.name, p['compression'])),
                                          sha256=None, size=None, entries=summary.entries, bytes=summary.bytes,
                                          fingerprint=summary.fingerprint, skipped=False, changed=True,
@@ -904,6 +1040,8 @@ class BackupManager(object):
             start_errors = []
             stop_failure = None  # on_error=stop: the failure, reported once this group's containers run again
             for items, containers in self.stop_groups(todo):
+                if self.refuse_memory_volumes(items, containers):
+                    continue
                 stopped = []
                 try:
                     self.stop_containers(containers, stopped)
@@ -997,6 +1135,9 @@ def main():
         err = _tree.exclude_pattern_error(pattern)
         if err:
             client.fail(err)
+    err = file_attributes_error(p['mode'], p['owner'], p['group'])
+    if err:
+        client.fail(err)
     if p['keep'] is not None and p['keep'] < 1:
         client.fail('keep must be 1 or more (the archive of this run always stays); leave it unset to keep all.')
     lvl = p['compression_level']

@@ -109,3 +109,18 @@ def test_helper_stream_members_are_counted(tmp_path, volume, monkeypatch, broken
     else:
         final, res = manager.write(src, summary)
         assert res['members'] == 3 and os.path.exists(final)
+
+
+@pytest.mark.parametrize('mode,owner,group,message', [
+    ('u=rwz', None, None, 'must be in octal or symbolic form'),
+    ('0x640', None, None, 'must be in octal or symbolic form'),
+    ('0640', 'volumeops-no-such-user', None, "owner 'volumeops-no-such-user' is not known"),
+    ('0640', None, 'volumeops-no-such-group', "group 'volumeops-no-such-group' is not known"),
+])
+def test_file_attributes_are_checked_before_the_backup(mode, owner, group, message):
+    assert message in volume_backup.file_attributes_error(mode, owner, group)
+
+
+@pytest.mark.parametrize('mode,owner,group', [('0640', None, None), ('u=rw,g=r,o=', 'root', 'root'), (0o600, '0', '0')])
+def test_valid_file_attributes_pass(mode, owner, group):
+    assert volume_backup.file_attributes_error(mode, owner, group) is None
