@@ -16,6 +16,7 @@ options:
   docker_host:
     description:
       - The Docker daemon to talk to, as C(unix://path), C(tcp://host:port) or C(ssh://user@host).
+      - As the docker CLI does, an environment variable below that is set to the empty string counts as not set.
       - The C(ssh://) transport of the docker SDK uses paramiko; the remote user must be allowed to use
         the remote daemon's socket.
       - Modules that read or write volume data directly on the mountpoint do so only when the daemon is

@@ -29,7 +29,8 @@ import traceback
 from contextlib import contextmanager
 from urllib.parse import quote, urlparse
 
-from ansible.module_utils.basic import AnsibleModule, env_fallback, missing_required_lib
+from ansible.module_utils.basic import AnsibleModule, missing_required_lib
+from ansible.module_utils.errors import AnsibleFallbackNotFound
 from ansible_collections.volumeops.docker.plugins.module_utils import _engine_http
 
 # The docker SDK is imported on first use (import_docker_sdk), once the module knows its docker_host.
@@ -72,20 +73,29 @@ DEFAULT_DOCKER_HOST = 'unix:///var/run/docker.sock'
 MIN_DOCKER_SDK = (7, 0, 0)
 
 
+def set_env_fallback(*names):
+    """Like ``env_fallback``, but a variable set to the empty string counts as unset, as the docker CLI
+    reads them (``DOCKER_TLS_VERIFY=`` must not fail every task with "'' is not a valid boolean")."""
+    for name in names:
+        if os.environ.get(name):
+            return os.environ[name]
+    raise AnsibleFallbackNotFound
+
+
 def docker_argument_spec():
     """The connection options; a fresh dict each call so modules may extend it."""
     return dict(
         docker_host=dict(type='str', default=DEFAULT_DOCKER_HOST, aliases=['docker_url'],
-                         fallback=(env_fallback, ['DOCKER_HOST'])),
-        tls=dict(type='bool', default=False, fallback=(env_fallback, ['DOCKER_TLS'])),
+                         fallback=(set_env_fallback, ['DOCKER_HOST'])),
+        tls=dict(type='bool', default=False, fallback=(set_env_fallback, ['DOCKER_TLS'])),
         validate_certs=dict(type='bool', default=False, aliases=['tls_verify'],
-                            fallback=(env_fallback, ['DOCKER_TLS_VERIFY'])),
+                            fallback=(set_env_fallback, ['DOCKER_TLS_VERIFY'])),
         ca_path=dict(type='path', aliases=['ca_cert', 'tls_ca_cert', 'cacert_path']),
         client_cert=dict(type='path', aliases=['tls_client_cert', 'cert_path']),
         client_key=dict(type='path', aliases=['tls_client_key', 'key_path'], no_log=False),
         api_version=dict(type='str', default='auto', aliases=['docker_api_version'],
-                         fallback=(env_fallback, ['DOCKER_API_VERSION'])),
-        timeout=dict(type='int', default=60, fallback=(env_fallback, ['DOCKER_TIMEOUT'])),
+                         fallback=(set_env_fallback, ['DOCKER_API_VERSION'])),
+        timeout=dict(type='int', default=60, fallback=(set_env_fallback, ['DOCKER_TIMEOUT'])),
     )
 
 

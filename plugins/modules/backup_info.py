@@ -33,7 +33,9 @@ options:
     description: Only archives of this volume.
     type: str
   verify:
-    description: Re-hash each archive and report V(good) or V(bad) (or V(unverifiable) without a sidecar).
+    description:
+      - Re-hash each archive and report V(good) or V(bad) (or V(unverifiable) without a sidecar; a damaged
+        sidecar is V(bad)).
     type: bool
     default: false
   verify_stream:
@@ -124,6 +126,7 @@ archives:
       description:
         - With O(verify=true) or O(verify_stream=true), V(good), V(bad) or V(unverifiable) (only the checksum was asked
           for and there is no sidecar).
+        - A checksum sidecar that exists but is not in C(sha256sum) format makes the archive V(bad).
       type: str
     stream_entries:
       description: With O(verify_stream=true), the number of members read from the stream (the manifest not counted).
@@ -161,15 +164,22 @@ def describe(info, verify, verify_stream):
                 age_seconds=round(time.time() - info['epoch'], 3), size=os.path.getsize(path),
                 compression=info['compression'], sha256=None, manifest=None)
     sidecar_manifest = None
+    # Each file read on its own: a damaged checksum sidecar must neither hide the manifest nor pass for a
+    # missing one (that is "unverifiable", and a check for "bad" would let the archive through).
+    sidecar_problem = None
     try:
         item['sha256'] = _archive.read_sidecar_sha256(path)
+    except _archive.ArchiveError as exc:
+        sidecar_problem = str(exc)
+        item['error'] = sidecar_problem
+    try:
         sidecar_manifest = _archive.read_sidecar_manifest(path)
         item['manifest'] = sidecar_manifest or _archive.read_stream_manifest(path, info['compression'])
     except _archive.ArchiveError as exc:
-        item['error'] = str(exc)
+        item['error'] = '; '.join(e for e in (item.get('error'), str(exc)) if e)
     if not (verify or verify_stream):
         return item
-    if item['sha256'] is None and not verify_stream:
+    if item['sha256'] is None and sidecar_problem is None and not verify_stream:
         item['verified'] = 'unverifiable'
         return item
     actual, stream_problem = read_whole_stream(item, sidecar_manifest) if verify_stream else (None, None)
@@ -177,7 +187,8 @@ def describe(info, verify, verify_stream):
         # Only the checksum was asked for, or the stream was not read to its end: hash the whole file on
         # its own, so that a file changed since it was written is named as such first.
         actual = _archive.sha256_file(path)
-    problems = [pr for pr in (checksum_problem(item['sha256'], actual), stream_problem) if pr is not None]
+    problems = [pr for pr in (sidecar_problem, checksum_problem(item['sha256'], actual), stream_problem)
+                if pr is not None]
     item['verified'] = 'bad' if problems else 'good'
     if problems:
         item['error'] = '; '.join(problems)

@@ -60,12 +60,16 @@ options:
         IDs are accepted (the host's user database says nothing about the container's users).
       - When not given and O(like_container) is set, the UID the container runs as is used; otherwise owners
         are left alone.
+      - Given without O(group), the group becomes the user's primary group (see O(group)).
     type: raw
   group:
     description:
       - Group to set, a numeric GID (V(1000) or V("1000")) or a group name (resolved in the C(/etc/group) of O(like_container)).
-      - When not given and O(like_container) is set, the GID the container runs as is used (the primary group
-        of its user when only a user is configured, as Docker does); otherwise groups are left alone.
+      - When not given but O(owner) is, the primary group of that user in the C(/etc/passwd) of O(like_container)
+        (as C(chown user:) and C(docker run --user name) do); an owner that file does not list, or no
+        O(like_container), leaves groups alone.
+      - When neither is given and O(like_container) is set, the GID the container runs as is used (the primary
+        group of its user when only a user is configured, as Docker does); otherwise groups are left alone.
     type: raw
   mode:
     description:
@@ -156,11 +160,11 @@ EXAMPLES = r'''
     file_mode: u=rwX,g=rX,o=
     recurse: true
 
-- name: PostgreSQL data directory, 0700 and owned by the postgres user of the image
+- name: PostgreSQL data directory, 0700 and owned by the postgres user (and its primary group) of the image
   volumeops.docker.volume_permissions:
     volume: pgdata
     like_container: postgres       # user "postgres" resolved in the container's own /etc/passwd
-    owner: postgres
+    owner: postgres                # without group: postgres's primary group from that file, e.g. 999:999
     mode: "0700"
     dir_mode: "0700"
     file_mode: "0600"
@@ -420,8 +424,16 @@ class PermissionsManager(object):
             except PermissionsError as exc:
                 self.client.fail('Cannot resolve the user %r that container %s runs as: %s' % (user, name, exc))
         try:
-            uid = resolve_owner(p.owner, passwd, where)[0] if p.owner is not None else container_uid
-            gid = resolve_group(p.group, groups, where) if p.group is not None else container_gid
+            if p.owner is not None:
+                # owner without group: the user's primary group, as "chown user:" and "docker run --user
+                # name" take it (not the GID the container happens to run as: root for the official
+                # database images, whose entrypoints switch user themselves). A UID that the container's
+                # /etc/passwd does not list has no primary group: groups are left alone then.
+                uid, primary = resolve_owner(p.owner, passwd, where)
+                default_gid = primary
+            else:
+                uid, default_gid = container_uid, container_gid
+            gid = resolve_group(p.group, groups, where) if p.group is not None else default_gid
         except PermissionsError as exc:
             self.client.fail(str(exc))
         self.results.update(uid=uid, gid=gid)

@@ -7,6 +7,7 @@ Usage: damage.py MODE SRC DEST
   flip  one byte in the middle of the compressed file changed, sidecars as for cut
   bare  the archive alone, without any sidecar
   stale the archive unchanged, with a .sha256 sidecar of other content (a stream that reads well, a wrong checksum)
+  garbage the archive unchanged, with a .sha256 sidecar that is not in sha256sum format
 """
 import hashlib
 import os
@@ -67,6 +68,10 @@ def main():
         write_with_sidecars(src, dest, packed)
         with open(dest + '.sha256', 'w') as f:
             f.write('%s  %s\n' % (hashlib.sha256(b'other content').hexdigest(), os.path.basename(dest)))
+    elif mode == 'garbage':
+        write_with_sidecars(src, dest, packed)
+        with open(dest + '.sha256', 'w') as f:
+            f.write('garbage\n')
     else:
         raise SystemExit(__doc__)
     print(dest)
