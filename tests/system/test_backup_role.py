@@ -88,7 +88,8 @@ def test_fleet_backup_selection_failure_isolation_check_mode_and_retention(bench
         # tmpfs volume fails, bk4 is backed up all the same, and h2 fails naming the failed volume.
         real = play(labelled)
         assert real.recap['h1']['failed'] == 0 and real.recap['h1']['changed'] > 0, real.stdout[-6000:]
-        assert real.recap['h2']['failed'] == 1, real.stdout[-6000:]
+        # bk4's archive was written: h2 counts as changed although the task that wrote it failed on bkt.
+        assert real.recap['h2']['failed'] == 1 and real.recap['h2']['changed'] > 0, real.stdout[-6000:]
         assert 'The backup of 1 of 2 volumes failed' in real.stdout and 'set helper_image' in real.stdout
         h1_files, h2_files = listing(bench, 'h1', dest), listing(bench, 'h2', dest)
         assert len(archives_of(h1_files, bk1)) == 1 and len(archives_of(h1_files, bk2)) == 1, h1_files

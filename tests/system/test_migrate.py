@@ -256,7 +256,8 @@ def test_many_pairs_selections_options_relay_and_rerun(bench, migrate, tmp_path)
             {'source': 'h2', 'destination': 'h1', 'volume_labels': ['team=%s' % t], 'strategy': 'two_phase',
              'verify': 'content'},
         ]
-        ghost_pair = {'source': 'ghost', 'destination': 'h2', 'volumes': [v['fid']]}
+        # (Its own destination name: two pairs copying into one destination volume are refused before anything runs.)
+        ghost_pair = {'source': 'ghost', 'destination': 'h2', 'volumes': [{'name': v['fid'], 'dest_name': v['fid'] + 'g'}]}
 
         # --- --check, then --check --diff: report, change nothing ------------------------------
         for diff in (False, True):
