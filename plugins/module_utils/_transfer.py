@@ -37,7 +37,11 @@ Protocol (each frame: 1 byte kind, 4 bytes big-endian length, payload):
   S->D  P prepare(json: source summary) or Q quit (nothing to do, check mode, refusal)
   D->S  R ready(json)
   S->D  X deletions batch, D data chunk ..., Z end of data(json), V source verification(json)
-  D->S  K keepalive (while verifying), F final result(json), ! error(json)
+  D->S  K keepalive (while verifying, or waiting for the volume's lock), F final result(json), ! error(json)
+  S->D  k keepalive, every SENDER_KEEPALIVE_SECONDS from the hello on: a receiver that hears nothing for
+        RECEIVER_IDLE_SECONDS while waiting for a frame ends (ConnectionLost), which frees the volume's lock.
+        Without it a receiver whose source vanished silently (a link down: no FIN, no RST) would wait on
+        its stdin, holding the lock, until sshd noticed, which can take hours.
 
 Each tree is walked once to compare and once to verify: the sender walks the source (records and
 fingerprint in the same walk, ``TreeScan``) while the SSH connection opens and the receiver walks
@@ -74,6 +78,12 @@ from ansible_collections.volumeops.docker.plugins.module_utils import _archive
 PROTOCOL_VERSION = 2
 CHUNK = 1024 * 1024          # bytes read from the compressor per data frame
 MAX_FRAME = 16 * 1024 * 1024
+SENDER_KEEPALIVE_SECONDS = 5
+RECEIVER_IDLE_SECONDS = 30
+# A receiver that finds the volume locked waits this long by default (volume_transfer's lock_wait; it
+# sends K frames meanwhile) before it refuses: the holder may be the receiver of a pass whose connection
+# just died, which ends within RECEIVER_IDLE_SECONDS.
+LOCK_WAIT_SECONDS = RECEIVER_IDLE_SECONDS + 15
 RECORD_BATCH = 128 * 1024    # bytes of path records per frame (small enough to overlap walk, transfer and merge)
 PREFETCH_ENTRIES = 65536     # source records walked ahead while waiting for the destination (~30 MB at most)
 EARLY_HOLD = _archive.HEAD_WAIT_MAX  # compressed bytes a full pass reads ahead before the destination may get them
@@ -123,6 +133,7 @@ class FrameIO(object):
         self._lock = threading.Lock()
         self.sent = 0
         self.received = 0
+        self.waiting_since = None  # time.monotonic() while blocked reading (ReceiverIdleWatch)
 
     def send(self, kind, payload=b''):
         if len(payload) > MAX_FRAME:
@@ -141,7 +152,11 @@ class FrameIO(object):
     def _read_exact(self, n):
         parts = []
         while n:
-            data = self._read(min(n, CHUNK))
+            self.waiting_since = time.monotonic()
+            try:
+                data = self._read(min(n, CHUNK))
+            finally:
+                self.waiting_since = None
             if not data:
                 raise ConnectionLost('the connection closed in the middle of the transfer')
             parts.append(data)
@@ -149,13 +164,16 @@ class FrameIO(object):
         return b''.join(parts)
 
     def recv(self):
-        head = self._read_exact(_HDR.size)
-        kind, length = _HDR.unpack(head)
-        if length > MAX_FRAME:
-            raise TransferError('protocol error: oversized frame (%d bytes)' % length)
-        payload = self._read_exact(length) if length else b''
-        self.received += _HDR.size + length
-        return kind, payload
+        """The next frame (kind, payload); the sender's keepalives (k) are skipped here, wherever they come."""
+        while True:
+            head = self._read_exact(_HDR.size)
+            kind, length = _HDR.unpack(head)
+            if length > MAX_FRAME:
+                raise TransferError('protocol error: oversized frame (%d bytes)' % length)
+            payload = self._read_exact(length) if length else b''
+            self.received += _HDR.size + length
+            if kind != b'k':
+                return kind, payload
 
     def recv_expect(self, *kinds):
         while True:
@@ -167,6 +185,44 @@ class FrameIO(object):
             if kind not in kinds:
                 raise TransferError('protocol error: unexpected frame %r (expected %r)' % (kind, kinds))
             return kind, payload
+
+
+class ReceiverIdleWatch(object):
+    """Ends the receiver (ConnectionLost in its main thread) when a read waits longer than ``limit`` seconds.
+
+    The sender sends a k frame every SENDER_KEEPALIVE_SECONDS, so a read that waits much longer means the
+    source is gone. A thread watches ``io_.waiting_since``; it interrupts the main thread's blocked read
+    with SIGALRM (signal.pthread_kill, so that the signal reaches that thread), whose handler raises only
+    while the main thread is still waiting: a read that returned meanwhile is left alone.
+    """
+
+    def __init__(self, io_, limit=RECEIVER_IDLE_SECONDS):
+        import signal
+        self.io = io_
+        self.limit = limit
+        self._signal = signal
+        self._main = threading.main_thread().ident
+        self._stop = threading.Event()
+        self._previous = signal.signal(signal.SIGALRM, self._on_alarm)
+        self._thread = threading.Thread(target=self._watch)
+        self._thread.daemon = True
+        self._thread.start()
+
+    def _on_alarm(self, signum, frame):
+        since = self.io.waiting_since
+        if since is not None and time.monotonic() - since > self.limit:
+            raise ConnectionLost('no frame from the source for %d s (the connection is gone)' % self.limit)
+
+    def _watch(self):
+        while not self._stop.wait(1):
+            since = self.io.waiting_since
+            if since is not None and time.monotonic() - since > self.limit:
+                self._signal.pthread_kill(self._main, self._signal.SIGALRM)
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join()
+        self._signal.signal(self._signal.SIGALRM, self._previous)
 
 
 def _json(payload):
@@ -864,6 +920,7 @@ class _Connector(threading.Thread):
         try:
             self.sender._open()
             self.sender.io.send_json(b'H', self.sender._hello())
+            self.sender._start_keepalive()
         except BaseException as exc:  # handed to the main thread by wait()
             self.error = exc
         finally:
@@ -1094,6 +1151,7 @@ class Sender(object):
         self.prefetch = None
         self.unchanged_proof = None
         self.early_stream = None  # a full pass's SourceStream, started before the walk
+        self._keepalive_stop = None  # set by _start_keepalive once the hello is sent
         self.streamed_beside_walk = False
 
     # connection -------------------------------------------------------------
@@ -1145,7 +1203,24 @@ class Sender(object):
                    'volume is not marked complete; rerun to finish.' % (self.p['dest_host'], exc))
         return msg
 
+    def _start_keepalive(self):
+        """Send a k frame every SENDER_KEEPALIVE_SECONDS until close() (see ReceiverIdleWatch)."""
+        stop = self._keepalive_stop = threading.Event()
+        io_ = self.io
+
+        def beat():
+            while not stop.wait(SENDER_KEEPALIVE_SECONDS):
+                try:
+                    io_.send(b'k')
+                except Exception:
+                    return  # the connection is gone or closed: the main thread reports it
+        thread = threading.Thread(target=beat)
+        thread.daemon = True
+        thread.start()
+
     def close(self):
+        if self._keepalive_stop is not None:
+            self._keepalive_stop.set()
         try:
             if self.early_stream is not None:
                 self.early_stream.close()  # started, never sent: a check failed or the pass ended early
@@ -1246,6 +1321,7 @@ class Sender(object):
             finalize=bool(p.get('finalize', True)), verify=self.verify,
             compression=self.compression, allow_devices=bool(p.get('allow_devices')),
             source=dict(volume=p.get('volume'), host=os.uname()[1]),
+            lock_wait=p.get('lock_wait', LOCK_WAIT_SECONDS),
             source_volume=dict(driver=self.volume_info.get('Driver'), labels=self.volume_info.get('Labels') or {},
                                options=self.volume_info.get('Options') or {}),
         )
@@ -1293,6 +1369,17 @@ class Sender(object):
             return result
         if end.get('conflict'):
             io_.send(b'Q')
+            since = end.get('complete_source') or {}
+            if since.get('fingerprint') == summary.fingerprint and since.get('entries') == summary.entries:
+                # The migration completed and the source is as it was then: nothing to do. The destination was
+                # written since (the application runs there now); that is not this migration's to undo.
+                self.warn('Destination volume %s was completed by migration %s and written since (the application '
+                          'runs there now); the source is unchanged since then, so nothing was copied.'
+                          % (p['dest_volume'], p['migration_id']))
+                result.update(dest_state='complete', dest_changed_since_complete=True,
+                              dest_fingerprint=(dest_summary or {}).get('fingerprint'))
+                result['duration'] = round(time.time() - started, 3)
+                return result
             raise TransferError(end['conflict'])
         if end.get('in_use'):
             io_.send(b'Q')
@@ -2055,13 +2142,23 @@ class Receiver(object):
         if self.lock is not None:
             return
         name = self.hello['dest_volume']
+        wait = self.hello.get('lock_wait', LOCK_WAIT_SECONDS)
+        deadline = time.monotonic() + wait
         try:
-            if self.hello.get('check_mode'):
-                _archive.volume_lock.probe(vdir, name)  # refuses as a real run would, creates nothing
-            else:
-                self.lock = _archive.volume_lock(vdir, name)
-        except _archive.VolumeBusy as exc:
-            raise TransferError(str(exc))
+            while True:
+                try:
+                    if self.hello.get('check_mode'):
+                        _archive.volume_lock.probe(vdir, name)  # refuses as a real run would, creates nothing
+                    else:
+                        self.lock = _archive.volume_lock(vdir, name)
+                    break
+                except _archive.VolumeBusy as exc:
+                    # The holder may be the receiver of a pass whose connection just died: it ends within
+                    # RECEIVER_IDLE_SECONDS. Wait for it, keeping the sender's reads alive.
+                    if time.monotonic() >= deadline:
+                        raise TransferError('%s (waited %d s for it)' % (exc, wait))
+                    self.io.send(b'K')
+                    time.sleep(1)
         except OSError as exc:
             raise TransferError('Cannot lock destination volume %s (%s): %s'
                                 % (name, os.path.join(vdir, _archive.VOLUME_LOCK), exc.strerror or exc))
@@ -2200,7 +2297,14 @@ class Receiver(object):
                 'replace it anyway (explicit opt-in), or another dest_volume or migration_id.'
                 % (self.hello['dest_volume'], self.hello['migration_id'],
                    self.complete_marker.get('dest_fingerprint'), summary.get('fingerprint')))
-        self.io.send_json(b'e', dict(summary=summary, in_use=users, conflict=self.end_conflict))
+        end = dict(summary=summary, in_use=users, conflict=self.end_conflict)
+        if self.end_conflict is not None:
+            # What the source was when this migration completed: the sender tells "the source has not changed
+            # since" (the migration is done; the destination's later history is the application's) from "both
+            # changed" (a conflict).
+            end['complete_source'] = dict(fingerprint=self.complete_marker.get('source_fingerprint'),
+                                          entries=self.complete_marker.get('source_entries'))
+        self.io.send_json(b'e', end)
 
     def _send_content_digest(self):
         """The content digest of the complete ``_data`` (C frame: verify=content found its metadata equal)."""
@@ -2471,6 +2575,7 @@ def receiver_main():
     io_ = FrameIO(stdin.read1 if hasattr(stdin, 'read1') else stdin.read, stdout.write, stdout.flush)
     rec = Receiver(io_)
     code = 0
+    watch = ReceiverIdleWatch(io_)
     try:
         rec.run()
     except (ConnectionLost, BrokenPipeError) as exc:
@@ -2502,6 +2607,7 @@ def receiver_main():
         except Exception:
             pass
     finally:
+        watch.stop()
         rec.cleanup()
     sys.stdout.flush()
     raise SystemExit(code)

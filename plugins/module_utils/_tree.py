@@ -667,8 +667,9 @@ class FindChangeToken(object):
         self._proc = None
         self._out = None
         # -H: follow no symlink but the root itself, as walk() does (it opens the root to list it);
-        # an absolute root cannot be taken for an option.
-        argv = ['find', '-H', os.path.abspath(os.fsdecode(root)), '-printf', FIND_TOKEN_FORMAT]
+        # an absolute root cannot be taken for an option. -xdev: list no filesystem mounted below the
+        # root, as walk() and tar (--one-file-system) see none.
+        argv = ['find', '-H', os.path.abspath(os.fsdecode(root)), '-xdev', '-printf', FIND_TOKEN_FORMAT]
         try:
             # An unnamed file, not a pipe: find must not stop when a pipe is full while this process walks.
             self._out = tempfile.TemporaryFile()

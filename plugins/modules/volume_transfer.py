@@ -195,7 +195,14 @@ options:
     type: int
     default: 1
   exclude:
-    description: Glob patterns of paths to leave out (matched against the relative path and the entry name).
+    description:
+      - Glob patterns of entries to leave out, on both sides (the source's archive stream and the destination's walks),
+        with the meaning of O(volumeops.docker.volume_backup#module:exclude). A pattern without C(/) matches an
+        entry's name at any depth, one with C(/) the path relative to the volume root (a leading C(/) or C(./)
+        changes nothing, a trailing C(/) is ignored); C(*), C(?) and C([...]) never match C(/); the root is never
+        left out; an excluded directory is left out with everything below it.
+      - Backslash escapes, C([^...]) and classes like C([:alpha:]) are refused (GNU tar and the walk would read
+        them differently).
     type: list
     elements: str
     default: []
@@ -212,8 +219,11 @@ options:
       - What to do when the destination volume exists and holds data that is not this migration's.
       - Also counted as not this migration's - a destination that this O(migration_id) completed but whose data
         changed since (its fingerprint differs from the one recorded at completion, say the application
-        already wrote to it on the destination), and the completed copy of another source volume or host under the
-        same O(migration_id). Markers written by versions that did not record these are trusted as before.
+        already wrote to it on the destination) while the source changed too, and the completed copy of another
+        source volume or host under the same O(migration_id). Markers written by versions that did not record
+        these are trusted as before.
+      - A destination this migration completed and the application wrote to since, with the source unchanged since
+        the completion, is left as it is without a failure (nothing to copy; see RV(dest_changed_since_complete)).
       - V(fail) refuses (default), also in check mode; nothing is changed. V(replace) replaces its content
         (explicit opt-in; the old content stays until the new one is verified).
     type: str
@@ -223,6 +233,14 @@ options:
     description: Accept device nodes in the stream (refused by default, as in restores).
     type: bool
     default: false
+  lock_wait:
+    description:
+      - Seconds to wait when another transfer or restore holds the destination volume's lock (one writer per
+        volume) before failing with that message; V(0) fails at once.
+      - The default covers a pass whose connection died silently (a link down), whose receiver on the destination
+        ends after 30 seconds without a frame from the source, which sends one every 5 seconds.
+    type: int
+    default: 45
   timeout:
     description:
       - Timeout in seconds for the Docker API and for the SSH connection (connect, banner, authentication).
@@ -443,6 +461,15 @@ dest_state:
     current one.
   returned: always
   type: str
+dest_changed_since_complete:
+  description:
+    - True when this migration had completed on the destination, the destination was written since (its data no
+      longer has the fingerprint recorded at completion, as when the application runs there now), and the source is
+      unchanged since the completion. Nothing was copied (RV(changed) false, RV(verified) false, since the two sides
+      differ by what was written on the destination). When the source changed too, the run fails instead
+      (see O(existing)).
+  returned: when true
+  type: bool
 would_send_bytes:
   description: Bytes of file data a real run would send.
   returned: in check mode when data would be sent
@@ -473,6 +500,7 @@ from ansible_collections.volumeops.docker.plugins.module_utils._validation impor
 )
 from ansible_collections.volumeops.docker.plugins.module_utils import _archive
 from ansible_collections.volumeops.docker.plugins.module_utils import _transfer
+from ansible_collections.volumeops.docker.plugins.module_utils import _tree
 
 try:
     import paramiko
@@ -519,6 +547,10 @@ class VolumeTransferManager(object):
         err = _transfer.check_migration_id(p['migration_id'])
         if err:
             self.fail(err)
+        for pattern in p['exclude']:
+            err = _tree.exclude_pattern_error(pattern)
+            if err:
+                self.fail(err)
         for key in ('dest_driver_options', 'dest_labels'):
             try:
                 p[key] = stringify_labels(p[key], what=key)
@@ -530,6 +562,8 @@ class VolumeTransferManager(object):
             self.fail(err + ' Nothing was changed.')
         if not 1 <= p['compression_level'] <= 19:
             self.fail('compression_level must be between 1 and 19.')
+        if p['lock_wait'] < 0:
+            self.fail('lock_wait must be 0 or more seconds.')
         if not HAS_PARAMIKO:
             self.fail(missing_required_lib('paramiko (pip install paramiko, or apt install python3-paramiko)'))
         if not p.get('relay_source_host'):
@@ -624,6 +658,7 @@ def main():
         helper_image=dict(type='str'),
         compression=dict(type='str', choices=['zstd', 'none'], default='zstd'),
         compression_level=dict(type='int', default=1),
+        lock_wait=dict(type='int', default=45),
         exclude=dict(type='list', elements='str', default=[]),
         migration_id=dict(type='str', required=True),
         existing=dict(type='str', choices=['fail', 'replace'], default='fail'),

@@ -678,10 +678,20 @@ def test_role_options_exclude_extra_stop_no_stop_no_start_quiet(bench, migrate):
         assert re.search(r'%s -> h2:%s \([^)]*\) \(already complete for this migration' % (vol, vol), check_again.stdout), \
             check_again.stdout[-4000:]
 
-        # The application writes on the destination after the switch-over: a rerun refuses to copy the source
-        # over it (not "OK"), and nothing on either host changes.
+        # The application writes on the destination after the switch-over, the source stays as it was: the
+        # migration is done, a rerun copies nothing and says so, and changes nothing on either host.
         sh(bench, 'h2', ['sh', '-c', 'echo written-on-h2 > "$0/orders.db"', volume_mountpoint(bench, 'h2', vol)])
         used = digest(bench, 'h2', vol)
+        done = migrate(dict(extra_vars, migrate_summary=True))
+        assert_unchanged(done)
+        assert re.search(r'h1:%s -> h2:%s  OK \(unchanged, already migrated, the destination written since\)'
+                         % (re.escape(vol), re.escape(vol)), done.stdout), done.stdout[-4000:]
+        assert digest(bench, 'h2', vol) == used and marker(bench, 'h2', vol)['state'] == 'complete'
+        assert digest(bench, 'h1', vol) == src
+
+        # The source changes too (the application started there again): both sides moved on, a rerun refuses
+        # to copy the source over the destination (not "OK"), and nothing on either host changes.
+        sh(bench, 'h1', ['sh', '-c', 'echo written-on-h1 > "$0/late.txt"', volume_mountpoint(bench, 'h1', vol)])
         rerun = migrate(dict(extra_vars, migrate_summary=True))
         assert rerun.returncode != 0 and rerun.recap['h1']['failed'] == 1, rerun.stdout[-4000:]
         assert re.search(r'h1:%s -> h2  FAILED  .*changed after migration' % re.escape(vol), rerun.stdout), \

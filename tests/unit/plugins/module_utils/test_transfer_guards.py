@@ -63,22 +63,35 @@ def test_marker_without_fingerprint_version_is_version_1():
     assert _transfer.marker_dest_changed(marker, NOW) == (V == 1)
 
 
+class _Frames(object):
+    """A stand-in for the receiver's FrameIO that keeps what is sent."""
+
+    def __init__(self):
+        self.sent = []
+
+    def send(self, kind, payload=b''):
+        self.sent.append(kind)
+
+
 def _receiver(vdir, check_mode=False):
-    receiver = _transfer.Receiver(io_=None)
+    receiver = _transfer.Receiver(io_=_Frames())
     receiver.hello = {'dest_volume': 'v1', 'migration_id': 'm1', 'check_mode': check_mode}
     return receiver
 
 
-def test_second_receiver_for_a_volume_fails_at_once(tmp_path):
-    busy = 'Another restore or transfer of volume v1 is running'
+def test_second_receiver_for_a_volume_fails_after_the_lock_wait(tmp_path, monkeypatch):
+    monkeypatch.setattr(_transfer, 'LOCK_WAIT_SECONDS', 2)
+    busy = 'Another restore or transfer of volume v1 is running.*waited 2 s'
     # check mode only probes: without a lock file it creates none
     _receiver(str(tmp_path), check_mode=True)._lock(str(tmp_path))
     assert os.listdir(str(tmp_path)) == []
     first = _receiver(str(tmp_path))
     first._lock(str(tmp_path))
     try:
+        second = _receiver(str(tmp_path))
         with pytest.raises(_transfer.TransferError, match=busy):
-            _receiver(str(tmp_path))._lock(str(tmp_path))
+            second._lock(str(tmp_path))
+        assert second.io.sent and set(second.io.sent) == {b'K'}  # the sender's reads kept alive meanwhile
         with pytest.raises(_transfer.TransferError, match=busy):
             _receiver(str(tmp_path), check_mode=True)._lock(str(tmp_path))
     finally:
@@ -87,6 +100,64 @@ def test_second_receiver_for_a_volume_fails_at_once(tmp_path):
     again = _receiver(str(tmp_path))
     again._lock(str(tmp_path))
     again.cleanup()
+
+
+def test_receiver_waits_for_a_lock_released_meanwhile(tmp_path, monkeypatch):
+    # The holder may be the receiver of a pass whose connection just died (it ends within
+    # RECEIVER_IDLE_SECONDS): the next pass waits for it instead of failing at once.
+    import threading
+    monkeypatch.setattr(_transfer, 'LOCK_WAIT_SECONDS', 10)
+    first = _receiver(str(tmp_path))
+    first._lock(str(tmp_path))
+    timer = threading.Timer(1.5, first.cleanup)
+    timer.start()
+    second = _receiver(str(tmp_path))
+    try:
+        second._lock(str(tmp_path))
+        assert second.lock is not None and first.lock is None
+    finally:
+        timer.join()
+        second.cleanup()
+
+
+def _frame(kind, payload=b''):
+    return _transfer._HDR.pack(kind, len(payload)) + payload
+
+
+def test_frames_skip_the_senders_keepalives():
+    import io
+    data = io.BytesIO(_frame(b'k') + _frame(b'k') + _frame(b'P', b'{}') + _frame(b'k') + _frame(b'Z', b'x'))
+    frames = _transfer.FrameIO(data.read, None)
+    assert frames.recv() == (b'P', b'{}')
+    assert frames.recv_expect(b'Z') == (b'Z', b'x')
+
+
+def test_receiver_ends_when_the_source_is_silent_and_not_while_it_sends_keepalives():
+    # A source that vanished without closing the connection (a link down) sends nothing more: the
+    # receiver's blocked read ends with ConnectionLost (its lock is then freed), not hours later.
+    import threading
+    import time
+    r, w = os.pipe()
+    frames = _transfer.FrameIO(lambda n: os.read(r, n), None)
+    watch = _transfer.ReceiverIdleWatch(frames, limit=1)
+    try:
+        def beats():
+            for dummy in range(8):  # 2.4 s of keepalives only, longer than the limit, then a frame
+                os.write(w, _frame(b'k'))
+                time.sleep(0.3)
+            os.write(w, _frame(b'P', b'{}'))
+        sender = threading.Thread(target=beats)
+        sender.start()
+        assert frames.recv() == (b'P', b'{}')
+        sender.join()
+        started = time.monotonic()
+        with pytest.raises(_transfer.ConnectionLost, match='no frame from the source'):
+            frames.recv()
+        assert time.monotonic() - started < 5
+    finally:
+        watch.stop()
+        os.close(r)
+        os.close(w)
 
 
 def test_receiver_lock_never_through_a_symlink(tmp_path):

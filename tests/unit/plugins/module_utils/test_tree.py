@@ -410,3 +410,22 @@ def test_fingerprint_of_a_tree_without_hard_links_is_the_same_in_versions_1_and_
     # A file with another link outside the tree (nlink 2, one member walked) is hashed as a lone file.
     os.link(tree / 'a.txt', tree.parent / 'outside-link')
     assert _tree.fingerprint(str(tree), version=1).fingerprint == _tree.fingerprint(str(tree)).fingerprint
+
+
+def test_find_token_stays_on_the_roots_filesystem(tree):
+    # The walk (and tar, --one-file-system) do not enter a filesystem mounted below the root; neither may the
+    # change token's find listing, or it would cover entries the fingerprint does not. /proc is another
+    # filesystem than the tree's: a symlink is not followed, but a mount point would be entered.
+    argv = []
+    real_popen = _tree.subprocess.Popen
+
+    def popen(args, **kwargs):
+        argv.append(list(args))
+        return real_popen(args, **kwargs)
+    _tree.subprocess.Popen = popen
+    try:
+        token = _tree.FindChangeToken(str(tree)).result()
+    finally:
+        _tree.subprocess.Popen = real_popen
+    assert token is not None
+    assert '-xdev' in argv[0] and argv[0].index('-xdev') < argv[0].index('-printf')
