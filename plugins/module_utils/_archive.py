@@ -1544,12 +1544,14 @@ class VolumeBusy(ArchiveError):
     """Another restore or transfer of the volume holds its lock."""
 
 
-class volume_lock(object):  # pylint: disable=invalid-name
+class VolumeLock(object):
     """The per-volume lock: flock on ``<volume_dir>/.volumeops.lock`` (the directory holding ``_data``).
 
-    Taken at once or not at all (raises VolumeBusy: a second run never waits behind a restore that may
-    take an hour). The file is kept (unlinking a lock file lets a waiter lock a file nobody else can
-    see); opened with O_NOFOLLOW and 0600. ``create=False`` only probes: None when there is no lock
+    Taken at once or not at all (raises VolumeBusy); callers decide about waiting: a restore does not (the
+    holder may be a restore that takes an hour), the transfer receiver retries for ``lock_wait`` seconds (the
+    holder may be the receiver of a pass whose connection just died, which ends within 30 s). The file is
+    kept (unlinking a lock file lets a waiter lock a file nobody else can see); opened with O_NOFOLLOW and
+    0600. ``create=False`` only probes: None when there is no lock
     file (nobody can hold it), so check mode writes nothing. Held until ``release()`` or the process ends.
     """
 
@@ -1595,7 +1597,7 @@ class volume_lock(object):  # pylint: disable=invalid-name
 def cleanup_stale(parent, markers=(STAGING_MARKER, OLD_MARKER), data='_data', dry_run=False):
     """Resolve what interrupted runs left beside ``<parent>/<data>`` (our marker names only).
 
-    Call only while holding ``volume_lock(parent)``: a restore running at the same time keeps its
+    Call only while holding ``VolumeLock(parent)``: a restore running at the same time keeps its
     staging directory here too. Returns (actions, problems): what was done (with ``dry_run``: what
     would be done, nothing touched), and what could not be removed. A removal that fails is a
     problem to report, never an exception: the leftovers of an earlier run must not stop this one

@@ -2012,7 +2012,7 @@ class Receiver(object):
         self.volume_fs = None  # a directory on the filesystem that holds the staging tree
         self.complete_marker = None  # this migration's 'complete' marker, checked against _data after its walk
         self.end_conflict = None  # why the pass must not go on, found by the walk (_send_records)
-        self.lock = None  # the volume's lock (_archive.volume_lock), held until the receiver ends
+        self.lock = None  # the volume's lock (_archive.VolumeLock), held until the receiver ends
 
     # helpers ---------------------------------------------------------------
     def _marker(self, state, **extra):
@@ -2148,9 +2148,9 @@ class Receiver(object):
             while True:
                 try:
                     if self.hello.get('check_mode'):
-                        _archive.volume_lock.probe(vdir, name)  # refuses as a real run would, creates nothing
+                        _archive.VolumeLock.probe(vdir, name)  # refuses as a real run would, creates nothing
                     else:
-                        self.lock = _archive.volume_lock(vdir, name)
+                        self.lock = _archive.VolumeLock(vdir, name)
                     break
                 except _archive.VolumeBusy as exc:
                     # The holder may be the receiver of a pass whose connection just died: it ends within

@@ -393,7 +393,10 @@ def file_attributes_error(mode, owner, group):
         except ValueError:
             try:
                 # The parser set_mode_if_different uses; it needs a stat result to work relative to.
+                # (Private to ansible-core: should it go, the check is left to set_mode_if_different.)
                 AnsibleModule._symbolic_mode_to_octal(os.stat('/'), mode)  # pylint: disable=protected-access
+            except AttributeError:
+                pass
             except ValueError as exc:
                 return 'mode %r must be in octal or symbolic form: %s.' % (mode, exc)
     for what, value, lookup in (('owner', owner, pwd.getpwnam), ('group', group, grp.getgrnam)):

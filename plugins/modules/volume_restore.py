@@ -519,7 +519,7 @@ class RestoreManager(object):
             self.remove_on_fail = True
             if path_kind == 'local' and self.lock is None:
                 try:
-                    self.lock = _archive.volume_lock(os.path.dirname(info['Mountpoint'].rstrip('/')), p['volume'])
+                    self.lock = _archive.VolumeLock(os.path.dirname(info['Mountpoint'].rstrip('/')), p['volume'])
                 except _archive.VolumeBusy as exc:
                     self.remove_on_fail = False  # it is the other run's volume now
                     self.fail(str(exc))
@@ -601,9 +601,9 @@ class RestoreManager(object):
         parent = os.path.dirname(info['Mountpoint'].rstrip('/'))
         try:
             if self.check_mode:
-                _archive.volume_lock.probe(parent, p['volume'])
+                _archive.VolumeLock.probe(parent, p['volume'])
             else:
-                self.lock = _archive.volume_lock(parent, p['volume'])
+                self.lock = _archive.VolumeLock(parent, p['volume'])
         except _archive.VolumeBusy as exc:
             self.fail(str(exc))
         except OSError as exc:

@@ -247,22 +247,22 @@ def test_cleanup_reports_what_it_cannot_remove_instead_of_raising(tmp_path, monk
 
 def test_volume_lock_is_exclusive_and_never_waits(tmp_path):
     parent = str(tmp_path)
-    A.volume_lock.probe(parent, 'v')  # no lock file: nobody holds it, and probing creates none
+    A.VolumeLock.probe(parent, 'v')  # no lock file: nobody holds it, and probing creates none
     assert not os.path.exists(os.path.join(parent, A.VOLUME_LOCK))
-    lock = A.volume_lock(parent, 'v')
+    lock = A.VolumeLock(parent, 'v')
     assert oct(os.stat(os.path.join(parent, A.VOLUME_LOCK)).st_mode & 0o777) == oct(0o600)
     with pytest.raises(A.VolumeBusy, match='Another restore or transfer of volume v is running'):
-        A.volume_lock(parent, 'v')
+        A.VolumeLock(parent, 'v')
     with pytest.raises(A.VolumeBusy):
-        A.volume_lock.probe(parent, 'v')
+        A.VolumeLock.probe(parent, 'v')
     lock.release()
-    A.volume_lock(parent, 'v').release()
-    A.volume_lock.probe(parent, 'v')
+    A.VolumeLock(parent, 'v').release()
+    A.VolumeLock.probe(parent, 'v')
 
 
 def test_volume_lock_file_is_never_a_followed_symlink(tmp_path):
     parent = str(tmp_path)
     os.symlink(str(tmp_path / 'elsewhere'), os.path.join(parent, A.VOLUME_LOCK))
     with pytest.raises(OSError):
-        A.volume_lock(parent, 'v')
+        A.VolumeLock(parent, 'v')
     assert not os.path.exists(str(tmp_path / 'elsewhere'))
