@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Prepare a fresh Debian machine (as root) for the demo and the test suite:
 #   - Debian packages: docker.io, GNU tar, zstd, acl/attr tools, sshd, iproute2, busybox-static,
-#     strace (tests watch system calls)
+#     strace (tests watch system calls), e2fsprogs (chattr: tests make a file immutable)
 #   - a Python venv with the pinned controller tools (scripts/lib/requirements-test.txt)
 #   - a running dockerd (started here when none answers; CI has none)
 #   - the offline get-pip stand-in that ansible-test needs (see DEVELOPERS.md)
@@ -20,7 +20,7 @@ log() { printf '[bootstrap] %s\n' "$*" >&2; }
 bootstrap_packages() {
     local pkgs=(docker.io busybox-static openssh-server openssh-client acl attr zstd
                 iproute2 iptables python3-venv python3-pip rsync tar gzip procps util-linux
-                bridge-utils file shellcheck libcap2-bin strace)
+                bridge-utils file shellcheck libcap2-bin strace e2fsprogs)
     local missing=()
     for p in "${pkgs[@]}"; do
         dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
