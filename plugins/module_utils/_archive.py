@@ -1594,6 +1594,12 @@ class VolumeLock(object):
         return False
 
 
+def parked_prefix(name):
+    """Name prefix under which exchange_dirs' two-rename fallback parks directory ``name`` (its pid follows);
+    cleanup_stale rolls such a directory back when ``name`` is missing."""
+    return OLD_MARKER + name + '-'
+
+
 def cleanup_stale(parent, markers=(STAGING_MARKER, OLD_MARKER), data='_data', dry_run=False):
     """Resolve what interrupted runs left beside ``<parent>/<data>`` (our marker names only).
 
@@ -1615,7 +1621,7 @@ def cleanup_stale(parent, markers=(STAGING_MARKER, OLD_MARKER), data='_data', dr
         return actions, problems
     data_path = os.path.join(parent, data)
     if not os.path.lexists(data_path):
-        parked = [n for n in names if n.startswith(OLD_MARKER + data + '-') and is_real_dir(os.path.join(parent, n))]
+        parked = [n for n in names if n.startswith(parked_prefix(data)) and is_real_dir(os.path.join(parent, n))]
         if len(parked) != 1:
             if parked:
                 problems.append('%s is missing and several directories may hold its content (%s): left as they '
@@ -1719,7 +1725,7 @@ def exchange_dirs(a, b):
         err = ctypes.get_errno()
         if err not in (errno.ENOSYS, errno.EINVAL, errno.ENOTSUP):
             raise OSError(err, os.strerror(err), a)
-    tmp = os.path.join(os.path.dirname(b), OLD_MARKER + os.path.basename(b) + '-%d' % os.getpid())
+    tmp = os.path.join(os.path.dirname(b), parked_prefix(os.path.basename(b)) + str(os.getpid()))
     os.rename(b, tmp)
     try:
         os.rename(a, b)

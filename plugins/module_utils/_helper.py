@@ -45,21 +45,22 @@ class MergeStopped(HelperError):
         self.changed = changed
 
 
+def mount_points():
+    """The mount points (bytes) of this process's mount namespace, from /proc/self/mountinfo; [] if unreadable."""
+    try:
+        with open('/proc/self/mountinfo', 'rb') as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    # The mount point is the fifth field; spaces and other bytes are octal escapes (\040).
+    return [re.sub(br'\\([0-7]{3})', lambda m: bytes([int(m.group(1), 8)]), fields[4])
+            for fields in (line.split(b' ') for line in lines) if len(fields) > 4]
+
+
 def is_mount_point(path):
     """Whether ``path`` is a mount point in this process's mount namespace (bind mounts included, which
     os.path.ismount does not see when they come from the same filesystem)."""
-    target = os.fsencode(os.path.realpath(path))
-    try:
-        with open('/proc/self/mountinfo', 'rb') as f:
-            for line in f:
-                fields = line.split(b' ')
-                # The mount point is the fifth field; spaces and other bytes are octal escapes (\040).
-                if len(fields) > 4 and re.sub(br'\\([0-7]{3})', lambda m: bytes([int(m.group(1), 8)]),
-                                              fields[4]) == target:
-                    return True
-    except OSError:
-        return False
-    return False
+    return os.fsencode(os.path.realpath(path)) in mount_points()
 
 
 def local_path_error(name, driver, options, mountpoint):

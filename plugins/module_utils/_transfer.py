@@ -38,7 +38,7 @@ Protocol (each frame: 1 byte kind, 4 bytes big-endian length, payload):
   D->S  R ready(json)
   S->D  X deletions batch, D data chunk ..., Z end of data(json), V source verification(json)
   D->S  K keepalive (while verifying, or waiting for the volume's lock), F final result(json), ! error(json)
-  S->D  k keepalive, every SENDER_KEEPALIVE_SECONDS from the hello on: a receiver that hears nothing for
+  S->D  k keepalive, every KEEPALIVE_SECONDS from the hello on: a receiver that hears nothing for
         RECEIVER_IDLE_SECONDS while waiting for a frame ends (ConnectionLost), which frees the volume's lock.
         Without it a receiver whose source vanished silently (a link down: no FIN, no RST) would wait on
         its stdin, holding the lock, until sshd noticed, which can take hours.
@@ -78,7 +78,7 @@ from ansible_collections.volumeops.docker.plugins.module_utils import _archive
 PROTOCOL_VERSION = 2
 CHUNK = 1024 * 1024          # bytes read from the compressor per data frame
 MAX_FRAME = 16 * 1024 * 1024
-SENDER_KEEPALIVE_SECONDS = 5
+KEEPALIVE_SECONDS = 5
 RECEIVER_IDLE_SECONDS = 30
 # A receiver that finds the volume locked waits this long by default (volume_transfer's lock_wait; it
 # sends K frames meanwhile) before it refuses: the holder may be the receiver of a pass whose connection
@@ -190,7 +190,7 @@ class FrameIO(object):
 class ReceiverIdleWatch(object):
     """Ends the receiver (ConnectionLost in its main thread) when a read waits longer than ``limit`` seconds.
 
-    The sender sends a k frame every SENDER_KEEPALIVE_SECONDS, so a read that waits much longer means the
+    The sender sends a k frame every KEEPALIVE_SECONDS, so a read that waits much longer means the
     source is gone. A thread watches ``io_.waiting_since``; it interrupts the main thread's blocked read
     with SIGALRM (signal.pthread_kill, so that the signal reaches that thread), whose handler raises only
     while the main thread is still waiting: a read that returned meanwhile is left alone.
@@ -208,21 +208,47 @@ class ReceiverIdleWatch(object):
         self._thread.daemon = True
         self._thread.start()
 
-    def _on_alarm(self, signum, frame):
+    def _idle(self):
         since = self.io.waiting_since
-        if since is not None and time.monotonic() - since > self.limit:
+        return since is not None and time.monotonic() - since > self.limit
+
+    def _on_alarm(self, signum, frame):
+        if self._idle():
             raise ConnectionLost('no frame from the source for %d s (the connection is gone)' % self.limit)
 
     def _watch(self):
         while not self._stop.wait(1):
-            since = self.io.waiting_since
-            if since is not None and time.monotonic() - since > self.limit:
+            if self._idle():
                 self._signal.pthread_kill(self._main, self._signal.SIGALRM)
 
     def stop(self):
         self._stop.set()
         self._thread.join()
         self._signal.signal(self._signal.SIGALRM, self._previous)
+
+
+def keepalive(io_, kind, seconds):
+    """Send ``kind`` frames on ``io_`` every ``seconds`` from a thread; returns ``stop(wait=True)``.
+
+    A failed send ends the thread quietly: the connection is gone or closed, which the caller's own
+    reads and writes report."""
+    stopped = threading.Event()
+
+    def beat():
+        while not stopped.wait(seconds):
+            try:
+                io_.send(kind)
+            except Exception:
+                return
+    thread = threading.Thread(target=beat)
+    thread.daemon = True
+    thread.start()
+
+    def stop(wait=True):
+        stopped.set()
+        if wait:
+            thread.join()
+    return stop
 
 
 def _json(payload):
@@ -865,7 +891,8 @@ def ssh_session_error(exc, params, prefix=''):
 
     sshd may refuse a session channel ("administratively prohibited", MaxSessions) or the exec request, and
     paramiko then raises ChannelException or SSHException, which are no OSError: without this they end the
-    module in a traceback. ``prefix`` selects the relay's source parameters (``relay_source_``).
+    module in a traceback. ``prefix`` selects the relay's source parameters (``relay_source_``); the
+    destination's (``dest_``) by default.
     """
     try:
         import paramiko
@@ -873,11 +900,9 @@ def ssh_session_error(exc, params, prefix=''):
         return None
     if not isinstance(exc, paramiko.SSHException):
         return None
-    if prefix:
-        where = '%s@%s:%s' % (params.get(prefix + 'user') or 'root', params.get(prefix + 'host'),
-                              params.get(prefix + 'port') or 22)
-    else:
-        where = '%s@%s:%s' % (params.get('dest_user') or 'root', params.get('dest_host'), params.get('dest_port') or 22)
+    prefix = prefix or 'dest_'
+    where = '%s@%s:%s' % (params.get(prefix + 'user') or 'root', params.get(prefix + 'host'),
+                          params.get(prefix + 'port') or 22)
     text = str(exc) or exc.__class__.__name__
     if isinstance(exc, paramiko.ChannelException):
         text = '%s (SSH channel open failure %s)' % (exc.text or text, exc.code)
@@ -1204,23 +1229,12 @@ class Sender(object):
         return msg
 
     def _start_keepalive(self):
-        """Send a k frame every SENDER_KEEPALIVE_SECONDS until close() (see ReceiverIdleWatch)."""
-        stop = self._keepalive_stop = threading.Event()
-        io_ = self.io
-
-        def beat():
-            while not stop.wait(SENDER_KEEPALIVE_SECONDS):
-                try:
-                    io_.send(b'k')
-                except Exception:
-                    return  # the connection is gone or closed: the main thread reports it
-        thread = threading.Thread(target=beat)
-        thread.daemon = True
-        thread.start()
+        """Send a k frame every KEEPALIVE_SECONDS until close() (see ReceiverIdleWatch)."""
+        self._keepalive_stop = keepalive(self.io, b'k', KEEPALIVE_SECONDS)
 
     def close(self):
         if self._keepalive_stop is not None:
-            self._keepalive_stop.set()
+            self._keepalive_stop(wait=False)  # its send may block on a dead connection: never wait for it
         try:
             if self.early_stream is not None:
                 self.early_stream.close()  # started, never sent: a check failed or the pass ended early
@@ -2458,22 +2472,7 @@ class Receiver(object):
 
     def _keepalive(self):
         """Send K frames every 5 s (long walks without other frames) until the returned function is called."""
-        stop = threading.Event()
-
-        def keepalive():
-            while not stop.wait(5):
-                try:
-                    self.io.send(b'K')
-                except Exception:
-                    return
-        t = threading.Thread(target=keepalive)
-        t.daemon = True
-        t.start()
-
-        def done():
-            stop.set()
-            t.join()
-        return done
+        return keepalive(self.io, b'K', KEEPALIVE_SECONDS)
 
     def _verify_and_finish(self):
         h = self.hello

@@ -186,11 +186,6 @@ def exclude_matcher(patterns):
     return excluded
 
 
-def _excluded(relpath, patterns):
-    matcher = exclude_matcher(patterns)
-    return matcher is not None and matcher(relpath)
-
-
 def walk(root, exclude=None, descend=None, one_file_system=True):
     """Yield an Entry for the root (relpath b'.') and every entry below it, depth first, sorted.
 
@@ -482,17 +477,16 @@ class FingerprintAccumulator(object):
         """
         if code == 'f':
             st = entry.st
+            first = None
             if st.st_nlink > 1:
                 key = (st.st_dev, st.st_ino)
                 first = self._first_path.get(key)
-                if first is not None:
-                    if self._links:
-                        record += b'\0>' + first
-                    self._digest.add(record)
-                    self.entries += 1
-                    return record
-                self._first_path[key] = entry.relpath
-            self.bytes += st.st_size
+                if first is None:
+                    self._first_path[key] = entry.relpath
+            if first is None:
+                self.bytes += st.st_size
+            elif self._links:
+                record += b'\0>' + first
         self._digest.add(record)
         self.entries += 1
         return record

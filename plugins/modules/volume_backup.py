@@ -321,7 +321,6 @@ removed_temp_files:
 import grp
 import os
 import pwd
-import re
 import stat
 import time
 
@@ -330,7 +329,8 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.volumeops.docker.plugins.module_utils._docker_client import AnsibleDockerClient
 from ansible_collections.volumeops.docker.plugins.module_utils._validation import volume_name_error
 from ansible_collections.volumeops.docker.plugins.module_utils import _archive, _tree
-from ansible_collections.volumeops.docker.plugins.module_utils._helper import Helper, HelperError, local_path_error
+from ansible_collections.volumeops.docker.plugins.module_utils._helper import (
+    Helper, HelperError, local_path_error, mount_points)
 
 DEFAULT_LEVELS = {'zstd': 3, 'gzip': 6, 'none': None}
 # Mount types of the local driver whose content exists only while mounted (see refuse_memory_volumes).
@@ -422,17 +422,10 @@ def skipped_mount_points(root, exclude=None):
     prefix = root_b.rstrip(b'/') + b'/'
     try:
         root_dev = os.lstat(root_b).st_dev
-        with open('/proc/self/mountinfo', 'rb') as f:
-            lines = f.read().splitlines()
     except OSError:
         return []
     found = set()
-    for line in lines:
-        fields = line.split(b' ')
-        if len(fields) < 5:
-            continue
-        # The mount point is the fifth field; spaces and other bytes are octal escapes (\040).
-        point = re.sub(br'\\([0-7]{3})', lambda m: bytes([int(m.group(1), 8)]), fields[4])
+    for point in mount_points():
         if not point.startswith(prefix):
             continue
         try:

@@ -429,8 +429,7 @@ class PermissionsManager(object):
                 # name" take it (not the GID the container happens to run as: root for the official
                 # database images, whose entrypoints switch user themselves). A UID that the container's
                 # /etc/passwd does not list has no primary group: groups are left alone then.
-                uid, primary = resolve_owner(p.owner, passwd, where)
-                default_gid = primary
+                uid, default_gid = resolve_owner(p.owner, passwd, where)
             else:
                 uid, default_gid = container_uid, container_gid
             gid = resolve_group(p.group, groups, where) if p.group is not None else default_gid

@@ -517,12 +517,8 @@ class RestoreManager(object):
                 info = self.client.api.inspect_volume(p['volume'])
             created = True
             self.remove_on_fail = True
-            if path_kind == 'local' and self.lock is None:
-                try:
-                    self.lock = _archive.VolumeLock(os.path.dirname(info['Mountpoint'].rstrip('/')), p['volume'])
-                except _archive.VolumeBusy as exc:
-                    self.remove_on_fail = False  # it is the other run's volume now
-                    self.fail(str(exc))
+            if path_kind == 'local':  # a volume that did not exist: local_leftovers took no lock
+                self.take_lock(info, created=True)
             if _archive.mounted_only_in_use(driver, options):
                 # A volume mounting NFS, CIFS or a directory shows what its source already holds: it is
                 # judged like an existing volume (existing, idempotency) and removed again when refused;
@@ -594,9 +590,11 @@ class RestoreManager(object):
                           % (p['volume'], json.dumps(options, sort_keys=True), host))
         return driver, options, labels
 
-    def local_leftovers(self, info):
-        """Resolve what interrupted restores left beside the volume's _data, holding the volume's lock
-        (a restore running now keeps its staging directory there too). Check mode only reports."""
+    def take_lock(self, info, created=False):
+        """Hold the volume's lock (check mode only probes it); returns the directory holding ``_data``.
+
+        ``created``: the volume was just created by this run; when another run holds its lock, that run
+        got there first and the volume is its now (not removed by our failure)."""
         p = self.p
         parent = os.path.dirname(info['Mountpoint'].rstrip('/'))
         try:
@@ -605,9 +603,18 @@ class RestoreManager(object):
             else:
                 self.lock = _archive.VolumeLock(parent, p['volume'])
         except _archive.VolumeBusy as exc:
+            if created:
+                self.remove_on_fail = False
             self.fail(str(exc))
         except OSError as exc:
             self.fail('Could not take the lock of volume %s in %s: %s' % (p['volume'], parent, exc))
+        return parent
+
+    def local_leftovers(self, info):
+        """Resolve what interrupted restores left beside the volume's _data, holding the volume's lock
+        (a restore running now keeps its staging directory there too). Check mode only reports."""
+        p = self.p
+        parent = self.take_lock(info)
         actions, problems = _archive.cleanup_stale(parent, dry_run=self.check_mode)
         self.warnings.extend(problems)
         if actions:

@@ -658,7 +658,7 @@ def main():
         helper_image=dict(type='str'),
         compression=dict(type='str', choices=['zstd', 'none'], default='zstd'),
         compression_level=dict(type='int', default=1),
-        lock_wait=dict(type='int', default=45),
+        lock_wait=dict(type='int', default=_transfer.LOCK_WAIT_SECONDS),
         exclude=dict(type='list', elements='str', default=[]),
         migration_id=dict(type='str', required=True),
         existing=dict(type='str', choices=['fail', 'replace'], default='fail'),
