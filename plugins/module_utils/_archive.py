@@ -743,7 +743,7 @@ class TarMemberCount(object):
 
 
 def write_compressed_stream(out, compression, level=None, head=b'', producer_argv=None, producer_chunks=None,
-                            producer_cwd=None, producer_pass_fds=()):
+                            producer_cwd=None, producer_pass_fds=(), read_ahead=None):
     """Write ``head`` + the producer's output, compressed, to the binary file object ``out``.
 
     The producer is either a command (``producer_argv``; its stdout goes straight
@@ -758,6 +758,8 @@ def write_compressed_stream(out, compression, level=None, head=b'', producer_arg
     disk as they come (EarlyWriteback): the caller's final fsync is short.
 
     ``producer_pass_fds``: descriptors the producer inherits (e.g. TarMemberCount.fd).
+    ``read_ahead``: dict(root, exclude) when the producer is ``tar_create_argv``'s tar of that tree:
+    the files are read ahead of it (_tree.ReadAhead) while it runs.
 
     Returns dict(sha256, size, producer_rc, producer_stderr, compressor_rc,
     compressor_stderr). The caller decides what a non-zero producer status
@@ -774,6 +776,7 @@ def write_compressed_stream(out, compression, level=None, head=b'', producer_arg
     threads = []
     writeback = EarlyWriteback.for_file(out)
     beside = None
+    ahead = None
     if callable(head):
         if producer_argv is None:
             raise ValueError('a deferred head needs producer_argv')
@@ -822,6 +825,8 @@ def write_compressed_stream(out, compression, level=None, head=b'', producer_arg
                 prod = _process.spawn(producer_argv, stdout=subprocess.PIPE, stderr=prod_err, cwd=producer_cwd,
                                       pass_fds=producer_pass_fds)
                 procs.append(prod)
+                if read_ahead is not None:
+                    ahead = _tree.ReadAhead(pid=prod.pid, **read_ahead).start()
                 widen_pipe(prod.stdout)
                 source = pipe_chunks(prod.stdout)
             else:
@@ -853,6 +858,8 @@ def write_compressed_stream(out, compression, level=None, head=b'', producer_arg
                 prod = _process.spawn(producer_argv, stdout=wpipe, stderr=prod_err, cwd=producer_cwd,
                                       pass_fds=producer_pass_fds)
                 procs.insert(0, prod)
+                if read_ahead is not None:
+                    ahead = _tree.ReadAhead(pid=prod.pid, **read_ahead).start()
                 wpipe.close()
             else:
                 prod = None
@@ -881,6 +888,8 @@ def write_compressed_stream(out, compression, level=None, head=b'', producer_arg
         return result
     finally:
         writeback.stop()  # after an error, the stream's own error is the one to report
+        if ahead is not None:
+            ahead.stop()
         for p in procs:
             if p.poll() is None:
                 p.kill()

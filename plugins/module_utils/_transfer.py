@@ -1045,6 +1045,7 @@ class SourceStream(object):
         self.hold_error = None
         self.closed = False
         self._release = threading.Event()
+        self.ahead = None
         try:
             if self.comp_argv is None:
                 self.tar = _process.spawn(tar_argv, stdin=stdin, stdout=subprocess.PIPE, stderr=self.tar_err)
@@ -1064,7 +1065,10 @@ class SourceStream(object):
                 finally:
                     os.close(rfd)
                 self.out = self.comp.stdout
-            if names is not None:
+            if names is None:
+                self.ahead = _tree.ReadAhead(root, self.tar.pid, exclude=exclude).start()
+            else:
+                self.ahead = _tree.ReadAhead(root, self.tar.pid, names=names).start()
                 self.feeder = threading.Thread(target=_archive._feed,
                                                args=((n + b'\0' for n in names), self.tar.stdin, []))
                 self.feeder.daemon = True
@@ -1099,6 +1103,11 @@ class SourceStream(object):
             self.holder.join()
             self.holder = None
 
+    def _stop_reading_ahead(self):
+        if self.ahead is not None:
+            self.ahead.stop()
+            self.ahead = None
+
     def chunks(self):
         if self.holder is not None:
             self._stop_holding()
@@ -1116,6 +1125,7 @@ class SourceStream(object):
 
     def finish(self, finalize):
         """Wait for the pipeline (its output read to the end); dict(tar_rc, error, warning)."""
+        self._stop_reading_ahead()
         if self.feeder is not None:
             self.feeder.join()
         rc_tar = self.tar.wait()
@@ -1140,6 +1150,7 @@ class SourceStream(object):
         if self.closed:
             return
         self.closed = True
+        self._stop_reading_ahead()
         for proc in self.procs:
             if proc.poll() is None:
                 proc.kill()

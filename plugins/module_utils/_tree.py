@@ -33,6 +33,7 @@ import re
 import stat
 import subprocess
 import tempfile
+import threading
 import time
 
 # Version 2 adds the hard-link structure: a regular file that shares its inode with an entry walked
@@ -242,6 +243,142 @@ def walk(root, exclude=None, descend=None, one_file_system=True):
                 subdirs.append((rel, entry.abspath))
         # Reverse so that popping visits subdirectories in sorted order.
         stack.extend(reversed(subdirs))
+
+
+def tar_order(root, exclude=None, one_file_system=True):
+    """Yield (absolute path, lstat) of every entry below ``root`` in the order GNU tar's
+    ``--sort=name`` archives them: depth first, a directory's entries sorted by bytes, each
+    subdirectory entered where its name sorts (walk() lists a whole directory before entering any).
+    Entries that vanish or cannot be listed are skipped; the caller only uses this to read ahead."""
+    excluded = exclude_matcher(exclude)
+    root_b = os.fsencode(root)
+    root_dev = os.lstat(root_b).st_dev if one_file_system else None
+    # One frame per directory being listed: its relative and absolute path, sorted names, next index.
+    stack = [(b'.', root_b, None, 0)]
+    while stack:
+        rel_dir, abs_dir, names, index = stack.pop()
+        if names is None:
+            try:
+                names = sorted(os.listdir(abs_dir))
+            except OSError:
+                continue
+        while index < len(names):
+            name = names[index]
+            index += 1
+            rel = (b'./' if rel_dir == b'.' else rel_dir + b'/') + name
+            if excluded is not None and excluded(rel):
+                continue
+            path = abs_dir + b'/' + name
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue
+            yield path, st
+            if stat.S_ISDIR(st.st_mode) and (root_dev is None or st.st_dev == root_dev):
+                stack.append((rel_dir, abs_dir, names, index))
+                stack.append((rel, path, None, 0))
+                break
+
+
+# Read-ahead: how far (bytes of file data) it may run ahead of tar, and how often it looks at tar's progress.
+READ_AHEAD_WINDOW = 64 * 1024 * 1024
+_READ_AHEAD_POLL = 0.005
+_READ_AHEAD_FLAGS = (os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, 'O_CLOEXEC', 0)
+                     | getattr(os, 'O_NOATIME', 0))
+
+
+def _read_chars(pid):
+    """Bytes process ``pid`` has read so far (``rchar`` of /proc/PID/io), None when unknown."""
+    try:
+        with open('/proc/%d/io' % pid, 'rb') as f:
+            for line in f:
+                if line.startswith(b'rchar:'):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+class ReadAhead(object):
+    """Asks the kernel to read the regular files below ``root`` into the page cache just before GNU
+    tar (process ``pid``) archives them: ``posix_fadvise(WILLNEED)`` queues the reads and returns,
+    nothing is copied.
+
+    Why: tar reads one file after another and waits for each read, so on a cold cache the disk
+    idles between its requests. With the next files' reads already queued, tar of a 1 GB tree on
+    this project's VM read it in 1.7 s instead of 2.6-3.1 s, and a whole compress-and-extract
+    pipeline took 3.5 s instead of 5.3 s.
+
+    The files are visited in tar's order (tar_order) and the thread stays at most ``window`` bytes
+    ahead of what tar has read (``rchar``), so on a tree larger than memory the pages read ahead
+    are not evicted before tar gets to them. ``names``: tar archives only these relative paths
+    (``--files-from``, in this order) instead of the tree. Best effort: any error ends the
+    read-ahead, never the archive, and nothing is written or changed (O_NOATIME where permitted).
+    """
+
+    def __init__(self, root, pid, exclude=None, one_file_system=True, window=READ_AHEAD_WINDOW, names=None):
+        self.root = root
+        self.pid = pid
+        self.exclude = exclude
+        self.names = names
+        self.one_file_system = one_file_system
+        self.window = window
+        self.advised_bytes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name='volumeops-read-ahead')
+        self._thread.daemon = True
+
+    def start(self):
+        if hasattr(os, 'posix_fadvise') and _read_chars(self.pid) is not None:
+            self._thread.start()
+        return self
+
+    def stop(self):
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+
+    def _wait_for_tar(self, ahead):
+        """Block until tar's reads are within the window of ``ahead``; False: stop reading ahead."""
+        while not self._stop.is_set():
+            done = _read_chars(self.pid)
+            if done is None:  # tar has ended
+                return False
+            if ahead - done <= self.window:
+                return True
+            self._stop.wait(_READ_AHEAD_POLL)
+        return False
+
+    def _listed(self):
+        root_b = os.fsencode(self.root)
+        for name in self.names:
+            path = root_b + b'/' + name
+            try:
+                yield path, os.lstat(path)
+            except OSError:
+                continue
+
+    def _run(self):
+        try:
+            entries = (tar_order(self.root, self.exclude, self.one_file_system) if self.names is None
+                       else self._listed())
+            for path, st in entries:
+                if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
+                    continue
+                if not self._wait_for_tar(self.advised_bytes):
+                    return
+                try:
+                    fd = os.open(path, _READ_AHEAD_FLAGS)
+                except PermissionError:  # O_NOATIME needs the file's owner (or CAP_FOWNER)
+                    fd = os.open(path, _READ_AHEAD_FLAGS & ~getattr(os, 'O_NOATIME', 0))
+                try:
+                    if stat.S_ISREG(os.fstat(fd).st_mode):
+                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                finally:
+                    os.close(fd)
+                self.advised_bytes += st.st_size
+        except Exception:  # pylint: disable=broad-except
+            return  # best effort: tar reads the files anyway
 
 
 def read_xattrs(abspath):

@@ -807,7 +807,8 @@ class BackupManager(object):
                     try:
                         argv = _archive.tar_create_argv(src.root, p['exclude'], index_fd=counter.fd)
                         res = _archive.write_compressed_stream(out, p['compression'], self.level, head=head,
-                                                               producer_argv=argv, producer_pass_fds=(counter.fd,))
+                                                               producer_argv=argv, producer_pass_fds=(counter.fd,),
+                                                               read_ahead=dict(root=src.root, exclude=p['exclude']))
                     finally:
                         members = counter.result()
                     res.update(members=members, members_error=None)

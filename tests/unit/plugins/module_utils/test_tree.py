@@ -3,10 +3,15 @@
 
 from __future__ import annotations
 
+import io
 import os
+import subprocess
+import tarfile
+import time
 
 import pytest
 
+from ansible_collections.volumeops.docker.plugins.module_utils import _archive
 from ansible_collections.volumeops.docker.plugins.module_utils import _tree
 
 # Computed by the first implementation of the fingerprint for _frozen_tree() below.
@@ -180,7 +185,6 @@ TOKEN_METHODS = {'walk': _tree.change_token, 'find': _tree.find_change_token}
 @pytest.mark.parametrize('change', ['mode', 'mtime_kept_content_same_size', 'xattr', 'owner', 'new_file',
                                     'rename', 'hard_link', 'symlink_retarget'])
 def test_change_token_sees_every_change_even_when_mtime_is_put_back(tree, change, method):
-    import time
     make = TOKEN_METHODS[method]
     before = make(str(tree))
     assert before.method == method and make(str(tree)).digest == before.digest
@@ -267,7 +271,6 @@ def test_fingerprint_with_token_without_find_keeps_the_walks_token(tree, tmp_pat
 
 
 def test_fingerprint_with_token_of_a_big_tree_uses_find_from_the_walks_start(tree, monkeypatch):
-    import time
     monkeypatch.setattr(_tree, 'FIND_TOKEN_MIN_ENTRIES', 2)  # as if the tree were big
     before = time.time_ns()
     summary = _tree.fingerprint(str(tree), with_change_token=True)
@@ -315,7 +318,6 @@ def test_find_token_is_none_without_room_for_its_list(tree, monkeypatch):
 
 
 def test_find_token_of_a_symlinked_root_covers_the_tree_it_points_to(tree, tmp_path):
-    import time
     link = tmp_path / 'root-link'
     os.symlink(str(tree), link)  # walk() opens the root, following it: so does find -H
     before = _tree.find_change_token(str(link))
@@ -429,3 +431,109 @@ def test_find_token_stays_on_the_roots_filesystem(tree):
         _tree.subprocess.Popen = real_popen
     assert token is not None
     assert '-xdev' in argv[0] and argv[0].index('-xdev') < argv[0].index('-printf')
+
+
+# --- read-ahead in tar's order (ReadAhead) ---------------------------------------------------------
+
+def _tar_member_order(root, exclude=None):
+    """The members GNU tar archives, in its order (tar_create_argv: --sort=name), as absolute bytes paths."""
+    argv = _archive.tar_create_argv(str(root), exclude=exclude)
+    listing = subprocess.run(argv, stdout=subprocess.PIPE, check=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(listing), mode='r:', encoding='utf-8', errors='surrogateescape') as tf:
+        names = [os.fsencode(m.name) for m in tf.getmembers()]
+    base = os.fsencode(str(root))
+    return [base + b'/' + n[2:] for n in names if n not in (b'.', b'./')]
+
+
+def _mixed_tree(root):
+    for d in ('a/x/deep', 'a/y', 'b', 'c d', 'skip/inner'):
+        (root / d).mkdir(parents=True)
+    for f in ('a/1', 'a/x/2', 'a/x/deep/3', 'a/y/4', 'a0', 'b/5', 'c d/6', 'z', 'skip/inner/7', 'a/x.log'):
+        (root / f).write_bytes(f.encode() * 100)
+    (root / os.fsdecode(b'a/\xff-name')).write_bytes(b'x')
+    os.symlink('z', root / 'a/link')
+    os.mkfifo(root / 'b/fifo')
+
+
+def test_tar_order_is_gnu_tars_member_order(tmp_path):
+    # The read-ahead must visit files in the order tar reads them, or it reads ahead what tar reads last.
+    root = tmp_path / 'vol'
+    root.mkdir()
+    _mixed_tree(root)
+    assert [p for p, _st in _tree.tar_order(str(root))] == _tar_member_order(root)
+    # Excluded entries are left out as tar leaves them out (and excluded directories not entered).
+    exclude = ['skip', '*.log']
+    ordered = [p for p, _st in _tree.tar_order(str(root), exclude=exclude)]
+    assert ordered == _tar_member_order(root, exclude=exclude)
+    assert not any(b'/skip' in p or p.endswith(b'.log') for p in ordered)
+
+
+def _pipe_tar(root, names=None):
+    argv = _archive.tar_create_argv(str(root))
+    if names is not None:
+        argv = argv[:-1] + ['--no-recursion', '--null', '--verbatim-files-from', '--files-from=-']
+    return subprocess.Popen(argv, stdin=subprocess.PIPE if names is not None else subprocess.DEVNULL,
+                            stdout=subprocess.PIPE)
+
+
+def test_read_ahead_stays_within_its_window_of_tar_and_covers_every_file(tmp_path):
+    root = tmp_path / 'vol'
+    root.mkdir()
+    size = 1 << 20
+    for i in range(24):
+        (root / ('f%02d' % i)).write_bytes(os.urandom(size))
+    (root / 'empty').write_bytes(b'')
+    window = 2 * size
+    tar = _pipe_tar(root)
+    ahead = _tree.ReadAhead(str(root), tar.pid, window=window).start()
+    try:
+        # Nobody reads tar's output yet: tar stops on its full pipe, and the read-ahead must wait.
+        deadline = time.monotonic() + 5
+        while ahead.advised_bytes < window and time.monotonic() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        tar_read = _tree._read_chars(tar.pid)
+        assert 0 < ahead.advised_bytes <= tar_read + window + size
+        assert ahead.advised_bytes < 24 * size
+        out = tar.stdout.read()
+        assert tar.wait() == 0 and len(out) > 24 * size
+        deadline = time.monotonic() + 5
+        while ahead._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert ahead.advised_bytes == 24 * size  # every non-empty regular file, once
+    finally:
+        ahead.stop()
+        tar.stdout.close()
+    assert not ahead._thread.is_alive()
+
+
+def test_read_ahead_of_a_name_list_and_its_stop(tmp_path):
+    root = tmp_path / 'vol'
+    root.mkdir()
+    _mixed_tree(root)
+    names = [b'./a/1', b'./b/fifo', b'./gone', b'./c d/6']
+    tar = _pipe_tar(root, names)
+    ahead = _tree.ReadAhead(str(root), tar.pid, names=names, window=1 << 30).start()
+    try:
+        deadline = time.monotonic() + 5
+        while ahead._thread.is_alive() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        # The two regular files; the FIFO is never opened (it would block) and the missing name is skipped.
+        assert ahead.advised_bytes == len(b'a/1') * 100 + len(b'c d/6') * 100
+    finally:
+        ahead.stop()
+        tar.stdin.close()
+        tar.stdout.read()
+        tar.wait()
+        tar.stdout.close()
+
+
+def test_read_ahead_does_nothing_for_a_process_that_is_gone(tmp_path):
+    root = tmp_path / 'vol'
+    root.mkdir()
+    (root / 'f').write_bytes(b'x' * 1000)
+    proc = subprocess.Popen(['true'])
+    proc.wait()
+    ahead = _tree.ReadAhead(str(root), proc.pid).start()
+    ahead.stop()
+    assert ahead.advised_bytes == 0
