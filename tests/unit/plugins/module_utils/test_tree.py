@@ -495,12 +495,18 @@ def test_read_ahead_stays_within_its_window_of_tar_and_covers_every_file(tmp_pat
         tar_read = _tree._read_chars(tar.pid)
         assert 0 < ahead.advised_bytes <= tar_read + window + size
         assert ahead.advised_bytes < 24 * size
-        out = tar.stdout.read()
-        assert tar.wait() == 0 and len(out) > 24 * size
-        deadline = time.monotonic() + 5
-        while ahead._thread.is_alive() and time.monotonic() < deadline:
-            time.sleep(0.01)
-        assert ahead.advised_bytes == 24 * size  # every non-empty regular file, once
+        # As tar goes on, so does the read-ahead: it has covered every non-empty regular file, once,
+        # by the time tar reads the last ones.
+        out = 0
+        while ahead.advised_bytes < 24 * size:
+            chunk = tar.stdout.read(65536)
+            assert chunk, 'tar ended before the read-ahead covered the files'
+            out += len(chunk)
+            time.sleep(0.001)
+        assert ahead.advised_bytes == 24 * size
+        out += len(tar.stdout.read())
+        assert tar.wait() == 0 and out > 24 * size
+        assert _wait_until(lambda: not ahead._thread.is_alive())
     finally:
         ahead.stop()
         tar.stdout.close()
@@ -537,3 +543,64 @@ def test_read_ahead_does_nothing_for_a_process_that_is_gone(tmp_path):
     ahead = _tree.ReadAhead(str(root), proc.pid).start()
     ahead.stop()
     assert ahead.advised_bytes == 0
+
+
+def _blocked_tar(root):
+    """A tar of ``root`` whose output nobody reads yet: it stops on its full pipe."""
+    return _pipe_tar(root)
+
+
+def _wait_until(pred, timeout=5):
+    deadline = time.monotonic() + timeout
+    while not pred() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return pred()
+
+
+def test_read_ahead_reads_uncached_files_into_the_page_cache(tmp_path):
+    root = tmp_path / 'vol'
+    root.mkdir()
+    path = root / 'data'
+    path.write_bytes(os.urandom(1 << 20))
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        if _tree._first_page_cached(fd):
+            pytest.skip('this filesystem keeps the pages (tmpfs) or cannot tell (no RWF_NOWAIT)')
+        tar = subprocess.Popen(['sleep', '30'])  # stands for a tar that has not read anything yet
+        ahead = _tree.ReadAhead(str(root), tar.pid).start()
+        try:
+            assert _wait_until(lambda: _tree._first_page_cached(fd))
+            assert ahead.advised_bytes == 1 << 20
+        finally:
+            ahead.stop()
+            tar.kill()
+            tar.wait()
+    finally:
+        os.close(fd)
+
+
+def test_read_ahead_stops_when_the_files_are_cached_already(tmp_path):
+    # Just written, so in the page cache: after one sample of files that all were, it stops (tar reading
+    # from the cache is faster than the read-ahead's walk, which would only cost CPU).
+    root = tmp_path / 'vol'
+    root.mkdir()
+    count = _tree._READ_AHEAD_SAMPLE_FILES * 2
+    for i in range(count):
+        (root / ('f%04d' % i)).write_bytes(b'x' * 100)
+    probe = os.open(root / 'f0000', os.O_RDONLY)
+    try:
+        if not _tree._first_page_cached(probe):
+            pytest.skip('cannot tell cached pages here (no RWF_NOWAIT)')
+    finally:
+        os.close(probe)
+    tar = subprocess.Popen(['sleep', '30'])
+    ahead = _tree.ReadAhead(str(root), tar.pid, window=1 << 30).start()
+    try:
+        assert _wait_until(lambda: not ahead._thread.is_alive())
+        assert ahead.advised_bytes == _tree._READ_AHEAD_SAMPLE_FILES * 100
+    finally:
+        ahead.stop()
+        tar.kill()
+        tar.wait()
