@@ -1953,21 +1953,32 @@ def ensure_dest_dir(path, check_mode=False):
     return True
 
 
+def _temp_owner():
+    """``<pid>@<host>``: who writes a temporary file. The host part keeps a destination directory shared by
+    several hosts (NFS) safe: a run removes only its own host's leftovers, never a file another host is
+    still writing (whose pid means nothing here)."""
+    return '%d@%s' % (os.getpid(), re.sub(r'[^A-Za-z0-9._-]', '_', os.uname()[1]) or 'unknown')
+
+
 def temp_archive_path(dest, name):
-    return os.path.join(dest, '.%s%s%d' % (name, TMP_MARKER, os.getpid()))
+    return os.path.join(dest, '.%s%s%s' % (name, TMP_MARKER, _temp_owner()))
 
 
 def cleanup_stale_temp(dest):
-    """Remove ``.<name>.volumeops-tmp-<pid>`` files whose process is gone. Returns the removed names."""
+    """Remove this host's ``.<name>.volumeops-tmp-<pid>@<host>`` files whose process is gone (and those of
+    versions that did not name the host). Returns the removed names."""
     removed = []
     try:
         names = os.listdir(dest)
     except FileNotFoundError:
         return removed
+    this_host = _temp_owner().split('@', 1)[1]
     for name in names:
-        m = re.match(r'^.+' + re.escape(TMP_MARKER) + r'(\d+)$', name)
+        m = re.match(r'^.+' + re.escape(TMP_MARKER) + r'(\d+)(?:@(.*))?$', name)
         if not m:
             continue
+        if m.group(2) is not None and m.group(2) != this_host:
+            continue  # another host's, maybe being written right now
         pid = int(m.group(1))
         if pid != os.getpid() and _pid_alive(pid):
             continue
@@ -2023,7 +2034,7 @@ def open_private(path):
 
 
 def write_private_file(path, data):
-    tmp = path + '.' + TMP_MARKER.strip('.') + '%d' % os.getpid()
+    tmp = path + TMP_MARKER + _temp_owner()
     with open_private(tmp) as f:
         f.write(data)
         f.flush()

@@ -587,3 +587,31 @@ def test_verify_tree_computes_the_fingerprint_version_of_the_manifest(tmp_path):
         assert A.verify_tree(str(root), manifest).fingerprint == v1.fingerprint
     with pytest.raises(A.StreamRejected):
         A.verify_tree(str(root), {'fingerprint': v1.fingerprint, 'entries': v1.entries, 'fingerprint_version': 2})
+
+
+def test_stale_temp_cleanup_leaves_other_hosts_files_alone(tmp_path, monkeypatch):
+    # A destination directory shared by several hosts (NFS): a pid of another host means nothing here,
+    # so its temporary files (maybe being written right now) must survive this host's cleanup.
+    monkeypatch.setattr(A.os, 'uname', lambda: os.uname_result(('Linux', 'db-1.example', 'r', 'v', 'm')))
+    dead = 999999
+    while os.path.exists('/proc/%d' % dead):
+        dead -= 1
+    mine = tmp_path / ('.v_20250101T000000.000000Z.tar.zst.volumeops-tmp-%d@db-1.example' % dead)
+    other = tmp_path / ('.v_20250101T000000.000000Z.tar.zst.volumeops-tmp-%d@db-2.example' % dead)
+    legacy = tmp_path / ('.v_20250101T000000.000000Z.tar.zst.volumeops-tmp-%d' % dead)
+    live = tmp_path / ('.v_20250101T000000.000000Z.tar.zst.volumeops-tmp-%d@db-1.example' % os.getpid())
+    for f in (mine, other, legacy, live):
+        f.write_bytes(b'partial')
+    removed = A.cleanup_stale_temp(str(tmp_path))
+    assert sorted(removed) == sorted([mine.name, legacy.name, live.name])
+    assert other.exists() and not mine.exists() and not legacy.exists()
+    # This process's own leftover (same pid, same host) counts as stale: the module never keeps one.
+    assert not live.exists()
+
+
+def test_temp_names_carry_pid_and_host(tmp_path, monkeypatch):
+    monkeypatch.setattr(A.os, 'uname', lambda: os.uname_result(('Linux', 'odd host/name', 'r', 'v', 'm')))
+    path = A.temp_archive_path(str(tmp_path), 'v_x.tar.zst')
+    assert os.path.basename(path) == '.v_x.tar.zst.volumeops-tmp-%d@odd_host_name' % os.getpid()
+    A.write_private_file(str(tmp_path / 'v_x.tar.zst.sha256'), b'x\n')
+    assert os.listdir(tmp_path) == ['v_x.tar.zst.sha256']
