@@ -145,7 +145,9 @@ archives:
       manifest: {volume: pgdata, entries: 1234, bytes: 45678901}
       verified: good
 newest:
-  description: The newest archive per volume (path).
+  description:
+    - The newest archive per volume name (path), whichever host made it. In a directory shared by several hosts,
+      choose from RV(archives) by C(manifest.source_host) instead.
   returned: always
   type: dict
 '''

@@ -60,6 +60,13 @@ options:
   source_volume:
     description: Volume name whose newest archive O(archive=latest) picks. Defaults to O(volume).
     type: str
+  source_host:
+    description:
+      - With O(archive=latest), pick only among archives made on this host (the C(source_host) of their manifest,
+        the backup host's node name as C(uname -n) gives it).
+      - Without it, O(archive=latest) fails when the archives of O(source_volume) in O(src) come from more than one
+        host (a directory shared by several hosts), instead of restoring whichever host's data is newest.
+    type: str
   create:
     description:
       - Create the volume when it does not exist, with the driver, driver options and labels from the archive's
@@ -326,11 +333,32 @@ class RestoreManager(object):
                         or not p['require_checksum']]
             if not archives:
                 self.fail('No archive of volume %s in %s.' % (source, p['src']))
-            return archives[-1]['path']
+            return self.latest_of_one_host(archives, source)['path']
         path = p['archive']
         if not os.path.isfile(path):
             self.fail('Archive %s does not exist.' % path)
         return path
+
+    def latest_of_one_host(self, archives, source):
+        """The newest of ``archives`` (oldest first), when they are one host's or O(source_host) chose one.
+
+        A volume of one name on several hosts backed up into one shared directory: by time alone, a restore
+        would give one host's volume another host's data."""
+        p = self.p
+        for a in archives:
+            manifest = _archive.read_sidecar_manifest(a['path'])
+            a['source_host'] = manifest.get('source_host') if manifest else None
+        if p['source_host']:
+            archives = [a for a in archives if a['source_host'] == p['source_host']]
+            if not archives:
+                self.fail('No archive of volume %s made on host %s in %s.' % (source, p['source_host'], p['src']))
+            return archives[-1]
+        hosts = sorted(set(a['source_host'] for a in archives if a['source_host']))
+        if len(hosts) > 1:
+            self.fail('The archives of volume %s in %s were made on several hosts (%s): archive=latest would pick '
+                      'whichever is newest. Set source_host to the host whose data this volume gets, or give the '
+                      "archive's path." % (source, p['src'], ', '.join(hosts)))
+        return archives[-1]
 
     # -- volume
     def helper(self):
@@ -803,6 +831,7 @@ def main():
         data_path=dict(type='str', choices=['auto', 'local', 'helper'], default='auto'),
         helper_image=dict(type='str'),
         force=dict(type='bool', default=False),
+        source_host=dict(type='str'),
     )
     client = AnsibleDockerClient(argument_spec, supports_check_mode=True,
                                  required_if=[('archive', 'latest', ('src',))])

@@ -16,6 +16,23 @@ from test_migrate import assert_same_tree, cleanup, digest, make_volume, rand, r
 
 PLAYBOOK = 'playbooks/restore-volumes.yml'
 
+# On the host: copy archive argv[2] of directory argv[1] with its sidecars to the name argv[3], its manifest
+# naming argv[4] as the host that made it (the .sha256 names the new file, so the copy is whole).
+FOREIGN_COPY = """
+import json, shutil, sys
+d, src, dst, host = sys.argv[1:]
+shutil.copyfile('%s/%s' % (d, src), '%s/%s' % (d, dst))
+with open('%s/%s.sha256' % (d, src)) as f:
+    digest = f.read().split()[0]
+with open('%s/%s.sha256' % (d, dst), 'w') as f:
+    f.write('%s  %s\\n' % (digest, dst))
+with open('%s/%s.manifest.json' % (d, src)) as f:
+    manifest = json.load(f)
+manifest['source_host'] = host
+with open('%s/%s.manifest.json' % (d, dst), 'w') as f:
+    json.dump(manifest, f)
+"""
+
 
 def test_restore_refusal_check_mode_replace_copy_rerun_and_damaged_archive(bench, ansible_run, ansible_env):
     tag = rand('vors')
@@ -92,6 +109,23 @@ def test_restore_refusal_check_mode_replace_copy_rerun_and_damaged_archive(bench
         again = play(replace)
         assert again.recap['h1']['failed'] == 0 and again.recap['h1']['changed'] == 0, again.stdout[-6000:]
         assert len(re.findall(r': unchanged, already holds ', again.stdout)) == 3, again.stdout[-6000:]
+
+        # restore_src shared by several hosts (NFS): a newer archive of `other` from another host (a copy whose
+        # manifest names another source_host). Without restore_source_host the role refuses to pick by time
+        # across hosts and leaves the volume alone; with it, this host's archive counts (already restored).
+        real_archive = archives_of(listing(bench, 'h1', src), other)[0]
+        foreign = '%s_29991231T000000.000000Z.tar.zst' % other
+        sh(bench, 'h1', ['python3', '-c', FOREIGN_COPY, src, real_archive, foreign, 'other-host.invalid'])
+        this_host = sh(bench, 'h1', ['uname', '-n'])
+        mixed = play({'restore_hosts': 'h1', 'restore_volumes': [other]})
+        assert mixed.recap['h1']['failed'] == 1 and mixed.recap['h1']['changed'] == 0, mixed.stdout[-6000:]
+        assert re.search(r'%s: FAILED: The archives of volume %s in \S+ were made on several hosts \((.*, )?'
+                         r'other-host\.invalid.*Set source_host' % (other, other), mixed.stdout), mixed.stdout[-6000:]
+        assert_same_tree(other_digest, digest(bench, 'h1', other), 'volume after the refusal', min_entries=2)
+        chosen = play({'restore_hosts': 'h1', 'restore_volumes': [other], 'restore_source_host': this_host})
+        assert chosen.recap['h1']['failed'] == 0 and chosen.recap['h1']['changed'] == 0, chosen.stdout[-6000:]
+        assert '%s: unchanged, already holds %s' % (other, real_archive) in chosen.stdout, chosen.stdout[-6000:]
+        bench.exec('h1', ['sh', '-c', 'rm -f "$1/$2"*', 'sh', src, foreign], check=False)
 
         # A damaged archive (one byte changed): refused before anything is written; the volume the
         # restore would have created is not left behind.
