@@ -285,6 +285,8 @@ def tar_order(root, exclude=None, one_file_system=True):
 # because tar reading from the cache is faster than the read-ahead's own walk.
 READ_AHEAD_WINDOW = 64 * 1024 * 1024
 _READ_AHEAD_SAMPLE_FILES = 256
+# A big file is advised in pieces of this size, each within the window.
+_READ_AHEAD_STEP = 8 * 1024 * 1024
 _READ_AHEAD_POLL = 0.005
 _READ_AHEAD_FLAGS = (os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, 'O_CLOEXEC', 0)
                      | getattr(os, 'O_NOATIME', 0))
@@ -314,12 +316,15 @@ class ReadAhead(object):
 
     The files are visited in tar's order (tar_order) and the thread stays at most ``window`` bytes
     ahead of what tar has read (``rchar``), so on a tree larger than memory the pages read ahead
-    are not evicted before tar gets to them. ``names``: tar archives only these relative paths
-    (``--files-from``, in this order) instead of the tree. Best effort: any error ends the
-    read-ahead, never the archive, and nothing is written or changed (O_NOATIME where permitted).
+    are not evicted before tar gets to them; a big file is advised piece by piece. ``names``: tar
+    archives only these relative paths (``--files-from``, in this order) instead of the tree. Best
+    effort: a file that cannot be opened is passed over, any other error ends the read-ahead, never
+    the archive; nothing is written or changed (O_NOATIME where permitted).
     """
 
     def __init__(self, root, pid, exclude=None, one_file_system=True, window=READ_AHEAD_WINDOW, names=None):
+        if window <= 0:
+            raise ValueError('the read-ahead window must be positive')
         self.root = root
         self.pid = pid
         self.exclude = exclude
@@ -327,6 +332,7 @@ class ReadAhead(object):
         self.one_file_system = one_file_system
         self.window = window
         self.advised_bytes = 0
+        self._tar_done = 0  # what tar had read when last looked at
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name='volumeops-read-ahead')
         self._thread.daemon = True
@@ -341,20 +347,19 @@ class ReadAhead(object):
         if self._thread.is_alive():
             self._thread.join()
 
-    def _tar_read(self):
-        done = _read_chars(self.pid)
-        if done is None:  # tar has ended
-            raise _ReadAheadDone()
-        return done
-
-    def _wait_for_tar(self):
-        """Block until tar's reads are within the window of what was advised."""
-        done = self._tar_read()
-        while self.advised_bytes - done > self.window:
-            if self._stop.wait(_READ_AHEAD_POLL):
+    def _make_room(self, nbytes):
+        """Block until advising ``nbytes`` more keeps within the window of what tar has read. tar's
+        progress is read from /proc only when the window may be used up: reading it for every file
+        cost more than the advice itself on small files."""
+        while self.advised_bytes + nbytes - self._tar_done > self.window:
+            done = _read_chars(self.pid)
+            if done is None:  # tar has ended
                 raise _ReadAheadDone()
-            done = self._tar_read()
-        return done
+            if done == self._tar_done and self._stop.wait(_READ_AHEAD_POLL):
+                raise _ReadAheadDone()
+            self._tar_done = done
+        if self._stop.is_set():
+            raise _ReadAheadDone()
 
     def _listed(self):
         root_b = os.fsencode(self.root)
@@ -365,10 +370,38 @@ class ReadAhead(object):
             except OSError:
                 continue
 
+    def _open(self, path):
+        """A descriptor of the regular file at ``path``, or None (vanished, unreadable, replaced)."""
+        try:
+            try:
+                fd = os.open(path, _READ_AHEAD_FLAGS)
+            except PermissionError:  # O_NOATIME needs the file's owner (or CAP_FOWNER)
+                fd = os.open(path, _READ_AHEAD_FLAGS & ~getattr(os, 'O_NOATIME', 0))
+        except OSError:
+            return None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            return None
+        return fd
+
+    def _advise(self, fd, st):
+        """Advise the file's data in steps of at most _READ_AHEAD_STEP, each within the window: a big
+        file is not read ahead whole. Of a sparse file only the data regions (SEEK_DATA/SEEK_HOLE),
+        which is all tar reads of it (``--sparse``) and all its rchar counts."""
+        size = st.st_size
+        regions = [(0, size)]
+        if st.st_blocks * 512 < size:
+            regions = _data_regions(fd, size)
+        step = min(_READ_AHEAD_STEP, self.window)
+        for offset, end in regions:
+            while offset < end:
+                n = min(end - offset, step)
+                self._make_room(n)
+                os.posix_fadvise(fd, offset, n, os.POSIX_FADV_WILLNEED)
+                self.advised_bytes += n
+                offset += n
+
     def _run(self):
-        # tar's progress is read from /proc only when the window may be used up: reading it for
-        # every file cost more than the advice itself on small files.
-        done = 0
         files = 0
         uncached = 0
         try:
@@ -377,19 +410,20 @@ class ReadAhead(object):
             for path, st in entries:
                 if not stat.S_ISREG(st.st_mode) or st.st_size == 0:
                     continue
-                if self.advised_bytes - done > self.window:
-                    done = self._wait_for_tar()
+                fd = self._open(path)
+                if fd is None:
+                    continue
                 try:
-                    fd = os.open(path, _READ_AHEAD_FLAGS)
-                except PermissionError:  # O_NOATIME needs the file's owner (or CAP_FOWNER)
-                    fd = os.open(path, _READ_AHEAD_FLAGS & ~getattr(os, 'O_NOATIME', 0))
-                try:
-                    if stat.S_ISREG(os.fstat(fd).st_mode) and not _first_page_cached(fd):
+                    if _first_page_cached(fd):
+                        # Nothing to read, but tar reads it (its data, not its holes): keep in step.
+                        data = min(st.st_size, st.st_blocks * 512)
+                        self._make_room(data)
+                        self.advised_bytes += data
+                    else:
                         uncached += 1
-                        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
+                        self._advise(fd, st)
                 finally:
                     os.close(fd)
-                self.advised_bytes += st.st_size
                 files += 1
                 if files == _READ_AHEAD_SAMPLE_FILES:
                     if uncached == 0:
@@ -397,6 +431,26 @@ class ReadAhead(object):
                     files = uncached = 0
         except Exception:  # pylint: disable=broad-except
             return  # best effort (this includes _ReadAheadDone): tar reads the files anyway
+
+
+def _data_regions(fd, size):
+    """[(start, end)] of the data in a sparse file (SEEK_DATA/SEEK_HOLE); the whole file when unsupported."""
+    regions = []
+    offset = 0
+    try:
+        while offset < size:
+            try:
+                offset = os.lseek(fd, offset, os.SEEK_DATA)
+            except OSError as exc:
+                if exc.errno == errno.ENXIO:  # only a hole after offset
+                    break
+                raise
+            end = min(os.lseek(fd, offset, os.SEEK_HOLE), size)
+            regions.append((offset, end))
+            offset = end
+    except (AttributeError, OSError):
+        return [(0, size)]
+    return regions
 
 
 def _first_page_cached(fd):

@@ -564,9 +564,7 @@ def test_read_ahead_reads_uncached_files_into_the_page_cache(tmp_path):
     path.write_bytes(os.urandom(1 << 20))
     fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        if _tree._first_page_cached(fd):
+        if not _evicted(path):
             pytest.skip('this filesystem keeps the pages (tmpfs) or cannot tell (no RWF_NOWAIT)')
         tar = subprocess.Popen(['sleep', '30'])  # stands for a tar that has not read anything yet
         ahead = _tree.ReadAhead(str(root), tar.pid).start()
@@ -600,6 +598,69 @@ def test_read_ahead_stops_when_the_files_are_cached_already(tmp_path):
     try:
         assert _wait_until(lambda: not ahead._thread.is_alive())
         assert ahead.advised_bytes == _tree._READ_AHEAD_SAMPLE_FILES * 100
+    finally:
+        ahead.stop()
+        tar.kill()
+        tar.wait()
+
+
+def _evicted(path):
+    """Write ``path``'s pages back and drop them from the page cache; False when they stay (tmpfs)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        evicted = not _tree._first_page_cached(fd)
+        # That probe started the kernel's read-ahead of the file's start (a read that may not wait still
+        # does): let it finish and drop those pages too.
+        time.sleep(0.1)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        return evicted
+    finally:
+        os.close(fd)
+
+
+def test_read_ahead_advises_a_big_file_piece_by_piece_within_the_window(tmp_path):
+    root = tmp_path / 'vol'
+    root.mkdir()
+    big = root / 'big'
+    big.write_bytes(os.urandom(24 << 20))
+    if not _evicted(big):
+        pytest.skip('this filesystem keeps the pages (tmpfs) or cannot tell (no RWF_NOWAIT)')
+    window = 3 << 20
+    tar = subprocess.Popen(['sleep', '30'])  # stands for a tar that reads nothing meanwhile
+    ahead = _tree.ReadAhead(str(root), tar.pid, window=window).start()
+    try:
+        base = _tree._read_chars(tar.pid)
+        assert _wait_until(lambda: ahead.advised_bytes >= window)
+        time.sleep(0.2)
+        # Not the whole 24 MiB at once: at most the window beyond what "tar" read.
+        assert window <= ahead.advised_bytes <= base + window
+        assert ahead._thread.is_alive()
+    finally:
+        ahead.stop()
+        tar.kill()
+        tar.wait()
+    assert not ahead._thread.is_alive()
+
+
+def test_read_ahead_counts_only_the_data_of_a_sparse_file(tmp_path):
+    root = tmp_path / 'vol'
+    root.mkdir()
+    sparse = root / 'sparse'
+    with open(sparse, 'wb') as f:
+        f.truncate(64 << 20)
+        f.seek(32 << 20)
+        f.write(os.urandom(1 << 20))
+    if os.stat(sparse).st_blocks * 512 >= 64 << 20:
+        pytest.skip('this filesystem does not keep holes')
+    _evicted(sparse)
+    tar = subprocess.Popen(['sleep', '30'])
+    # A window smaller than the hole: were the hole counted, the read-ahead would wait for "tar" forever.
+    ahead = _tree.ReadAhead(str(root), tar.pid, window=8 << 20).start()
+    try:
+        assert _wait_until(lambda: not ahead._thread.is_alive())
+        assert ahead.advised_bytes == 1 << 20
     finally:
         ahead.stop()
         tar.kill()
