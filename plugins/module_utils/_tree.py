@@ -287,6 +287,8 @@ READ_AHEAD_WINDOW = 64 * 1024 * 1024
 _READ_AHEAD_SAMPLE_FILES = 256
 # A big file is advised in pieces of this size, each within the window.
 _READ_AHEAD_STEP = 8 * 1024 * 1024
+# How long stop() waits for the thread.
+READ_AHEAD_STOP_WAIT = 5
 _READ_AHEAD_POLL = 0.005
 _READ_AHEAD_FLAGS = (os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, 'O_CLOEXEC', 0)
                      | getattr(os, 'O_NOATIME', 0))
@@ -345,7 +347,9 @@ class ReadAhead(object):
     def stop(self):
         self._stop.set()
         if self._thread.is_alive():
-            self._thread.join()
+            # Within a few ms, unless a system call of it hangs (a dead network filesystem): then tar
+            # hung on it too, and the thread (a daemon) must not keep the module from reporting that.
+            self._thread.join(READ_AHEAD_STOP_WAIT)
 
     def _make_room(self, nbytes):
         """Block until advising ``nbytes`` more keeps within the window of what tar has read. tar's
