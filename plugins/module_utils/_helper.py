@@ -192,7 +192,12 @@ class Helper(object):
         binds = {volume: {'bind': MOUNT, 'mode': 'ro' if read_only else 'rw'}}
         # CAP_SYS_ADMIN: without it trusted.* xattrs are invisible (backup would drop them) and
         # cannot be set (restore); the container has no network and runs only tar/python3.
-        host_config = self.api.create_host_config(binds=binds, network_mode='none', cap_add=['SYS_ADMIN'])
+        # No logging driver: the container's stdout is the volume's data (a backup's tar stream), which the
+        # daemon would otherwise also write to the container's log (json-file: JSON-escaped, several times its
+        # size, on the Docker host's disk) or ship to a central log service (syslog, fluentd, ...). The attach
+        # stream this module reads does not need a log.
+        host_config = self.api.create_host_config(binds=binds, network_mode='none', cap_add=['SYS_ADMIN'],
+                                                  log_config={'type': 'none', 'config': {}})
         name = 'volumeops-helper-%s' % uuid.uuid4().hex[:12]
         c = self.api.create_container(self.image, command=argv, user='0:0', stdin_open=stdin,
                                       tty=False, network_disabled=True, host_config=host_config,
