@@ -383,7 +383,11 @@ class ReadAhead(object):
                 fd = os.open(path, _READ_AHEAD_FLAGS & ~getattr(os, 'O_NOATIME', 0))
         except OSError:
             return None
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        try:
+            regular = stat.S_ISREG(os.fstat(fd).st_mode)
+        except OSError:
+            regular = False
+        if not regular:
             os.close(fd)
             return None
         return fd
