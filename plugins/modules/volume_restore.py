@@ -101,6 +101,8 @@ options:
         error during the swap moves everything back, and a swap interrupted by a killed helper is resolved by
         the next restore of the volume (rolled back before the point of no return, completed after it). During
         the swap the volume shows a mix of old and new top-level entries, so use O(stop_containers=true).
+        On that path the volume's top-level names starting with C(.volumeops-staging-), C(.volumeops-old-) and
+        C(.volumeops-ready-) are reserved; a directory of the volume's own data named so is taken for a leftover.
       - V(merge) is not atomic on either path; a failure part-way keeps the entries moved so far (and reports
         C(changed) when there were any). Where the archive has a directory and the volume a file or symlink (or
         the reverse), the volume's entry is replaced; a symlink is never followed.
