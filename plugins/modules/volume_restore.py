@@ -66,6 +66,7 @@ options:
         the backup host's node name as C(uname -n) gives it).
       - Without it, O(archive=latest) fails when the archives of O(source_volume) in O(src) come from more than one
         host (a directory shared by several hosts), instead of restoring whichever host's data is newest.
+      - Only with O(archive=latest).
     type: str
   create:
     description:
@@ -336,6 +337,9 @@ class RestoreManager(object):
             if not archives:
                 self.fail('No archive of volume %s in %s.' % (source, p['src']))
             return self.latest_of_one_host(archives, source)['path']
+        if p['source_host']:
+            # Not silently ignored: whoever sets it expects the archive to be that host's.
+            self.fail('source_host chooses among the archives of archive=latest; with an archive path, leave it out.')
         path = p['archive']
         if not os.path.isfile(path):
             self.fail('Archive %s does not exist.' % path)
