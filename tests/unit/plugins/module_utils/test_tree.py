@@ -499,10 +499,11 @@ def test_read_ahead_stays_within_its_window_of_tar_and_covers_every_file(tmp_pat
         # by the time tar reads the last ones.
         out = 0
         while ahead.advised_bytes < 24 * size:
+            # tar may not get ahead of the read-ahead (on a loaded machine its thread could lag behind).
+            assert _wait_until(lambda: ahead.advised_bytes >= min(24 * size, out))
             chunk = tar.stdout.read(65536)
             assert chunk, 'tar ended before the read-ahead covered the files'
             out += len(chunk)
-            time.sleep(0.001)
         assert ahead.advised_bytes == 24 * size
         out += len(tar.stdout.read())
         assert tar.wait() == 0 and out > 24 * size
