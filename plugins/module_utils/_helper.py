@@ -29,6 +29,8 @@ from ansible_collections.volumeops.docker.plugins.module_utils import _archive, 
 
 MOUNT = '/volumeops/vol'
 TAR = '/usr/bin/tar'
+# TAR_MAIN exits with this plus GNU tar's own status (0, 1 or 2).
+TAR_STATUS_BASE = 100
 PYTHON = '/usr/bin/python3'
 LABEL = 'io.volumeops.helper'
 
@@ -145,6 +147,28 @@ import json as _json, sys as _sys
 for _rel, _r in sorted(listing(_sys.argv[1], tuple(_json.loads(_sys.argv[2]))).items()):
     _sys.stdout.write('%s %s\\n' % (_rel.hex(), _json.dumps(list(_r[:6]) + [_r[6].hex()])))
 '''
+
+# GNU tar with the read-ahead of _tree.ReadAhead beside it (argv: the volume's mount, tar's argv as JSON,
+# the exclude patterns as JSON); the archive goes from tar straight to the container's stdout. Exits with
+# TAR_STATUS_BASE + tar's status, so that a failure of this wrapper itself (Python exits 1 on an error) is
+# never taken for tar's 1 ("a file changed as we read it").
+TAR_MAIN = '''
+import json as _json, subprocess as _sp, sys as _sys
+try:
+    _tar = _sp.Popen(_json.loads(_sys.argv[2]))
+except Exception as _exc:
+    _sys.stderr.write('cannot start tar: %s\\n' % _exc)
+    _sys.exit(2)
+_ahead = None
+try:
+    _ahead = ReadAhead(_sys.argv[1], _tar.pid, exclude=_json.loads(_sys.argv[3])).start()
+except Exception:
+    pass  # best effort, as on the host
+_rc = _tar.wait()
+if _ahead is not None:
+    _ahead.stop()
+_sys.exit(_BASE + (_rc if _rc >= 0 else 2))
+'''.replace('_BASE', str(TAR_STATUS_BASE))
 
 RECOVER_MAIN = '''
 import json as _json, os as _os, sys as _sys
@@ -311,11 +335,16 @@ class Helper(object):
         return result
 
     def backup_chunks(self, volume, exclude=None):
-        """(argv, runner): runner(consumer) streams GNU tar's archive of the volume to consumer."""
-        argv = _archive.tar_create_argv(MOUNT, exclude=exclude, tar=TAR)
+        """runner(consumer) streams GNU tar's archive of the volume to consumer and returns (tar's exit status,
+        stdout, stderr); the files are read ahead of tar (TAR_MAIN)."""
+        tar_argv = _archive.tar_create_argv(MOUNT, exclude=exclude, tar=TAR)
+        argv = [PYTHON, '-c', _script(TAR_MAIN), MOUNT, json.dumps(tar_argv), json.dumps(exclude or [])]
 
         def runner(consumer):
-            return self.run(volume, argv, read_only=True, stdout_consumer=consumer)
+            rc, out, err = self.run(volume, argv, read_only=True, stdout_consumer=consumer)
+            if rc is None or not TAR_STATUS_BASE <= rc <= TAR_STATUS_BASE + 2:
+                raise HelperError('GNU tar in the helper container did not run to its end (exit %s): %s' % (rc, err))
+            return rc - TAR_STATUS_BASE, out, err
         return runner
 
     def extract(self, volume, staging_name, chunks, version=_tree.FINGERPRINT_VERSION):

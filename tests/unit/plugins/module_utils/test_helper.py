@@ -66,3 +66,36 @@ def test_helper_scripts_run_on_their_own(tmp_path, main, with_merge, version):
     assert (got['fingerprint'], got['entries']) == (want.fingerprint, want.entries) and want.entries == 5
     other = _tree.fingerprint(str(tmp_path), skip_types=(), version=3 - version)
     assert got['fingerprint'] != other.fingerprint
+
+
+def test_helper_tar_script_streams_tars_archive_and_offsets_its_status(tmp_path):
+    """TAR_MAIN (GNU tar with the read-ahead, in the helper container) run here by a bare interpreter: the archive
+    is tar's own, the status is TAR_STATUS_BASE + tar's, and a failure of the wrapper itself is none of those
+    (the runner then reports it instead of taking Python's exit 1 for tar's "file changed")."""
+    import io
+    import json
+    import subprocess
+    import sys
+    import tarfile
+    (tmp_path / 'd').mkdir()
+    (tmp_path / 'd' / 'f').write_bytes(b'x' * 5000)
+    (tmp_path / 'skip.log').write_bytes(b'y')
+    script = _helper._script(_helper.TAR_MAIN)
+    env = {'PATH': os.environ.get('PATH', '/usr/bin:/bin')}
+
+    def run(root, exclude, tar_argv=None):
+        argv = tar_argv or _archive.tar_create_argv(str(root), exclude=exclude)
+        return subprocess.run([sys.executable, '-I', '-c', script, str(root), json.dumps(argv), json.dumps(exclude)],
+                              capture_output=True, check=False, env=env)
+
+    proc = run(tmp_path, ['*.log'])
+    assert proc.returncode == _helper.TAR_STATUS_BASE, proc.stderr.decode(errors='replace')
+    with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tf:
+        assert sorted(m.name for m in tf.getmembers()) == ['.', './d', './d/f']
+    # tar's own failure (a missing directory: exit 2) comes out offset.
+    assert run(tmp_path / 'missing', []).returncode == _helper.TAR_STATUS_BASE + 2
+    # The wrapper's own failures are outside the range.
+    assert run(tmp_path, [], tar_argv=['/nonexistent/tar']).returncode == 2
+    bad = subprocess.run([sys.executable, '-I', '-c', script, str(tmp_path), 'not json', '[]'],
+                         capture_output=True, check=False, env=env)
+    assert not _helper.TAR_STATUS_BASE <= bad.returncode <= _helper.TAR_STATUS_BASE + 2
