@@ -817,16 +817,22 @@ def write_compressed_stream(out, compression, level=None, head=b'', producer_arg
             for piece in beside.release():  # a stream shorter than the wait, or an empty one
                 emit(piece)
 
+    def spawn_producer(stdout):
+        # First in procs: on an error it is stopped before the compressor.
+        nonlocal ahead
+        proc = _process.spawn(producer_argv, stdout=stdout, stderr=prod_err, cwd=producer_cwd,
+                              pass_fds=producer_pass_fds)
+        procs.insert(0, proc)
+        if read_ahead is not None:
+            ahead = _tree.ReadAhead(pid=proc.pid, **read_ahead).start()
+        return proc
+
     try:
         if comp_argv is None:
             if head:
                 emit(head)
             if producer_argv is not None:
-                prod = _process.spawn(producer_argv, stdout=subprocess.PIPE, stderr=prod_err, cwd=producer_cwd,
-                                      pass_fds=producer_pass_fds)
-                procs.append(prod)
-                if read_ahead is not None:
-                    ahead = _tree.ReadAhead(pid=prod.pid, **read_ahead).start()
+                prod = spawn_producer(subprocess.PIPE)
                 widen_pipe(prod.stdout)
                 source = pipe_chunks(prod.stdout)
             else:
@@ -855,11 +861,7 @@ def write_compressed_stream(out, compression, level=None, head=b'', producer_arg
                     t = threading.Thread(target=_feed, args=([head], head_pipe, feed_errors))
                     t.start()
                     t.join()
-                prod = _process.spawn(producer_argv, stdout=wpipe, stderr=prod_err, cwd=producer_cwd,
-                                      pass_fds=producer_pass_fds)
-                procs.insert(0, prod)
-                if read_ahead is not None:
-                    ahead = _tree.ReadAhead(pid=prod.pid, **read_ahead).start()
+                prod = spawn_producer(wpipe)
                 wpipe.close()
             else:
                 prod = None
@@ -1953,11 +1955,16 @@ def ensure_dest_dir(path, check_mode=False):
     return True
 
 
+def _temp_host():
+    """This host's name as temporary file names carry it (see _temp_owner)."""
+    return re.sub(r'[^A-Za-z0-9._-]', '_', os.uname()[1]) or 'unknown'
+
+
 def _temp_owner():
     """``<pid>@<host>``: who writes a temporary file. The host part keeps a destination directory shared by
     several hosts (NFS) safe: a run removes only its own host's leftovers, never a file another host is
     still writing (whose pid means nothing here)."""
-    return '%d@%s' % (os.getpid(), re.sub(r'[^A-Za-z0-9._-]', '_', os.uname()[1]) or 'unknown')
+    return '%d@%s' % (os.getpid(), _temp_host())
 
 
 def temp_archive_path(dest, name):
@@ -1972,7 +1979,7 @@ def cleanup_stale_temp(dest):
         names = os.listdir(dest)
     except FileNotFoundError:
         return removed
-    this_host = _temp_owner().split('@', 1)[1]
+    this_host = _temp_host()
     for name in names:
         m = re.match(r'^.+' + re.escape(TMP_MARKER) + r'(\d+)(?:@(.*))?$', name)
         if not m:

@@ -1065,10 +1065,8 @@ class SourceStream(object):
                 finally:
                     os.close(rfd)
                 self.out = self.comp.stdout
-            if names is None:
-                self.ahead = _tree.ReadAhead(root, self.tar.pid, exclude=exclude).start()
-            else:
-                self.ahead = _tree.ReadAhead(root, self.tar.pid, names=names).start()
+            self.ahead = _tree.ReadAhead(root, self.tar.pid, exclude=exclude, names=names).start()
+            if names is not None:
                 self.feeder = threading.Thread(target=_archive._feed,
                                                args=((n + b'\0' for n in names), self.tar.stdin, []))
                 self.feeder.daemon = True

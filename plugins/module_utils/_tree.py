@@ -319,9 +319,9 @@ class ReadAhead(object):
     The files are visited in tar's order (tar_order) and the thread stays at most ``window`` bytes
     ahead of what tar has read (``rchar``), so on a tree larger than memory the pages read ahead
     are not evicted before tar gets to them; a big file is advised piece by piece. ``names``: tar
-    archives only these relative paths (``--files-from``, in this order) instead of the tree. Best
-    effort: a file that cannot be opened is passed over, any other error ends the read-ahead, never
-    the archive; nothing is written or changed (O_NOATIME where permitted).
+    archives only these relative paths (``--files-from``, in this order; ``exclude`` is not applied)
+    instead of the tree. Best effort: a file that cannot be opened is passed over, any other error
+    ends the read-ahead, never the archive; nothing is written or changed (O_NOATIME where permitted).
     """
 
     def __init__(self, root, pid, exclude=None, one_file_system=True, window=READ_AHEAD_WINDOW, names=None):

@@ -353,7 +353,7 @@ class RestoreManager(object):
         p = self.p
         for a in archives:
             manifest = _archive.read_sidecar_manifest(a['path'])
-            a['source_host'] = manifest.get('source_host') if manifest else None
+            a['source_host'] = _archive.manifest_source(manifest)[2] if manifest else None
         if p['source_host']:
             archives = [a for a in archives if a['source_host'] == p['source_host']]
             if not archives:
