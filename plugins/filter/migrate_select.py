@@ -53,20 +53,62 @@ def _mounted_only_in_use(volume):
     return (volume.get('driver') or 'local') != 'local' or 'type' in options or 'device' in options
 
 
-def migrate_select(src_info, pair, destination):
+def _last_lines(text, count=3):
+    lines = [line for line in (text or '').strip().splitlines()
+             if line.strip() and not line.startswith('Shared connection to ')]
+    return ' '.join(lines[-count:])
+
+
+def source_volumes(inspect, source):
+    """The volumes of host ``source`` from the registered result of the role's inspect program (raw): a list
+    of {name, driver, options, labels, mountpoint, in_use_by: [{name, running, state, destination}]}, and
+    '' or why there is none."""
+    stdout = inspect.get('stdout') or ''
+    head, sep, containers = stdout.partition('\ncontainers:\n')
+    if inspect.get('rc', 1) != 0 or not head.startswith('volumes:') or not sep:
+        return [], 'Cannot list the Docker volumes on %s: %s' % (
+            source, _last_lines(inspect.get('stderr')) or inspect.get('msg') or 'exit status %s' % inspect.get('rc'))
+    decoder = json.JSONDecoder()
+    users = {}
+    try:
+        found = json.loads(head[len('volumes:'):])
+        for line in containers.splitlines():
+            if not line.strip():
+                continue
+            # One container per line: its name, status and mounts, each JSON, separated by one space.
+            name, end = decoder.raw_decode(line)
+            status, end = decoder.raw_decode(line, end + 1)
+            for mount in json.loads(line[end:]) or []:
+                if mount.get('Type') == 'volume' and mount.get('Name'):
+                    users.setdefault(mount['Name'], []).append({
+                        'name': _container_name(name), 'running': status == 'running', 'state': status,
+                        'destination': mount.get('Destination')})
+        volumes = [{'name': v['Name'], 'driver': v.get('Driver') or 'local', 'options': v.get('Options') or {},
+                    'labels': v.get('Labels') or {}, 'mountpoint': v.get('Mountpoint') or '',
+                    'in_use_by': sorted(users.get(v['Name'], []), key=lambda u: (u['name'], u['destination'] or ''))}
+                   for v in found]
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        return [], 'Cannot read the Docker volumes of %s from the docker CLI (%s)' % (source, exc)
+    return volumes, ''
+
+
+def migrate_select(src_inspect, pair, destination):
     """The volumes of one pair, in order: those named (their specs), then those of the source's volumes
-    (``src_info``, volume_info's result) that its volume_labels, compose_project or containers select.
+    (``src_inspect``, the registered result of the role's inspect program) that its volume_labels,
+    compose_project or containers select.
 
     Returns ``{'unreachable': message or '', 'selected': [specs], 'planned': [volumes]}``; each planned
     volume has name, dest_name, migration_id (unique per source volume and destination volume, also with
     one migrate id for many pairs: two sources' volumes of one name must never count as each other's copy),
     size 0, mountpoint, exists, src_mounted, driver, driver_options, labels and users (the containers that
-    mount it). Nothing is planned when the source did not answer.
+    mount it). Nothing is planned when the source did not answer (unreachable says why).
     """
-    if src_info.get('unreachable'):
-        return {'unreachable': 'Source %s is unreachable: %s' % (pair['source'], src_info.get('msg', '')),
+    if src_inspect.get('unreachable'):
+        return {'unreachable': 'Source %s is unreachable: %s' % (pair['source'], src_inspect.get('msg', '')),
                 'selected': [], 'planned': []}
-    volumes = src_info.get('volumes') or []
+    volumes, error = source_volumes(src_inspect, pair['source'])
+    if error:
+        return {'unreachable': error, 'selected': [], 'planned': []}
     selected, names = [], []
     for item in pair['volumes']:
         spec = {'name': item} if isinstance(item, str) else item

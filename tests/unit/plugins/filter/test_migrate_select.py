@@ -4,7 +4,8 @@ import base64
 import hashlib
 import json
 
-from ansible_collections.volumeops.docker.plugins.filter.migrate_select import FilterModule, migrate_keep, migrate_select
+from ansible_collections.volumeops.docker.plugins.filter.migrate_select import (
+    FilterModule, migrate_keep, migrate_select, source_volumes)
 
 PAIR = {'source': 'h1', 'destination': 'h2', 'id': '', 'volumes': [], 'volume_labels': [], 'compose_project': '',
         'containers': [], 'stop_containers': [], 'stop_using_containers': True, 'remove_source': False,
@@ -15,17 +16,33 @@ def pair(**kw):
     return dict(PAIR, **kw)
 
 
-def vol(name, labels=None, users=(), driver='local', options=None):
-    return {'name': name, 'driver': driver, 'options': options, 'labels': labels, 'mountpoint': '/v/%s/_data' % name,
-            'in_use_by': [{'name': '/' + n, 'running': running} for n, running in users]}
+def vol(name, labels=None, driver='local', options=None):
+    """A volume as `docker volume inspect` describes it."""
+    return {'Name': name, 'Driver': driver, 'Options': options, 'Labels': labels, 'Scope': 'local',
+            'Mountpoint': '/v/%s/_data' % name, 'CreatedAt': '2026-12-07T12:00:00Z'}
 
 
-INFO = {'volumes': [
-    vol('web', {'com.docker.compose.project': 'shop'}, users=[('shop_web_1', True)]),
-    vol('db', {'com.docker.compose.project': 'shop', 'tier': 'data'}, users=[('shop_db_1', True), ('backup', False)]),
-    vol('nfs', {'tier': 'data'}, options={'type': 'nfs', 'device': ':/x'}),
-    vol('other', driver='rexray'),
-]}
+def container(name, status, *volumes):
+    """A line of the inspect program: name, status and mounts (JSON each)."""
+    mounts = [{'Type': 'volume', 'Name': v, 'Destination': '/%s' % v, 'RW': True} for v in volumes]
+    mounts.append({'Type': 'bind', 'Source': '/etc', 'Destination': '/host-etc'})
+    return '%s %s %s' % (json.dumps('/' + name), json.dumps(status), json.dumps(mounts))
+
+
+def inspect_result(volumes, containers, rc=0, stderr=''):
+    """The registered result of the role's inspect program."""
+    lines = ''.join(line + '\n' for line in containers)
+    stdout = 'volumes:\n%s\ncontainers:\n%s' % (json.dumps(volumes, indent=4), lines)
+    return {'rc': rc, 'stdout': stdout, 'stderr': stderr}
+
+
+INFO = inspect_result(
+    [vol('web', {'com.docker.compose.project': 'shop'}),
+     vol('db', {'com.docker.compose.project': 'shop', 'tier': 'data'}),
+     vol('nfs', {'tier': 'data'}, options={'type': 'nfs', 'device': ':/x'}),
+     vol('other', driver='rexray')],
+    [container('shop_web_1', 'running', 'web'), container('shop_db_1', 'running', 'db'),
+     container('backup', 'exited', 'db'), container('paused', 'paused', 'nfs')])
 
 
 def names(selection):
@@ -52,7 +69,8 @@ def test_plan_of_a_volume():
     tag = hashlib.sha256(b'h1|db|h2|db2').hexdigest()
     assert db['migration_id'] == 'vm-' + tag[:20]
     assert (db['dest_name'], db['exists'], db['src_mounted'], db['labels']) == ('db2', True, False, {'a': 'b'})
-    assert db['users'] == INFO['volumes'][1]['in_use_by']
+    assert db['users'] == [{'name': 'backup', 'running': False, 'state': 'exited', 'destination': '/db'},
+                           {'name': 'shop_db_1', 'running': True, 'state': 'running', 'destination': '/db'}]
     assert db['mountpoint'] == '/v/db/_data'
     assert (nfs['src_mounted'], nfs['labels']) == (True, {'tier': 'data'})  # mount options
     assert other['src_mounted'] is True  # another driver
@@ -62,6 +80,28 @@ def test_plan_of_a_volume():
 def test_migration_id_with_the_pair_id():
     sel = migrate_select(INFO, pair(volumes=['db'], id='move-1'), 'h2')
     assert sel['planned'][0]['migration_id'] == 'move-1-' + hashlib.sha256(b'h1|db|h2|db').hexdigest()[:12]
+
+
+def test_source_volumes():
+    volumes, error = source_volumes(INFO, 'h1')
+    assert error == ''
+    assert [v['name'] for v in volumes] == ['web', 'db', 'nfs', 'other']
+    assert volumes[2] == {'name': 'nfs', 'driver': 'local', 'options': {'type': 'nfs', 'device': ':/x'},
+                          'labels': {'tier': 'data'}, 'mountpoint': '/v/nfs/_data',
+                          'in_use_by': [{'name': 'paused', 'running': False, 'state': 'paused', 'destination': '/nfs'}]}
+    assert source_volumes(inspect_result([], []), 'h1') == ([], '')
+
+
+def test_source_without_docker():
+    failed = {'rc': 3, 'stdout': '', 'stderr': 'Cannot connect to the Docker daemon at unix:///var/run/docker.sock.\n'
+              'Shared connection to h1 closed.\n'}
+    sel = migrate_select(failed, pair(volumes=['db']), 'h2')
+    assert sel['unreachable'] == ('Cannot list the Docker volumes on h1: Cannot connect to the Docker daemon at '
+                                  'unix:///var/run/docker.sock.')
+    assert sel['planned'] == []
+    garbled = dict(INFO, stdout=INFO['stdout'].replace('"running"', 'running', 1))
+    assert migrate_select(garbled, pair(volumes=['db']), 'h2')['unreachable'].startswith(
+        'Cannot read the Docker volumes of h1 from the docker CLI')
 
 
 def test_unreachable_source_plans_nothing():
@@ -82,7 +122,7 @@ def test_containers_to_stop_and_start():
     kept = keep(pair(volumes=['db', 'web'], stop_containers=['cron', 'idle']), extra=inspect)
     assert kept['problem'] == ''
     assert kept['to_stop'] == ['shop_db_1', 'shop_web_1', 'cron']
-    assert kept['candidates_dest'] == ['shop_db_1', 'backup', 'shop_web_1', 'cron', 'idle']
+    assert kept['candidates_dest'] == ['backup', 'shop_db_1', 'shop_web_1', 'cron', 'idle']  # by name per volume
     assert keep(pair(volumes=['db'], stop_using_containers='false'))['to_stop'] == []
 
 
