@@ -359,8 +359,8 @@ def test_preflight_host_key_from_gathered_facts_and_unreachable_sshd(bench, migr
     """When the play gathered the destination's ssh host key fact, that fact is the pinned key (and is checked
     against what the destination's sshd presents); without it (every other run here) the role reads the sshd's
     key file on the destination. An sshd port nobody answers on is reported as unreachable, not as a key
-    mismatch; a destination Docker daemon that does not answer, a destination Python that does not run and a
-    destination without a host key file are named. Check mode: pre-flight only, nothing changes."""
+    mismatch; a destination or source Docker daemon that does not answer, a destination Python that does not run
+    and a destination without a host key file are named. Check mode: pre-flight only, nothing changes."""
     vol = rand('vokey')
     nodocker_py = '/tmp/%s-python' % vol
     wrapper = tmp_path / 'with-facts.yml'
@@ -447,6 +447,17 @@ def test_preflight_host_key_from_gathered_facts_and_unreachable_sshd(bench, migr
         proc = migrate(dict(extra, migrate_dest_python=nodocker_py), check=True)
         assert proc.returncode != 0, proc.stdout[-6000:]
         assert 'Docker on h2 does not answer: Cannot connect to the Docker daemon' in proc.stdout, proc.stdout[-6000:]
+        # The source's Docker daemon does not answer (root's bash, which sshd starts for each command, points the
+        # docker CLI at a socket nobody serves): one message, before anything else runs there.
+        bench.exec('h1', ['sh', '-c', 'echo "export DOCKER_HOST=unix:///nonexistent/docker.sock" > /root/.bashrc'])
+        try:
+            proc = migrate(extra, check=True)
+        finally:
+            bench.exec('h1', ['rm', '-f', '/root/.bashrc'])
+        assert proc.returncode != 0, proc.stdout[-6000:]
+        assert ('Cannot list the Docker volumes on h1: Cannot connect to the Docker daemon at '
+                'unix:///nonexistent/docker.sock') in proc.stdout, proc.stdout[-6000:]
+        assert 'Would migrate' not in proc.stdout
         proc = migrate(dict(extra, migrate_dest_python='/nonexistent/python3'), check=True)
         assert proc.returncode != 0, proc.stdout[-6000:]
         assert 'Missing tools: h2: /nonexistent/python3 does not run' in proc.stdout, proc.stdout[-6000:]
