@@ -15,23 +15,14 @@ import re
 
 from ansible.module_utils.common.text.formatters import bytes_to_human
 from ansible.module_utils.parsing.convert_bool import boolean
+from ansible_collections.volumeops.docker.plugins.filter.command_error import command_error
 
 TOOLS_HINT = ('Install GNU tar, zstd, the docker CLI, openssh-client and iproute2 on the source, GNU tar, zstd, the '
               'docker CLI and Python 3.8+ as %s on the destination.')
 
 
-def _human(n):
-    """Bytes as Ansible's human_readable filter shows them (e.g. 1.00 GB)."""
-    return bytes_to_human(n)
-
-
 def _lines(text, pattern):
     return re.findall(pattern, text or '', re.M)
-
-
-def _last_line(text):
-    lines = (text or '').strip().splitlines()
-    return lines[-1] if lines else ''
 
 
 def _dest_report(dest_check):
@@ -49,7 +40,7 @@ def _sized_volumes(vols, probe, dest):
         found = _lines(stdout, r'^size:%d:([0-9]+)$' % index)
         size = int(found[0]) if found else 0
         what = ('size unknown: mounted only while a container uses it' if v['src_mounted'] and not found
-                else _human(size))
+                else bytes_to_human(size))
         out.append(dict(v, size=size, sized=bool(found),
                         plan='%s -> %s:%s (%s)' % (v['name'], dest, v['dest_name'], what)))
     return out
@@ -85,7 +76,8 @@ def _space_problems(report, vols, dest_state, factor):
         done = dest_state.get(v['dest_name'], {}).get('state') == 'ours-complete'
         need[f['fs']] = need.get(f['fs'], 0) + (0 if done else int(float(v['size']) * float(factor)))
         avail[f['fs']] = int(f['avail'])
-    return ['%s has %s free, needs %s' % (fs, _human(avail[fs]), _human(n)) for fs, n in need.items() if n > avail[fs]]
+    return ['%s has %s free, needs %s' % (fs, bytes_to_human(avail[fs]), bytes_to_human(n))
+            for fs, n in need.items() if n > avail[fs]]
 
 
 def _key_problem(f, pair, presented):
@@ -148,7 +140,7 @@ def migrate_preflight(vols, facts):
         problems.append('Destination %s is unreachable from the controller: %s.' % (dest, dest_check.get('msg', '')))
     elif not dest_ran:
         missing.append('%s: %s does not run (%s)' % (dest, pair['dest_python'],
-                                                     _last_line(dest_check.get('stderr')) or dest_check.get('msg', '')))
+                                                     command_error(dest_check, 1) or dest_check.get('msg', '')))
     elif report.get('missing'):
         missing.append('%s: %s' % (dest, ' '.join(report['missing'])))
     if missing:
