@@ -830,6 +830,23 @@ def load_private_key(path=None, content=None, passphrase=None):
                         % ('private_key ' + path if path else 'private_key_content'))
 
 
+def channel_sendall(chan):
+    """``chan.sendall`` without its copies: a function that sends all of ``data`` on the paramiko channel.
+
+    paramiko's own sendall sends a packet (at most the peer's packet size: 32 KB for OpenSSH's sshd)
+    and then slices the rest of the bytes, which copies it: a 1 MB data frame was copied about 16
+    times over, half of the sender's CPU for the stream (375 MB sent: 1.2-1.3 s against 0.65 s with
+    this). Slices of a memoryview copy nothing; paramiko takes any bytes-like object.
+    """
+    send = chan.send
+
+    def sendall(data):
+        view = memoryview(data)
+        while view:
+            view = view[send(view):]
+    return sendall
+
+
 def _fingerprint_key(key):
     import base64
     return 'SHA256:' + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip('=')
@@ -1201,9 +1218,10 @@ class Sender(object):
         chan = transport.open_session(window_size=WINDOW_SIZE, max_packet_size=MAX_PACKET)
         chan.settimeout(max(60, timeout * 2))
         chan.exec_command(build_remote_command(p.get('dest_python') or '/usr/bin/python3', len(program)))
-        chan.sendall(program)
+        sendall = channel_sendall(chan)
+        sendall(program)
         self.channel = chan
-        self.io = FrameIO(chan.recv, chan.sendall)
+        self.io = FrameIO(chan.recv, sendall)
 
     def _remote_failure(self, exc):
         """Best explanation after the channel broke: the receiver's error frame, its stderr or exit status."""
@@ -1647,7 +1665,7 @@ class Relay(object):
                     obj.close()
                 except Exception:
                     pass
-        for args in ((channel.recv, sock.sendall, close_both), (sock.recv, channel.sendall, close_both)):
+        for args in ((channel.recv, sock.sendall, close_both), (sock.recv, channel_sendall(channel), close_both)):
             t = threading.Thread(target=pump, args=args)
             t.daemon = True
             t.start()

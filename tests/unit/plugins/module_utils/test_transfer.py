@@ -135,6 +135,36 @@ def test_frames_roundtrip_and_eof():
         r.recv()
 
 
+class _PacketChannel(object):
+    """Stands in for a paramiko channel (no SSH here): send() takes at most ``packet`` bytes a call,
+    like paramiko does for the peer's packet size, and keeps what it was given."""
+
+    def __init__(self, packet):
+        self.packet = packet
+        self.received = bytearray()
+        self.given = []
+
+    def send(self, data):
+        self.given.append(data)
+        n = min(len(data), self.packet)
+        self.received += data[:n]
+        return n
+
+
+@pytest.mark.parametrize('size', [0, 1, 32768, 32769, 1024 * 1024 + 7])
+def test_channel_sendall_sends_everything_in_order_without_copies(size):
+    data = os.urandom(size)
+    chan = _PacketChannel(32768)
+    w = _transfer.FrameIO(None, _transfer.channel_sendall(chan))
+    w.send(b'D', data)
+    r = _transfer.FrameIO(io.BytesIO(bytes(chan.received)).read, None)
+    assert r.recv_expect(b'D') == (b'D', data)
+    assert w.sent == len(chan.received)
+    # Every call got a view of the caller's bytes, none a sliced copy of the rest.
+    assert chan.given and all(isinstance(g, memoryview) for g in chan.given)
+    assert len(chan.given) == 1 + -(-size // 32768)  # the frame header, then one call per packet
+
+
 def test_remote_command_is_fully_quoted():
     cmd = _transfer.build_remote_command("/opt/my python/bin/python3; rm -rf /", 1234)
     argv = shlex.split(cmd)
