@@ -900,6 +900,7 @@ def ssh_connect(host, port, user, host_key, pkey, timeout):
     t = client.get_transport()
     t.set_keepalive(15)
     _abort_on_dead_peer(t.sock, max(30, int(timeout) * 3))
+    _send_without_delay(t.sock)
     return client
 
 
@@ -941,6 +942,21 @@ def _abort_on_dead_peer(sock, seconds):
         sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, 'TCP_USER_TIMEOUT', 18), int(seconds * 1000))
     except (OSError, AttributeError, ValueError):
         pass  # not Linux, or not a TCP socket: the channel timeouts still apply
+
+
+def _send_without_delay(sock):
+    """Switch off Nagle's algorithm (TCP_NODELAY) on the socket of a transfer's SSH connection.
+
+    The protocol's frames go out as two writes (header, payload), each its own SSH packet: with
+    Nagle, a small packet waits until the peer acknowledges the one before it, and the peer delays
+    that acknowledgement (up to 40 ms on Linux) hoping to send it with a reply that cannot come
+    before the frame is complete. Each such exchange (the prepare frame of a pass, among others)
+    cost about 40 ms: 7% of a final delta pass of 1 GB. Bulk data is unaffected: its packets are full.
+    """
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except (OSError, AttributeError):
+        pass  # not a TCP socket (a proxy command's pipe): nothing to switch off
 
 
 # --- sender ---------------------------------------------------------------------------------------
@@ -1652,6 +1668,7 @@ class Relay(object):
         try:
             sock = socket.create_connection((p['dest_host'], int(p.get('dest_port') or 22)),
                                             timeout=p.get('timeout') or 30)
+            _send_without_delay(sock)
             sock.settimeout(None)
         except OSError as exc:
             self.errors.append('the controller cannot reach the destination %s:%s: %s'

@@ -11,6 +11,7 @@ import io
 import json
 import os
 import shlex
+import socket
 import subprocess
 import sys
 import tarfile
@@ -163,6 +164,22 @@ def test_channel_sendall_sends_everything_in_order_without_copies(size):
     # Every call got a view of the caller's bytes, none a sliced copy of the rest.
     assert chan.given and all(isinstance(g, memoryview) for g in chan.given)
     assert len(chan.given) == 1 + -(-size // 32768)  # the frame header, then one call per packet
+
+
+def test_send_without_delay_switches_nagle_off_on_tcp_and_leaves_other_sockets():
+    listener = socket.socket()
+    listener.bind(('127.0.0.1', 0))
+    listener.listen(1)
+    client = socket.create_connection(listener.getsockname())
+    left, right = socket.socketpair()  # AF_UNIX: no such option, and no error either
+    try:
+        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 0
+        _transfer._send_without_delay(client)
+        assert client.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        _transfer._send_without_delay(left)
+    finally:
+        for s in (client, listener, left, right):
+            s.close()
 
 
 def test_remote_command_is_fully_quoted():
