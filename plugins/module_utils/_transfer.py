@@ -947,11 +947,14 @@ def _abort_on_dead_peer(sock, seconds):
 def _send_without_delay(sock):
     """Switch off Nagle's algorithm (TCP_NODELAY) on the socket of a transfer's SSH connection.
 
-    The protocol's frames go out as two writes (header, payload), each its own SSH packet: with
-    Nagle, a small packet waits until the peer acknowledges the one before it, and the peer delays
-    that acknowledgement (up to 40 ms on Linux) hoping to send it with a reply that cannot come
-    before the frame is complete. Each such exchange (the prepare frame of a pass, among others)
-    cost about 40 ms: 7% of a final delta pass of 1 GB. Bulk data is unaffected: its packets are full.
+    With Nagle, a TCP segment smaller than the maximum waits until the peer acknowledges what was
+    sent before it, and the peer delays that acknowledgement (up to 40 ms on Linux) hoping to send
+    it with a reply that cannot come before it has the rest. The protocol's frames go out as two
+    writes (header, payload), each its own SSH packet: each small exchange (the prepare frame of a
+    pass, among others) waited about 40 ms, 7% of a final delta pass of 1 GB. The stream lost more:
+    every SSH packet ends in a partial segment, and when the sender stops to wait for window space
+    (the destination's sshd grants 2 MB at a time), that last piece waited too, so sshd could not
+    finish the packet and grant more. A cold full pass of 1 GB on the bench: 0.3-0.8 s less.
     """
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
