@@ -541,7 +541,11 @@ class EarlyWriteback(object):
 
     An error of a background sync is re-raised by ``finish()``: the kernel
     reports a writeback error only once per descriptor, so the caller's final
-    sync might no longer see it.
+    sync might no longer see it. ``stop()``/``finish()`` wait for a running sync
+    and serve one requested before them, but start no other: every caller syncs
+    once more itself (a tree beside its verification walk, an archive before its
+    rename), and a last background sync only made it wait for the disk first
+    (about 60 ms after a 1 GB transfer on the bench).
     """
 
     def __init__(self, sync, flush=None, every=WRITEBACK_EVERY):
@@ -549,6 +553,7 @@ class EarlyWriteback(object):
         self._flush = flush
         self._every = every
         self._pending = 0
+        self._requested = False  # a sync was asked for since the last one started
         self._wake = threading.Event()
         self._stopping = False
         self._error = None
@@ -576,6 +581,7 @@ class EarlyWriteback(object):
             self._thread = threading.Thread(target=self._run)
             self._thread.daemon = True
             self._thread.start()
+        self._requested = True
         self._wake.set()
 
     def counted(self, chunks):
@@ -589,11 +595,13 @@ class EarlyWriteback(object):
             self._wake.wait()
             self._wake.clear()
             stopping = self._stopping  # read before syncing: a request made before finish() is served
-            try:
-                self._sync()
-            except OSError as exc:
-                self._error = exc
-                return
+            if self._requested:
+                self._requested = False
+                try:
+                    self._sync()
+                except OSError as exc:
+                    self._error = exc
+                    return
             if stopping:
                 return
 

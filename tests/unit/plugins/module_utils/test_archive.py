@@ -312,8 +312,21 @@ def test_early_writeback_counted_passes_chunks_and_syncs_every_step():
     assert list(writeback.counted(iter(chunks))) == chunks  # unchanged, in order
     assert writeback.stop() is None
     # 12 bytes after the third chunk ask for a background sync, 9+1 more for another (coalesced
-    # while one runs); stop() lets the thread run one last sync before it ends.
+    # while one runs); stop() serves what was asked for before it.
     assert calls
+
+
+def test_early_writeback_stop_starts_no_sync_that_was_not_asked_for():
+    calls = []
+    writeback = A.EarlyWriteback(lambda: calls.append('sync'), every=10)
+    writeback.wrote(10)  # one request: the thread starts and serves it
+    deadline = time.monotonic() + 10
+    while not calls and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert calls == ['sync']
+    writeback.wrote(5)  # below the step: no request
+    assert writeback.stop() is None
+    assert calls == ['sync']  # the caller syncs itself next (beside its walk, or before a rename)
 
 
 def test_early_writeback_stop_returns_the_error_and_finish_raises_it():
