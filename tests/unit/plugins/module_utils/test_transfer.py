@@ -166,6 +166,19 @@ def test_channel_sendall_sends_everything_in_order_without_copies(size):
     assert len(chan.given) == 1 + -(-size // 32768)  # the frame header, then one call per packet
 
 
+def test_channel_sendall_stops_when_the_channel_takes_nothing():
+    class Closed(object):
+        calls = 0
+
+        def send(self, data):
+            self.calls += 1
+            return 0  # paramiko: closed while waiting for window space, or EOF sent
+    chan = Closed()
+    with pytest.raises(_transfer.ConnectionLost, match='closed'):
+        _transfer.channel_sendall(chan)(b'data')
+    assert chan.calls == 1
+
+
 def test_send_without_delay_switches_nagle_off_on_tcp_and_leaves_other_sockets():
     listener = socket.socket()
     listener.bind(('127.0.0.1', 0))
