@@ -1720,12 +1720,13 @@ class Relay(object):
                 if error is None:
                     raise
                 raise error
-            chan.sendall(program)
+            sendall = channel_sendall(chan)
+            sendall(program)
             sender_params = dict((k, v) for k, v in p.items() if not k.startswith('relay_'))
             sender_params.update(dest_host='127.0.0.1', dest_port=port, _check_mode=self.check_mode,
                                  _diff=self.diff)
             payload = json.dumps(sender_params).encode('utf-8')
-            chan.sendall(b'%d\n' % len(payload) + payload)
+            sendall(b'%d\n' % len(payload) + payload)
             chan.shutdown_write()
             out = []
             while True:
