@@ -89,6 +89,8 @@ PREFETCH_ENTRIES = 65536     # source records walked ahead while waiting for the
 EARLY_HOLD = _archive.HEAD_WAIT_MAX  # compressed bytes a full pass reads ahead before the destination may get them
 MARKER_NAME = '.volumeops-migration.json'
 INCOMING_PREFIX = '.volumeops-incoming-'
+STAGED_RECORDS_NAME = '.volumeops-staged-records'  # beside the marker: StagedRecordsWriter
+STAGED_RECORDS_VERSION = 1
 HOLDER_LABEL = 'io.volumeops.holder'  # value: the pid of the receiver or sender that holds the volume
 HOLDER_MOUNT = '/volumeops/vol'
 HOLDER_COMMAND = ('/usr/bin/python3', '-c', 'import time\nwhile True: time.sleep(3600)')
@@ -112,6 +114,11 @@ class TransferError(Exception):
 
 class ConnectionLost(TransferError):
     pass
+
+
+class StaleStagedRecords(TransferError):
+    """The destination planned a delta on records its previous pass kept, and they no longer described the
+    staged tree: its verification found a difference (run_transfer repeats the pass on a walk)."""
 
 
 # --- framing -------------------------------------------------------------------------------------
@@ -274,13 +281,22 @@ def encode_records(records):
 
 def decode_records(payload):
     out = []
+    append = out.append
+    find = payload.index
+    codes = _RECORD_CODES
     pos = 0
     n = len(payload)
-    while pos < n:
-        end = payload.index(b'\0', pos + 17)
-        out.append((payload[pos + 17:end], payload[pos:pos + 16], payload[pos + 16:pos + 17].decode('ascii')))
-        pos = end + 1
+    try:
+        while pos < n:
+            end = find(b'\0', pos + 17)
+            append((payload[pos + 17:end], payload[pos:pos + 16], codes[payload[pos + 16]]))
+            pos = end + 1
+    except (KeyError, ValueError):
+        raise TransferError('protocol error: a malformed record from the destination')
     return out
+
+
+_RECORD_CODES = dict((ord(c), c) for c in 'fdlpcbs?')
 
 
 # --- pure logic: walk order, records, delta ------------------------------------------------------
@@ -312,7 +328,7 @@ class TreeScan(object):
     """
 
     def __init__(self, root, exclude=None, content=False, with_change_token=False, spill=None, reuse=None,
-                 started_ns=None):
+                 started_ns=None, keep=None):
         self.root = root
         self.started_ns = started_ns  # the change token's start, when reading began before this walk
         self.exclude = exclude
@@ -323,6 +339,7 @@ class TreeScan(object):
         self.changes = None  # the change token's ChangeHasher while walking (with_change_token)
         self._spill = spill  # a RecordSpill keeping this walk's records for a later walk's ``reuse``
         self._reuse = reuse  # a RecordSpill of an earlier walk: its records of unchanged entries are taken as they are
+        self._keep = keep  # a StagedRecordsWriter keeping every record and digest for the next pass (receiver)
 
     def __iter__(self):
         fingerprint_sum = _tree.FingerprintAccumulator()
@@ -361,7 +378,10 @@ class TreeScan(object):
                 # The delta compares the record as fingerprinted: with a hard link's first path, so that a
                 # link made or broken is sent again even when no member's own metadata changed.
                 hashed = fingerprint_sum.add(entry, code, record)
-                yield entry.relpath, sha256(hashed).digest()[:16], code, entry  # _tree.record_digest, inlined
+                digest = sha256(hashed).digest()[:16]  # _tree.record_digest, inlined
+                if self._keep is not None:
+                    self._keep.add(entry, code, record, digest)
+                yield entry.relpath, digest, code, entry
         except BaseException:
             if changes is not None:
                 changes.close()
@@ -395,14 +415,17 @@ class RecordSpill(object):
 
     HEAD = struct.Struct('>IIQq')  # path length, record length, inode, ctime_ns
 
-    def __init__(self):
+    def __init__(self, kept_file=None):
         self.started_ns = time.time_ns()
         self.kept = 0
         self.reused = 0
         self._pending = []
-        self._finished = False
+        self._finished = kept_file is not None
         self._kept_iter = None
         self._cur = None
+        if kept_file is not None:
+            self._file = kept_file  # records kept by another process (StagedRecords)
+            return
         try:
             self._file = tempfile.TemporaryFile(prefix='volumeops-records-')
         except OSError:
@@ -485,6 +508,214 @@ class RecordSpill(object):
             self._file = None
 
 
+def remove_file(path):
+    """Unlink ``path``; missing is fine."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class StagedRecordsWriter(object):
+    """Keeps the records of a verification walk of a staged tree for the next pass (``StagedRecords``).
+
+    A two-phase migration's final delta runs during the application's downtime. Its destination
+    side used to walk the whole staged tree before the delta could be planned (a sixth of a 1 GB
+    final delta's time), although the warm pass before it had just walked that same tree to verify
+    it. The receiver of a pass that leaves the tree staged (``finalize: false``) therefore keeps
+    that walk's records beside the volume's marker, and the next pass plans on them instead of
+    walking again. They describe the tree only while nothing else writes into it; the next
+    pass's verification walks the whole tree again (what the delta is checked by), and when it
+    finds a difference the pass is repeated on a fresh walk (``run_transfer``).
+
+    Written as it walks, into ``<path>.tmp`` (0600, beside the marker, on the volume directory's
+    filesystem), then renamed: per entry a HEAD, the path and the record; then a JSON trailer,
+    its length and the sha256 of all that, so a file cut short by a crash is recognised and
+    ignored. A write error drops it (the next pass walks).
+    """
+
+    HEAD = struct.Struct('>IIQqB16s1s')  # path length, record length, inode, ctime_ns, settled, digest, type code
+    TAIL = struct.Struct('>Q')  # trailer length
+
+    def __init__(self, path):
+        self.path = path
+        self.tmp = path + '.tmp'
+        self.started_ns = time.time_ns()
+        self.root = None  # [inode, ctime_ns, mtime_ns] of the tree's root as walked
+        self._hash = hashlib.sha256()
+        self._pending = []
+        self._file = None
+        try:
+            remove_file(self.tmp)  # a killed writer's (the volume's lock is held: no other is writing)
+            fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            self._file = os.fdopen(fd, 'wb')
+        except OSError:
+            self._file = None
+
+    def add(self, entry, code, record, digest):
+        if self._file is None:
+            return
+        st = entry.st
+        if entry.relpath == b'.':
+            self.root = [st.st_ino, st.st_ctime_ns, st.st_mtime_ns]
+        settled = st.st_ctime_ns < self.started_ns - _tree.CTIME_SETTLED_NS  # as RecordSpill.add
+        self._pending.append(self.HEAD.pack(len(entry.relpath), len(record), st.st_ino, st.st_ctime_ns,
+                                            settled, digest, code.encode('ascii')) + entry.relpath + record)
+        if len(self._pending) >= 1024:
+            self._flush()
+
+    def _flush(self):
+        data = b''.join(self._pending)
+        self._pending = []
+        try:
+            self._file.write(data)
+        except OSError:
+            self.discard()
+            return
+        self._hash.update(data)
+
+    def commit(self, **trailer):
+        """Put the records under their name (True), or drop them (False: the next pass walks)."""
+        if self._file is None:
+            return False
+        self._flush()
+        if self._file is None or self.root is None:
+            self.discard()
+            return False
+        tail = json.dumps(dict(trailer, version=STAGED_RECORDS_VERSION, root=self.root,
+                               fingerprint_version=_tree.FINGERPRINT_VERSION), sort_keys=True).encode('utf-8')
+        tail += self.TAIL.pack(len(tail))
+        self._hash.update(tail)
+        try:
+            self._file.write(tail + self._hash.digest())
+            self._file.close()
+            self._file = None
+            os.rename(self.tmp, self.path)
+        except OSError:
+            self.discard()
+            return False
+        return True
+
+    def discard(self):
+        if self._file is not None:
+            try:
+                self._file.close()
+            except OSError:
+                pass
+            self._file = None
+        try:
+            remove_file(self.tmp)
+        except OSError:
+            pass  # the next writer removes it first
+
+
+class StagedRecords(RecordSpill):
+    """The records a StagedRecordsWriter kept of a staged tree, when they still describe it.
+
+    ``records()`` gives what the destination sends for a delta's plan (path, digest, type code), in
+    walk order; as a RecordSpill (``reuse`` of the verification walk) it gives the records of the
+    entries whose ctime had settled, as a base walk's spill would.
+    """
+
+    HEAD = StagedRecordsWriter.HEAD
+
+    def __init__(self, f, body_end, trailer):
+        RecordSpill.__init__(self, kept_file=f)
+        self.body_end = body_end
+        self.summary = trailer['summary']
+
+    @classmethod
+    def load(cls, path, migration_id, fingerprint, root_st):
+        """The records at ``path`` if they are whole and describe this tree, else None.
+
+        Whole: the checksum over all of it matches. This tree: kept by this migration for the staged
+        tree whose fingerprint the marker records (``fingerprint``), with the root as it is now
+        (``root_st``, an lstat): entries added, removed or renamed at the top change its ctime.
+        """
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return None
+        f = os.fdopen(fd, 'rb')
+        try:
+            st = os.fstat(fd)
+            tail_size = StagedRecordsWriter.TAIL.size + 32
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or st.st_mode & 0o077 \
+                    or st.st_size < tail_size:
+                raise ValueError('not a file this receiver wrote')
+            h = hashlib.sha256()
+            left = st.st_size - 32
+            while left > 0:
+                chunk = f.read(min(left, 1 << 20))
+                if not chunk:
+                    raise ValueError('shorter than it was')
+                h.update(chunk)
+                left -= len(chunk)
+            if f.read(32) != h.digest():
+                raise ValueError('checksum')
+            f.seek(st.st_size - tail_size)
+            trailer_len = StagedRecordsWriter.TAIL.unpack(f.read(StagedRecordsWriter.TAIL.size))[0]
+            body_end = st.st_size - tail_size - trailer_len
+            if body_end < 0:
+                raise ValueError('trailer length')
+            f.seek(body_end)
+            trailer = json.loads(f.read(trailer_len).decode('utf-8'))
+            if (trailer.get('version') != STAGED_RECORDS_VERSION or trailer.get('migration_id') != migration_id
+                    or trailer.get('fingerprint_version') != _tree.FINGERPRINT_VERSION or not fingerprint
+                    or (trailer.get('summary') or {}).get('fingerprint') != fingerprint
+                    or trailer.get('root') != [root_st.st_ino, root_st.st_ctime_ns, root_st.st_mtime_ns]):
+                raise ValueError('another tree')
+        except (OSError, ValueError, AttributeError, struct.error):
+            f.close()
+            return None
+        return cls(f, body_end, trailer)
+
+    def _entries(self):
+        f = self._file
+        f.seek(0)
+        read = f.read
+        size = self.HEAD.size
+        unpack = self.HEAD.unpack
+        left = self.body_end
+        while left >= size:
+            path_len, record_len, ino, ctime_ns, settled, digest, code = unpack(read(size))
+            body = read(path_len + record_len)
+            left -= size + path_len + record_len
+            yield body[:path_len], ino, ctime_ns, settled, digest, code, body[path_len:]
+
+    def records(self):
+        """(relpath, digest, type code) of every entry, in walk order."""
+        for relpath, dummy, dummy, dummy, digest, code, dummy in self._entries():
+            yield relpath, digest, code.decode('ascii')
+
+    def __iter__(self):
+        for relpath, ino, ctime_ns, settled, dummy, dummy, record in self._entries():
+            if settled:
+                yield relpath, ino, ctime_ns, record
+
+
+def run_transfer(new_sender, warn):
+    """``new_sender(fresh_base).run()``; once more with a walk of the destination after StaleStagedRecords.
+
+    A delta onto a staged tree is planned on the records the previous pass kept of it. Something that
+    wrote into the staged tree since (it is no volume a container mounts, but root can write anywhere)
+    makes them wrong, which the pass's verification walk finds: the pass is then repeated with the
+    destination walked first, which sends whatever differs. Nothing is declared verified on the way.
+    """
+    started = time.time()
+    try:
+        return new_sender(False).run()
+    except StaleStagedRecords:
+        pass
+    result = new_sender(True).run()
+    warn('The staged tree on the destination had changed since the previous pass, so the records that pass kept of '
+         'it no longer described it; the pass was repeated on a fresh walk of the destination (verified: %s).'
+         % bool(result.get('verified')))
+    result['dest_records_rewalked'] = True
+    result['duration'] = round(time.time() - started, 3)
+    return result
+
+
 def _file_hash(entry, cache, buf):
     """Hex sha256 of a regular file's content (hard-linked inodes hashed once)."""
     st = entry.st
@@ -558,17 +789,20 @@ def compute_delta(source_records, dest_records):
     link_groups = {}  # (dev, ino) -> [relpath] for regular files with nlink > 1
     dst_iter = iter(dest_records)
     dst = next(dst_iter, None)
-    dst_key = walk_key(dst[0]) if dst is not None else None
+    # The destination's records must come in walk order. Where a record's path equals the source's
+    # current one, the source's own order proves it (the common case: one comparison per entry); the
+    # order is computed (walk_key) only where the streams are not aligned, an addition or a deletion.
+    last_dst = None  # path of the destination record consumed last
 
-    def advance_dst():
-        nonlocal dst_key
+    def advance_dst(prev_key):
+        """The next destination record and its key, checked to come after ``prev_key``."""
         item = next(dst_iter, None)
-        if item is not None:
-            key = walk_key(item[0])
-            if key <= dst_key:
-                raise TransferError('protocol error: destination records are not in walk order')
-            dst_key = key
-        return item
+        if item is None:
+            return None, None
+        key = walk_key(item[0])
+        if key <= prev_key:
+            raise TransferError('protocol error: destination records are not in walk order')
+        return item, key
 
     unchanged = 0
     for relpath, digest, code, st in source_records:
@@ -577,12 +811,14 @@ def compute_delta(source_records, dest_records):
         elif code == 'f' and st is not None and st.st_nlink > 1:
             link_groups.setdefault((st.st_dev, st.st_ino), []).append(relpath)
         if dst is not None and dst[0] != relpath:
-            # Only computed when the streams are not aligned (an addition or a deletion): the
-            # common case, the same path on both sides, costs one comparison.
             key = walk_key(relpath)
+            dst_key = walk_key(dst[0])
+            if last_dst is not None and dst_key <= walk_key(last_dst):
+                raise TransferError('protocol error: destination records are not in walk order')
             while dst is not None and dst_key < key:
                 delete.add(dst[0])
-                dst = advance_dst()
+                last_dst = dst[0]
+                dst, dst_key = advance_dst(dst_key)
         if dst is not None and dst[0] == relpath:
             if dst[1] != digest:
                 send[relpath] = (code, st)
@@ -591,13 +827,18 @@ def compute_delta(source_records, dest_records):
                     delete.add(relpath)
             else:
                 unchanged += 1
-            dst = advance_dst()
+            last_dst = relpath
+            dst = next(dst_iter, None)
         else:
             send[relpath] = (code, st)
     plan.unchanged = unchanged
-    while dst is not None:
-        delete.add(dst[0])
-        dst = advance_dst()
+    if dst is not None:
+        dst_key = walk_key(dst[0])
+        if last_dst is not None and dst_key <= walk_key(last_dst):
+            raise TransferError('protocol error: destination records are not in walk order')
+        while dst is not None:
+            delete.add(dst[0])
+            dst, dst_key = advance_dst(dst_key)
     # Entries only on the destination: everything deleted that is not sent again.
     removed = [p for p in delete if p not in send]
     for members in link_groups.values():
@@ -1384,6 +1625,7 @@ class Sender(object):
             dest_helper_image=p.get('helper_image'),
             dest_driver_options=p.get('dest_driver_options') or {}, dest_labels=p.get('dest_labels') or {},
             existing=p.get('existing') or 'fail', check_mode=self.check_mode, pass_=self.pass_,
+            fresh_base=bool(p.get('_fresh_base')),
             finalize=bool(p.get('finalize', True)), verify=self.verify,
             compression=self.compression, allow_devices=bool(p.get('allow_devices')),
             source=dict(volume=p.get('volume'), host=os.uname()[1]),
@@ -1500,6 +1742,7 @@ class Sender(object):
         final = self._final()
         duration = time.time() - started
         result['dest_records_reused'] = final.get('records_reused') or 0
+        result['dest_records_kept'] = bool(final.get('base_cached'))
         result.update(changed=True, bytes_sent=io_.sent, dest_fingerprint=final.get('dest_fingerprint'),
                       verified=bool(final.get('verified')), dest_state=final.get('dest_state'),
                       duration=round(duration, 3), source_fingerprint=after.fingerprint,
@@ -1572,6 +1815,8 @@ class Sender(object):
         dummy, payload = self.io.recv_expect(b'F')
         final = _json(payload)
         if not final.get('ok') and not allow_error:
+            if final.get('cached_base_mismatch'):
+                raise StaleStagedRecords(final.get('msg'))
             raise TransferError(final.get('msg') or 'the destination did not accept the transfer')
         return final
 
@@ -1786,8 +2031,11 @@ def sender_main():
             raise TransferError('paramiko is not importable by the Python on the source host (relay_source_python).')
         try:
             root = source_root(docker_access, info, params.get('helper_image'))
-            result = Sender(params, root, volume_info=info, check_mode=params.get('_check_mode'),
-                            diff=params.get('_diff'), warn=warnings.append).run()
+            result = run_transfer(
+                lambda fresh: Sender(dict(params, _fresh_base=fresh), root, volume_info=info,
+                                     check_mode=params.get('_check_mode'), diff=params.get('_diff'),
+                                     warn=warnings.append),
+                warnings.append)
         finally:
             docker_access.release()
         result['warnings'] = warnings
@@ -2081,6 +2329,8 @@ class Receiver(object):
         self.complete_marker = None  # this migration's 'complete' marker, checked against _data after its walk
         self.end_conflict = None  # why the pass must not go on, found by the walk (_send_records)
         self.lock = None  # the volume's lock (_archive.VolumeLock), held until the receiver ends
+        self.marker = None  # the volume's marker as _state read it
+        self.base_cached = False  # the delta's base records are the ones the previous pass kept (StagedRecords)
 
     # helpers ---------------------------------------------------------------
     def _marker(self, state, **extra):
@@ -2127,7 +2377,7 @@ class Receiver(object):
         state['volume_dir'] = self._where()
         st = os.statvfs(self.volume_fs)
         state['free_bytes'] = st.f_bavail * st.f_frsize
-        marker = read_marker(self.marker_path)
+        marker = self.marker = read_marker(self.marker_path)
         ours = marker is not None and marker.get('migration_id') == h['migration_id']
         if marker is not None:
             state['marker_state'] = marker.get('state')
@@ -2328,24 +2578,24 @@ class Receiver(object):
             lister.daemon = True
             lister.start()
         summary = None
-        if root is not None and os.path.isdir(root):
+        kept = self._staged_records() if records and root is not None and root == self.staging else None
+        if kept is not None:
+            # No walk: the records the previous pass kept of this staged tree (StagedRecordsWriter).
+            self.base_cached = True
+            self._send_record_frames(kept.records())
+            summary = kept.summary
+            if self.hello.get('verify') != 'content':
+                self.spill = kept
+            else:
+                kept.close()
+        elif root is not None and os.path.isdir(root):
             # A delta's base walk keeps its records: the verification after the delta then re-reads only
             # what changed (TreeScan reuse). verify=content reads every file again anyway.
             if records and self.hello.get('verify') != 'content':
                 self.spill = RecordSpill()
             scan = TreeScan(root, exclude=self._data_exclude(root), spill=self.spill)
             if records:
-                batch = []
-                size = 0
-                for relpath, digest, code, dummy in scan:
-                    batch.append((relpath, digest, code))
-                    size += len(relpath) + 18
-                    if size >= RECORD_BATCH:
-                        self.io.send(b'E', encode_records(batch))
-                        batch = []
-                        size = 0
-                if batch:
-                    self.io.send(b'E', encode_records(batch))
+                self._send_record_frames((relpath, digest, code) for relpath, digest, code, dummy in scan)
             else:
                 done = self._keepalive()  # only the fingerprint: no frame until the end of the walk
                 try:
@@ -2373,6 +2623,46 @@ class Receiver(object):
             end['complete_source'] = dict(fingerprint=self.complete_marker.get('source_fingerprint'),
                                           entries=self.complete_marker.get('source_entries'))
         self.io.send_json(b'e', end)
+
+    def _send_record_frames(self, records):
+        """(relpath, digest, type code) records as E frames of about RECORD_BATCH bytes."""
+        batch = []
+        size = 0
+        for record in records:
+            batch.append(record)
+            size += len(record[0]) + 18
+            if size >= RECORD_BATCH:
+                self.io.send(b'E', encode_records(batch))
+                batch = []
+                size = 0
+        if batch:
+            self.io.send(b'E', encode_records(batch))
+
+    def _staged_records_path(self):
+        return os.path.join(os.path.dirname(self.marker_path), STAGED_RECORDS_NAME)
+
+    def _staged_records(self):
+        """The records kept by the previous pass of this staged tree (StagedRecords), or None: walk it.
+
+        Not in check mode (its prediction reads the tree itself), nor when the sender asks for a walk
+        (``fresh_base``: the kept records did not describe the tree in the pass before).
+        """
+        h = self.hello
+        if h.get('check_mode') or h.get('fresh_base') or self.marker is None:
+            return None
+        try:
+            root_st = os.lstat(self.staging)
+        except OSError:
+            return None
+        return StagedRecords.load(self._staged_records_path(), h['migration_id'],
+                                  self.marker.get('staged_fingerprint'), root_st)
+
+    def _drop_staged_records(self):
+        """Before anything in the volume changes: kept records describe the staged tree only until then."""
+        if self.marker_path is not None:
+            path = self._staged_records_path()
+            remove_file(path)
+            remove_file(path + '.tmp')
 
     def _send_content_digest(self):
         """The content digest of the complete ``_data`` (C frame: verify=content found its metadata equal)."""
@@ -2414,6 +2704,7 @@ class Receiver(object):
         prep = _json(payload)
         src = prep.get('source') or {}
         h['source'].update(fingerprint=src.get('fingerprint'), entries=src.get('entries'), bytes=src.get('bytes'))
+        self._drop_staged_records()
         vol = self._ensure_volume(vol)
         self._recover_swap()
         if h.get('pass_') == 'delta':
@@ -2535,14 +2826,25 @@ class Receiver(object):
             # The one re-walk of the extracted tree: fingerprint and (verify=content) content digest together.
             # A delta with verify=metadata reuses its base walk's records of what the delta did not touch.
             reuse = self.spill if self.spill is not None and self.spill.usable else None
-            scan = TreeScan(self.staging, content=h.get('verify') == 'content', reuse=reuse)
+            # A pass that leaves the tree staged keeps this walk's records for the next pass, which then
+            # plans without walking the tree first (StagedRecordsWriter).
+            keep = None if h.get('finalize', True) else StagedRecordsWriter(self._staged_records_path())
+            scan = TreeScan(self.staging, content=h.get('verify') == 'content', reuse=reuse, keep=keep)
             # A final pass: the tree is on disk before it is swapped in and marked complete, so a power loss
             # after that cannot leave a "complete" volume of empty files (delayed allocation) while the role
             # goes on to remove the source. A warm pass writes its data back too, while the application
             # still runs: otherwise the final pass, during the downtime, would wait for the whole warm
             # copy's dirty pages, not only for what changed. The sync waits on the disk while the walk
             # uses the CPU.
-            summary = _archive.run_beside(self._sync_staging, scan.run)
+            try:
+                summary = _archive.run_beside(self._sync_staging, scan.run)
+            except BaseException:
+                if keep is not None:
+                    keep.discard()
+                raise
+            if keep is not None:
+                # Before the marker names this fingerprint as the staged one (StagedRecords.load checks both).
+                keep.commit(migration_id=h['migration_id'], summary=summary.as_dict())
             dest_content = scan.content
             reused = reuse.reused if reuse is not None else 0
             if self.spill is not None:
@@ -2563,7 +2865,7 @@ class Receiver(object):
         verified = not problems
         result = dict(ok=True, verified=verified, dest_fingerprint=summary.fingerprint, entries=summary.entries,
                       content_digest=dest_content, dest_state='staging', warnings=self.warnings,
-                      records_reused=reused)
+                      records_reused=reused, base_cached=self.base_cached)
         if not h.get('finalize', True):
             self.hello['source']['fingerprint'] = src.get('fingerprint')
             self._marker('staging', staged_fingerprint=summary.fingerprint)
@@ -2582,6 +2884,9 @@ class Receiver(object):
                         'writers first).')
             result.update(ok=False, msg='Verification failed on the destination: %s. The destination volume is not '
                           'marked complete (data left staged). %s' % ('; '.join(problems), hint))
+            # Planned on kept records that a change since the previous pass made wrong: worth a pass on a walk.
+            result['cached_base_mismatch'] = self.base_cached and (
+                summary.entries != src.get('entries') or summary.fingerprint != src.get('fingerprint'))
             self.io.send_json(b'F', result)
             return
         self.hello['source']['fingerprint'] = src.get('fingerprint')

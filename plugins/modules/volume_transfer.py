@@ -47,6 +47,13 @@ description:
     running (warm copy), stops the application, then runs O(pass=delta) with O(finalize=true). Only entries whose
     metadata (type, size, mtime, mode, owner, link target, xattrs/ACLs) changed are sent, and what the source no
     longer has is deleted on the destination.
+  - 'A pass with O(finalize=false) keeps the records of its verification walk of the staged tree in
+    C(<volume dir>/.volumeops-staged-records) (mode 0600, beside the marker; paths and metadata, no file data), so
+    that the next pass (the final delta, during the downtime) plans without walking the destination first; any
+    pass removes the file before it changes the volume. They are used only while the staged tree''s root and the
+    marker are as that pass left them and the file''s checksum is whole; the final pass still walks the whole
+    tree to verify it. If something wrote into the staged tree in between, that walk finds it and the pass is
+    repeated on a fresh walk of the destination (a warning says so, RV(dest_records_rewalked)).'
   - A full pass (not in check mode) starts GNU tar and the compressor on the source at once, beside the source's
     metadata walk and the connection. Their output waits in memory (at most 32 MiB) until the destination has
     answered and the checks passed, and is dropped when one fails, so nothing reaches the destination earlier
@@ -309,8 +316,9 @@ notes:
     paths, the source's directory paths and at most 65,536 source entries walked ahead while the destination
     is still connecting or walking; the receiver's stream validator keeps one set entry per path of the stream.
   - Each tree is walked once to compare (the source while the connection opens, the destination as soon as the
-    receiver starts, at the same time), and once more after the data was sent to verify (both sides in
-    parallel); a rerun with nothing to send costs about one walk of the larger tree plus the SSH connection.
+    receiver starts, at the same time; not the destination when the previous pass kept its records, see above),
+    and once more after the data was sent to verify (both sides in parallel); a rerun with nothing to send costs
+    about one walk of the larger tree plus the SSH connection.
 seealso:
   - module: volumeops.docker.volume_backup
   - module: volumeops.docker.volume_restore
@@ -432,11 +440,23 @@ streamed_beside_walk:
 dest_records_reused:
   description:
     - How many entries the destination's verification did not read again (with O(verify=metadata), a delta pass
-      keeps the records of its first walk of the destination; an entry whose inode number and ctime are unchanged,
-      and whose ctime was at least 2 s old at that walk, keeps its record). 0 for a full pass and with
-      O(verify=content).
+      keeps the records of its first walk of the destination, or uses those its previous pass kept; an entry whose
+      inode number and ctime are unchanged, and whose ctime was at least 2 s old at that walk, keeps its record).
+      0 for a full pass and with O(verify=content).
   returned: when data was sent
   type: int
+dest_records_kept:
+  description:
+    - True when this delta was planned on the records the previous pass (O(finalize=false)) kept of the staged
+      tree, without walking the destination first.
+  returned: when data was sent
+  type: bool
+dest_records_rewalked:
+  description:
+    - True when the records kept by the previous pass no longer described the staged tree (something wrote into
+      it since), so the pass was repeated on a fresh walk of the destination; a warning says so.
+  returned: when that happened
+  type: bool
 deleted:
   description:
     - Number of paths a delta pass removed on the destination because the source no longer has them
@@ -620,9 +640,11 @@ class VolumeTransferManager(object):
         try:
             holder = _transfer.DockerAccess(p['docker_host'])
             root = _transfer.source_root(holder, info, p['helper_image'])
-            sender = _transfer.Sender(p, root, volume_info=info, check_mode=self.module.check_mode,
-                                      diff=self.module._diff, warn=warnings.append)
-            result = sender.run()
+            result = _transfer.run_transfer(
+                lambda fresh: _transfer.Sender(dict(p, _fresh_base=fresh), root, volume_info=info,
+                                               check_mode=self.module.check_mode, diff=self.module._diff,
+                                               warn=warnings.append),
+                warnings.append)
         except _transfer.TransferError as exc:
             self.fail('%s (volume %s -> %s:%s)' % (exc, p['volume'], p['dest_host'], p['dest_volume']))
         except OSError as exc:
