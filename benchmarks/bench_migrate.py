@@ -597,7 +597,7 @@ def run_two_phase(bench, r, env, src, src_fp, args):
             out = res[1]
             keys = ('duration', 'bytes', 'bytes_sent', 'entries', 'sent_entries', 'deleted', 'replaced', 'mb_per_s',
                     'verified', 'dest_state', 'changed', 'source_recheck', 'dest_records_reused',
-                    'streamed_beside_walk')
+                    'streamed_beside_walk', 'dest_records_kept', 'dest_records_rewalked')
             return {'module': {k: out.get(k) for k in keys}}
         return go
 

@@ -281,3 +281,13 @@ def test_malformed_destination_records_are_a_protocol_error():
     for payload in (good[:16] + b'Q' + good[17:], good[:-1]):  # unknown type code; no terminating NUL
         with pytest.raises(_transfer.TransferError, match='malformed record'):
             _transfer.decode_records(payload)
+
+
+def test_the_inode_cache_warm_up_lists_the_tree_in_the_background_and_is_optional(staged, monkeypatch):
+    root, dummy = staged
+    rec = _transfer.Receiver(None)
+    rec._warm_inode_cache(root)
+    assert len(rec.procs) == 1 and rec.procs[0].wait(timeout=30) == 0  # GNU find read every entry
+    monkeypatch.setenv('PATH', '/nonexistent')
+    rec._warm_inode_cache(root)  # no find: nothing started, no error
+    assert len(rec.procs) == 1
