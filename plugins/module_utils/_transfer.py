@@ -794,15 +794,21 @@ def compute_delta(source_records, dest_records):
     # order is computed (walk_key) only where the streams are not aligned, an addition or a deletion.
     last_dst = None  # path of the destination record consumed last
 
+    def ordered(key, prev_key):
+        if prev_key is not None and key <= prev_key:
+            raise TransferError('protocol error: destination records are not in walk order')
+        return key
+
     def advance_dst(prev_key):
         """The next destination record and its key, checked to come after ``prev_key``."""
         item = next(dst_iter, None)
         if item is None:
             return None, None
-        key = walk_key(item[0])
-        if key <= prev_key:
-            raise TransferError('protocol error: destination records are not in walk order')
-        return item, key
+        return item, ordered(walk_key(item[0]), prev_key)
+
+    def resume_dst():
+        """The current destination record's key, checked to come after the one consumed last."""
+        return ordered(walk_key(dst[0]), walk_key(last_dst) if last_dst is not None else None)
 
     unchanged = 0
     for relpath, digest, code, st in source_records:
@@ -812,9 +818,7 @@ def compute_delta(source_records, dest_records):
             link_groups.setdefault((st.st_dev, st.st_ino), []).append(relpath)
         if dst is not None and dst[0] != relpath:
             key = walk_key(relpath)
-            dst_key = walk_key(dst[0])
-            if last_dst is not None and dst_key <= walk_key(last_dst):
-                raise TransferError('protocol error: destination records are not in walk order')
+            dst_key = resume_dst()
             while dst is not None and dst_key < key:
                 delete.add(dst[0])
                 last_dst = dst[0]
@@ -833,9 +837,7 @@ def compute_delta(source_records, dest_records):
             send[relpath] = (code, st)
     plan.unchanged = unchanged
     if dst is not None:
-        dst_key = walk_key(dst[0])
-        if last_dst is not None and dst_key <= walk_key(last_dst):
-            raise TransferError('protocol error: destination records are not in walk order')
+        dst_key = resume_dst()
         while dst is not None:
             delete.add(dst[0])
             dst, dst_key = advance_dst(dst_key)

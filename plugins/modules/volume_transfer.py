@@ -51,9 +51,11 @@ description:
     C(<volume dir>/.volumeops-staged-records) (mode 0600, beside the marker; paths and metadata, no file data), so
     that the next pass (the final delta, during the downtime) plans without walking the destination first; any
     pass removes the file before it changes the volume. They are used only while the staged tree''s root and the
-    marker are as that pass left them and the file''s checksum is whole; the final pass still walks the whole
-    tree to verify it. If something wrote into the staged tree in between, that walk finds it and the pass is
-    repeated on a fresh walk of the destination (a warning says so, RV(dest_records_rewalked)).'
+    marker are as that pass left them and the file''s checksum is whole; the pass still walks the whole tree
+    afterwards to verify it. If something wrote into the staged tree in between, that walk finds it: a final pass
+    is then repeated on a fresh walk of the destination (a warning says so, RV(dest_records_rewalked)); a warm
+    pass reports RV(verified=false), as when the source changed during it, and the next pass plans on what that
+    walk found.'
   - A full pass (not in check mode) starts GNU tar and the compressor on the source at once, beside the source's
     metadata walk and the connection. Their output waits in memory (at most 32 MiB) until the destination has
     answered and the checks passed, and is dropped when one fails, so nothing reaches the destination earlier
