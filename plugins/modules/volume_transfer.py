@@ -48,7 +48,8 @@ description:
     metadata (type, size, mtime, mode, owner, link target, xattrs/ACLs) changed are sent, and what the source no
     longer has is deleted on the destination.
   - 'A pass with O(finalize=false) keeps the records of its verification walk of the staged tree in
-    C(<volume dir>/.volumeops-staged-records) (mode 0600, beside the marker; paths and metadata, no file data), so
+    C(<volume dir>/.volumeops-staged-records) (mode 0600, beside the marker; paths and metadata, no file data,
+    about 150 bytes per entry), so
     that the next pass (the final delta, during the downtime) plans without walking the destination first; any
     pass removes the file before it changes the volume. They are used only while the staged tree''s root and the
     marker are as that pass left them and the file''s checksum is whole; the pass still walks the whole tree

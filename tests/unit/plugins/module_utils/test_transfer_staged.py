@@ -291,3 +291,14 @@ def test_the_inode_cache_warm_up_lists_the_tree_in_the_background_and_is_optiona
     monkeypatch.setenv('PATH', '/nonexistent')
     rec._warm_inode_cache(root)  # no find: nothing started, no error
     assert len(rec.procs) == 1
+
+
+def test_a_record_that_does_not_start_with_its_path_drops_the_kept_records(staged):
+    # The file stores each record without its first field (the path again): a record that is not
+    # entry_record's shape cannot be stored that way, so nothing is kept rather than something wrong.
+    root, path = staged
+    writer = _transfer.StagedRecordsWriter(path)
+    entry = _tree.Entry(b'.', os.fsencode(root), os.lstat(root))
+    writer.add(entry, 'd', b'./elsewhere\0d\0', b'0' * 16)
+    assert not writer.commit(migration_id='m1', summary={'fingerprint': 'x'})
+    assert not os.path.exists(path) and not os.path.exists(path + '.tmp')
