@@ -328,7 +328,7 @@ class TreeScan(object):
     """
 
     def __init__(self, root, exclude=None, content=False, with_change_token=False, spill=None, reuse=None,
-                 started_ns=None, keep=None):
+                 started_ns=None):
         self.root = root
         self.started_ns = started_ns  # the change token's start, when reading began before this walk
         self.exclude = exclude
@@ -337,9 +337,8 @@ class TreeScan(object):
         self._want_content = content
         self._want_token = with_change_token
         self.changes = None  # the change token's ChangeHasher while walking (with_change_token)
-        self._spill = spill  # a RecordSpill keeping this walk's records for a later walk's ``reuse``
+        self._spill = spill  # a RecordSpill keeping this walk's records (a later walk's ``reuse``, the next pass's)
         self._reuse = reuse  # a RecordSpill of an earlier walk: its records of unchanged entries are taken as they are
-        self._keep = keep  # a StagedRecordsWriter keeping every record and digest for the next pass (receiver)
 
     def __iter__(self):
         fingerprint_sum = _tree.FingerprintAccumulator()
@@ -373,14 +372,12 @@ class TreeScan(object):
                     record = _tree.entry_record(entry, code)
                 if changes is not None:
                     changes.recorded(entry, record)
-                if self._spill is not None:
-                    self._spill.add(entry.relpath, entry.st, record)
                 # The delta compares the record as fingerprinted: with a hard link's first path, so that a
                 # link made or broken is sent again even when no member's own metadata changed.
                 hashed = fingerprint_sum.add(entry, code, record)
                 digest = sha256(hashed).digest()[:16]  # _tree.record_digest, inlined
-                if self._keep is not None:
-                    self._keep.add(entry, code, record, digest)
+                if self._spill is not None:
+                    self._spill.add(entry, code, record, digest)
                 yield entry.relpath, digest, code, entry
         except BaseException:
             if changes is not None:
@@ -409,46 +406,67 @@ class RecordSpill(object):
     A kept record is reused only while the entry's inode number and ctime are unchanged, and only when
     that ctime was already CTIME_SETTLED_NS older than the start of the first walk. The reasoning is
     _tree.ChangeToken's: the kernel moves ctime on every change of a fingerprinted property, and ctime
-    cannot be set back. Entries changed shortly before the walk are not kept. If the temporary file
-    cannot be written (a full /tmp), the spill is dropped and the full walk decides.
+    cannot be set back. Entries changed shortly before the walk are written but marked unsettled, and
+    never reused (``kept`` counts the settled ones). If the file cannot be written (a full /tmp), the
+    spill is dropped and the full walk decides.
+
+    Per entry: a HEAD, the path, and the record without its first field (the path again). The same
+    format serves StagedRecordsWriter, which keeps a verification walk's records for the next pass.
     """
 
-    HEAD = struct.Struct('>IIQq')  # path length, record length, inode, ctime_ns
+    HEAD = struct.Struct('>IIQqB16s1s')  # path length, rest's length, inode, ctime_ns, settled, digest, type code
 
-    def __init__(self, kept_file=None):
+    def __init__(self, kept_file=None, body_end=None):
         self.started_ns = time.time_ns()
         self.kept = 0
         self.reused = 0
+        self.body_end = body_end  # bytes of entries in the file, known once the walk finished
+        self._size = 0
         self._pending = []
-        self._finished = kept_file is not None
         self._kept_iter = None
         self._cur = None
-        if kept_file is not None:
-            self._file = kept_file  # records kept by another process (StagedRecords)
-            return
+        self._file = kept_file if kept_file is not None else self._open()
+
+    def _open(self):
         try:
-            self._file = tempfile.TemporaryFile(prefix='volumeops-records-')
+            return tempfile.TemporaryFile(prefix='volumeops-records-')
         except OSError:
-            self._file = None
+            return None
 
     @property
     def usable(self):
-        return self._file is not None and self._finished
+        return self._file is not None and self.body_end is not None
 
-    def add(self, relpath, st, record):
-        if self._file is None or st.st_ctime_ns >= self.started_ns - _tree.CTIME_SETTLED_NS:
+    def add(self, entry, code, record, digest):
+        """Keep one entry as the walk yields it (TreeScan's ``spill``)."""
+        if self._file is None:
             return
-        self._pending.append(self.HEAD.pack(len(relpath), len(record), st.st_ino, st.st_ctime_ns) + relpath + record)
-        self.kept += 1
+        relpath = entry.relpath
+        head = len(relpath) + 1
+        if record[:head] != relpath + b'\0':  # entry_record starts with the path and a NUL
+            self.discard()
+            return
+        st = entry.st
+        settled = st.st_ctime_ns < self.started_ns - _tree.CTIME_SETTLED_NS
+        self.kept += settled
+        self._pending.append(self.HEAD.pack(len(relpath), len(record) - head, st.st_ino, st.st_ctime_ns, settled,
+                                            digest, code.encode('ascii')) + relpath + record[head:])
         if len(self._pending) >= 1024:
             self._flush()
 
     def _flush(self):
-        try:
-            self._file.write(b''.join(self._pending))
-        except OSError:
-            self.close()
+        data = b''.join(self._pending)
         self._pending = []
+        try:
+            self._file.write(data)
+        except OSError:
+            self.discard()
+            return
+        self._size += len(data)
+        self._written(data)
+
+    def _written(self, data):
+        """What was just written (StagedRecordsWriter checksums it)."""
 
     def finish(self):
         """The walk ended: the spill can be read (usable)."""
@@ -457,23 +475,29 @@ class RecordSpill(object):
         if self._file is not None:
             try:
                 self._file.flush()
-                self._finished = True
+                self.body_end = self._size
             except OSError:
-                self.close()
+                self.discard()
 
-    def __iter__(self):
-        """(relpath, inode, ctime_ns, record) in the order they were kept, from the first one."""
-        self._file.seek(0)
-        read = self._file.read
+    def _entries(self):
+        """(relpath, inode, ctime_ns, settled, digest, type code, record without its path) of every entry."""
+        f = self._file
+        f.seek(0)
+        read = f.read
         size = self.HEAD.size
         unpack = self.HEAD.unpack
-        while True:
-            head = read(size)
-            if len(head) < size:
-                return
-            path_len, record_len, ino, ctime_ns = unpack(head)
-            body = read(path_len + record_len)
-            yield body[:path_len], ino, ctime_ns, body[path_len:]
+        left = self.body_end
+        while left >= size:
+            path_len, rest_len, ino, ctime_ns, settled, digest, code = unpack(read(size))
+            body = read(path_len + rest_len)
+            left -= size + path_len + rest_len
+            yield body[:path_len], ino, ctime_ns, settled, digest, code, body[path_len:]
+
+    def __iter__(self):
+        """(relpath, inode, ctime_ns, record) of the settled entries, in walk order, from the first one."""
+        for relpath, ino, ctime_ns, settled, dummy, dummy, rest in self._entries():
+            if settled:
+                yield relpath, ino, ctime_ns, relpath + b'\0' + rest
 
     def rewind(self):
         """Start a walk that reuses the kept records (``record_for``), from the first one."""
@@ -507,16 +531,12 @@ class RecordSpill(object):
             self._file.close()
             self._file = None
 
-
-def remove_file(path):
-    """Unlink ``path``; missing is fine."""
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
+    def discard(self):
+        """Drop what was kept (a write failed, or nothing is to be kept)."""
+        self.close()
 
 
-class StagedRecordsWriter(object):
+class StagedRecordsWriter(RecordSpill):
     """Keeps the records of a verification walk of a staged tree for the next pass (``StagedRecords``).
 
     A two-phase migration's final delta runs during the application's downtime. Its destination
@@ -528,64 +548,42 @@ class StagedRecordsWriter(object):
     pass's verification walks the whole tree again (what the delta is checked by), and when it
     finds a difference the pass is repeated on a fresh walk (``run_transfer``).
 
-    Written as it walks, into ``<path>.tmp`` (0600, beside the marker, on the volume directory's
-    filesystem), then renamed: per entry a HEAD, the path and the record without its first field
-    (the path again); then a JSON trailer, its length and the sha256 of all that, so a file cut
-    short by a crash is recognised and ignored. About 160 bytes per entry. A write error drops it
-    (the next pass walks).
+    Written as it walks (RecordSpill's format), into ``<path>.tmp`` (0600, beside the marker, on the
+    volume directory's filesystem), then renamed; after the entries a JSON trailer, its length and
+    the sha256 of all that, so a file cut short by a crash is recognised and ignored. About 150
+    bytes per entry. A write error drops it (the next pass walks).
     """
 
-    HEAD = struct.Struct('>IIQqB16s1s')  # path length, rest's length, inode, ctime_ns, settled, digest, type code
     TAIL = struct.Struct('>Q')  # trailer length
 
     def __init__(self, path):
         self.path = path
         self.tmp = path + '.tmp'
-        self.started_ns = time.time_ns()
         self.root = None  # [inode, ctime_ns, mtime_ns] of the tree's root as walked
         self._hash = hashlib.sha256()
-        self._pending = []
-        self._file = None
+        RecordSpill.__init__(self)
+
+    def _open(self):
         try:
-            remove_file(self.tmp)  # a killed writer's (the volume's lock is held: no other is writing)
+            _archive.remove_tree(self.tmp)  # a killed writer's (the volume's lock is held: no other is writing)
             fd = os.open(self.tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-            self._file = os.fdopen(fd, 'wb')
+            return os.fdopen(fd, 'wb')
         except OSError:
-            self._file = None
+            return None
 
     def add(self, entry, code, record, digest):
-        if self._file is None:
-            return
-        st = entry.st
         if entry.relpath == b'.':
+            st = entry.st
             self.root = [st.st_ino, st.st_ctime_ns, st.st_mtime_ns]
-        settled = st.st_ctime_ns < self.started_ns - _tree.CTIME_SETTLED_NS  # as RecordSpill.add
-        head = len(entry.relpath) + 1
-        if record[:head] != entry.relpath + b'\0':  # entry_record starts with the path and a NUL
-            self.discard()
-            return
-        rest = record[head:]
-        self._pending.append(self.HEAD.pack(len(entry.relpath), len(rest), st.st_ino, st.st_ctime_ns,
-                                            settled, digest, code.encode('ascii')) + entry.relpath + rest)
-        if len(self._pending) >= 1024:
-            self._flush()
+        RecordSpill.add(self, entry, code, record, digest)
 
-    def _flush(self):
-        data = b''.join(self._pending)
-        self._pending = []
-        try:
-            self._file.write(data)
-        except OSError:
-            self.discard()
-            return
+    def _written(self, data):
         self._hash.update(data)
 
     def commit(self, **trailer):
         """Put the records under their name (True), or drop them (False: the next pass walks)."""
-        if self._file is None:
-            return False
-        self._flush()
-        if self._file is None or self.root is None:
+        self.finish()
+        if not self.usable or self.root is None:
             self.discard()
             return False
         tail = json.dumps(dict(trailer, version=STAGED_RECORDS_VERSION, root=self.root,
@@ -594,8 +592,7 @@ class StagedRecordsWriter(object):
         self._hash.update(tail)
         try:
             self._file.write(tail + self._hash.digest())
-            self._file.close()
-            self._file = None
+            self.close()
             os.rename(self.tmp, self.path)
         except OSError:
             self.discard()
@@ -603,14 +600,12 @@ class StagedRecordsWriter(object):
         return True
 
     def discard(self):
-        if self._file is not None:
-            try:
-                self._file.close()
-            except OSError:
-                pass
-            self._file = None
         try:
-            remove_file(self.tmp)
+            self.close()
+        except OSError:
+            pass
+        try:
+            _archive.remove_tree(self.tmp)
         except OSError:
             pass  # the next writer removes it first
 
@@ -623,11 +618,8 @@ class StagedRecords(RecordSpill):
     entries whose ctime had settled, as a base walk's spill would.
     """
 
-    HEAD = StagedRecordsWriter.HEAD
-
     def __init__(self, f, body_end, trailer):
-        RecordSpill.__init__(self, kept_file=f)
-        self.body_end = body_end
+        RecordSpill.__init__(self, kept_file=f, body_end=body_end)
         self.summary = trailer['summary']
 
     @classmethod
@@ -676,28 +668,10 @@ class StagedRecords(RecordSpill):
             return None
         return cls(f, body_end, trailer)
 
-    def _entries(self):
-        f = self._file
-        f.seek(0)
-        read = f.read
-        size = self.HEAD.size
-        unpack = self.HEAD.unpack
-        left = self.body_end
-        while left >= size:
-            path_len, rest_len, ino, ctime_ns, settled, digest, code = unpack(read(size))
-            body = read(path_len + rest_len)
-            left -= size + path_len + rest_len
-            yield body[:path_len], ino, ctime_ns, settled, digest, code, body[path_len:]
-
     def records(self):
         """(relpath, digest, type code) of every entry, in walk order."""
         for relpath, dummy, dummy, dummy, digest, code, dummy in self._entries():
             yield relpath, digest, code.decode('ascii')
-
-    def __iter__(self):
-        for relpath, ino, ctime_ns, settled, dummy, dummy, rest in self._entries():
-            if settled:
-                yield relpath, ino, ctime_ns, relpath + b'\0' + rest
 
 
 def run_transfer(new_sender, warn):
@@ -1750,7 +1724,7 @@ class Sender(object):
         final = self._final()
         duration = time.time() - started
         result['dest_records_reused'] = final.get('records_reused') or 0
-        result['dest_records_kept'] = bool(final.get('base_cached'))
+        result['dest_records_kept'] = bool(final.get('base_kept'))
         result.update(changed=True, bytes_sent=io_.sent, dest_fingerprint=final.get('dest_fingerprint'),
                       verified=bool(final.get('verified')), dest_state=final.get('dest_state'),
                       duration=round(duration, 3), source_fingerprint=after.fingerprint,
@@ -1823,7 +1797,7 @@ class Sender(object):
         dummy, payload = self.io.recv_expect(b'F')
         final = _json(payload)
         if not final.get('ok') and not allow_error:
-            if final.get('cached_base_mismatch'):
+            if final.get('kept_base_mismatch'):
                 raise StaleStagedRecords(final.get('msg'))
             raise TransferError(final.get('msg') or 'the destination did not accept the transfer')
         return final
@@ -2338,7 +2312,7 @@ class Receiver(object):
         self.end_conflict = None  # why the pass must not go on, found by the walk (_send_records)
         self.lock = None  # the volume's lock (_archive.VolumeLock), held until the receiver ends
         self.marker = None  # the volume's marker as _state read it
-        self.base_cached = False  # the delta's base records are the ones the previous pass kept (StagedRecords)
+        self.base_kept = False  # the delta's base records are the ones the previous pass kept (StagedRecords)
 
     # helpers ---------------------------------------------------------------
     def _marker(self, state, **extra):
@@ -2589,7 +2563,7 @@ class Receiver(object):
         kept = self._staged_records() if records and root is not None and root == self.staging else None
         if kept is not None:
             # No walk: the records the previous pass kept of this staged tree (StagedRecordsWriter).
-            self.base_cached = True
+            self.base_kept = True
             self._warm_inode_cache(root)
             self._send_record_frames(kept.records())
             summary = kept.summary
@@ -2684,8 +2658,8 @@ class Receiver(object):
         """Before anything in the volume changes: kept records describe the staged tree only until then."""
         if self.marker_path is not None:
             path = self._staged_records_path()
-            remove_file(path)
-            remove_file(path + '.tmp')
+            _archive.remove_tree(path)
+            _archive.remove_tree(path + '.tmp')
 
     def _send_content_digest(self):
         """The content digest of the complete ``_data`` (C frame: verify=content found its metadata equal)."""
@@ -2852,7 +2826,7 @@ class Receiver(object):
             # A pass that leaves the tree staged keeps this walk's records for the next pass, which then
             # plans without walking the tree first (StagedRecordsWriter).
             keep = None if h.get('finalize', True) else StagedRecordsWriter(self._staged_records_path())
-            scan = TreeScan(self.staging, content=h.get('verify') == 'content', reuse=reuse, keep=keep)
+            scan = TreeScan(self.staging, content=h.get('verify') == 'content', reuse=reuse, spill=keep)
             # A final pass: the tree is on disk before it is swapped in and marked complete, so a power loss
             # after that cannot leave a "complete" volume of empty files (delayed allocation) while the role
             # goes on to remove the source. A warm pass writes its data back too, while the application
@@ -2888,7 +2862,7 @@ class Receiver(object):
         verified = not problems
         result = dict(ok=True, verified=verified, dest_fingerprint=summary.fingerprint, entries=summary.entries,
                       content_digest=dest_content, dest_state='staging', warnings=self.warnings,
-                      records_reused=reused, base_cached=self.base_cached)
+                      records_reused=reused, base_kept=self.base_kept)
         if not h.get('finalize', True):
             self.hello['source']['fingerprint'] = src.get('fingerprint')
             self._marker('staging', staged_fingerprint=summary.fingerprint)
@@ -2908,7 +2882,7 @@ class Receiver(object):
             result.update(ok=False, msg='Verification failed on the destination: %s. The destination volume is not '
                           'marked complete (data left staged). %s' % ('; '.join(problems), hint))
             # Planned on kept records that a change since the previous pass made wrong: worth a pass on a walk.
-            result['cached_base_mismatch'] = self.base_cached and (
+            result['kept_base_mismatch'] = self.base_kept and (
                 summary.entries != src.get('entries') or summary.fingerprint != src.get('fingerprint'))
             self.io.send_json(b'F', result)
             return

@@ -49,9 +49,8 @@ description:
     longer has is deleted on the destination.
   - 'A pass with O(finalize=false) keeps the records of its verification walk of the staged tree in
     C(<volume dir>/.volumeops-staged-records) (mode 0600, beside the marker; paths and metadata, no file data,
-    about 150 bytes per entry), so
-    that the next pass (the final delta, during the downtime) plans without walking the destination first; any
-    pass removes the file before it changes the volume. They are used only while the staged tree''s root and the
+    about 150 bytes per entry), so that the next pass (the final delta, during the downtime) plans without
+    walking the destination first; any pass removes the file before it changes the volume. They are used only while the staged tree''s root and the
     marker are as that pass left them and the file''s checksum is whole; the pass still walks the whole tree
     afterwards to verify it. If something wrote into the staged tree in between, that walk finds it: a final pass
     is then repeated on a fresh walk of the destination (a warning says so, RV(dest_records_rewalked)); a warm

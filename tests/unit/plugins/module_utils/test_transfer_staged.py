@@ -38,7 +38,7 @@ def _keep(root, path, migration_id='m1', settled=True):
     writer = _transfer.StagedRecordsWriter(path)
     if settled:  # as if the tree had been written well before the walk
         writer.started_ns += 10 * _tree.CTIME_SETTLED_NS
-    scan = _transfer.TreeScan(root, keep=writer)
+    scan = _transfer.TreeScan(root, spill=writer)
     records = [(relpath, digest, code) for relpath, digest, code, dummy in scan]
     assert writer.commit(migration_id=migration_id, summary=scan.summary.as_dict())
     return records, scan.summary
@@ -146,7 +146,7 @@ def test_kept_records_that_cannot_be_written_are_dropped(tmp_path):
     _staged_tree(root)
     path = str(tmp_path / 'gone' / _transfer.STAGED_RECORDS_NAME)  # its directory does not exist
     writer = _transfer.StagedRecordsWriter(path)
-    scan = _transfer.TreeScan(root, keep=writer)
+    scan = _transfer.TreeScan(root, spill=writer)
     assert scan.run().entries > 0  # the walk itself is not disturbed
     assert not writer.commit(migration_id='m1', summary=scan.summary.as_dict())
     assert not os.path.exists(path)
@@ -155,7 +155,7 @@ def test_kept_records_that_cannot_be_written_are_dropped(tmp_path):
 def test_discarded_records_leave_nothing(staged):
     root, path = staged
     writer = _transfer.StagedRecordsWriter(path)
-    _transfer.TreeScan(root, keep=writer).run()
+    _transfer.TreeScan(root, spill=writer).run()
     assert os.path.exists(path + '.tmp')
     writer.discard()
     assert not os.path.exists(path + '.tmp') and not os.path.exists(path)
