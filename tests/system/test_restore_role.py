@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 
-from test_backup_role import archives_of, listing
+from test_backup_role import archives_of, damage_in_place, listing
 from test_migrate import assert_same_tree, cleanup, digest, make_volume, rand, recap, sh, volume_inspect
 
 PLAYBOOK = 'playbooks/restore-volumes.yml'
@@ -130,7 +130,7 @@ def test_restore_refusal_check_mode_replace_copy_rerun_and_damaged_archive(bench
         # A damaged archive (one byte changed): refused before anything is written; the volume the
         # restore would have created is not left behind.
         archive = '%s/%s' % (src, archives_of(listing(bench, 'h1', src), other)[0])
-        sh(bench, 'h1', ['sh', '-c', 'printf X | dd of="$1" bs=1 seek=200 conv=notrunc status=none', 'sh', archive])
+        damage_in_place(bench, 'h1', archive, 200)
         bad = play({'restore_hosts': 'h1', 'restore_volumes': [{'name': damaged, 'archive': archive}]})
         assert bad.recap['h1']['failed'] == 1, bad.stdout[-6000:]
         assert re.search(r'%s: FAILED: .*(checksum|corrupt)' % damaged, bad.stdout), bad.stdout[-6000:]
