@@ -568,6 +568,38 @@ def test_streams_read_differently_by_gnu_tar_are_refused(case, _run):
         _run(_hand_built(PARSER_DIFFERENTIALS[case]))
 
 
+# A file member named like a directory: GNU tar extracts it as a directory and reads its "data" as headers.
+SLASH_NAMED = {
+    'ustar name': _ustar('./cover/', size=len(_HIDDEN)) + _HIDDEN,
+    'old-style file type': _ustar('./cover/', tarfile.AREGTYPE, size=len(_HIDDEN)) + _HIDDEN,
+    'pax path': _ext({b'path': b'./cover/'}, b'x') + _ustar('./cover', size=len(_HIDDEN)) + _HIDDEN,
+    'GNU long name': _ext(b'./' + b'c' * 120 + b'/\0', b'L') + _ustar('./cover', size=len(_HIDDEN)) + _HIDDEN,
+    'symlink': _ustar('./l/', tarfile.SYMTYPE),
+}
+
+
+@pytest.mark.parametrize('case', sorted(SLASH_NAMED))
+def test_non_directory_members_with_a_directory_name_are_refused(case, _run):
+    with pytest.raises(A.StreamRejected, match='has a directory name'):
+        _run(_hand_built(SLASH_NAMED[case]))
+
+
+def test_directory_members_may_end_in_a_slash(_run):
+    v, _out = _run(_hand_built(_ustar('./d/', tarfile.DIRTYPE) + _ext({b'path': b'./e/'}, b'x')
+                               + _ustar('./e', tarfile.DIRTYPE)))
+    assert v.entries == 3
+
+
+@needs_zstd_and_gnu_tar
+def test_gnu_tar_extracts_a_slash_named_file_as_a_directory_and_its_data_as_headers(tmp_path):
+    """Why the refusal: GNU tar extracts a member hidden in the 'data' of a file named like a directory (a
+    FIFO here, which needs no privilege, in place of the device node)."""
+    hidden = _ustar('./hidden_mem', tarfile.FIFOTYPE) + b'\0' * 512
+    subprocess.run(A.tar_extract_argv(str(tmp_path)), input=_hand_built(_ustar('./cover/', size=len(hidden)) + hidden),
+                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, check=False)
+    assert (tmp_path / 'cover').is_dir() and os.path.lexists(tmp_path / 'hidden_mem')
+
+
 @needs_zstd_and_gnu_tar
 @pytest.mark.parametrize('case', ['global size record', 'two x headers, the size in the first'])
 def test_gnu_tar_sees_the_member_the_old_validator_missed(case):
