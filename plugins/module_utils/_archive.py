@@ -1730,6 +1730,14 @@ def is_mounted_volume(driver, options):
     return (driver or 'local') == 'local' and bool(set(options or {}) & {'type', 'device'})
 
 
+MEMORY_MOUNT_TYPES = ('tmpfs', 'ramfs')
+
+
+def is_memory_volume(driver, options):
+    """A local volume mounting a memory filesystem: its content lives only while a container mounts it."""
+    return is_mounted_volume(driver, options) and str((options or {}).get('type', '')).strip() in MEMORY_MOUNT_TYPES
+
+
 def mounted_only_in_use(driver, options):
     """Whether a volume's data is mounted only while a container uses it (mount options, another driver):
     its directory on the host is otherwise an empty directory that is not its data."""
@@ -1791,13 +1799,16 @@ def merge_into(staging, target, progress=None):
             if stat.S_ISDIR(sst.st_mode) and dst_st is not None and stat.S_ISDIR(dst_st.st_mode):
                 stack.append((src, dst))
                 continue
-            if progress is not None:
-                progress.append(dst)  # before the first change to it
+            clears = dst_st is not None and (stat.S_ISDIR(dst_st.st_mode) or stat.S_ISDIR(sst.st_mode))
+            if progress is not None and clears:
+                progress.append(dst)  # before the first change to it: removing what is there
             if dst_st is not None and stat.S_ISDIR(dst_st.st_mode):
                 shutil.rmtree(dst)
             elif dst_st is not None and stat.S_ISDIR(sst.st_mode):
                 os.unlink(dst)  # the link itself, never what it points to
             os.rename(src, dst)  # replaces a file or symlink atomically, never follows it
+            if progress is not None and not clears:
+                progress.append(dst)  # a failed rename changed nothing
             moved += 1
     # Directory metadata, deepest first so parents' mtimes are set last.
     for src_dir, dst_dir, st in reversed(dirs):

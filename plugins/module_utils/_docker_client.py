@@ -71,6 +71,10 @@ def import_docker_sdk(docker_host=None):
 
 DEFAULT_DOCKER_HOST = 'unix:///var/run/docker.sock'
 MIN_DOCKER_SDK = (7, 0, 0)
+# Container states in which a container holds its volumes mounted and may write to them (or, restarting, is about
+# to): a paused container's processes resume where they were, over whatever was done to the volume meanwhile.
+# They count as running users: refused, or stopped by stop_containers and started again afterwards.
+ACTIVE_STATES = ('running', 'paused', 'restarting')
 
 
 def set_env_fallback(*names):
@@ -333,7 +337,8 @@ class AnsibleDockerClient(object):
     def containers_using_volume(self, name):
         """Containers (running or not) that mount the volume.
 
-        Returns dicts with name, id, running, state, destination, read_only, labels.
+        Returns dicts with name, id, running, state, destination, read_only, labels; ``running`` is true in
+        every state of ACTIVE_STATES (a paused container still holds the volume mounted).
         """
         result = []
         for summary in self.list_containers(filters={'volume': [name]}):
@@ -343,7 +348,7 @@ class AnsibleDockerClient(object):
                         name=(summary.get('Names') or ['/' + summary['Id'][:12]])[0].lstrip('/'),
                         id=summary['Id'],
                         state=summary.get('State'),
-                        running=summary.get('State') == 'running',
+                        running=summary.get('State') in ACTIVE_STATES,
                         destination=mount.get('Destination'),
                         read_only=not mount.get('RW', True),
                         labels=summary.get('Labels') or {},

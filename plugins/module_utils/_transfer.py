@@ -1499,8 +1499,11 @@ class Sender(object):
                 else:
                     msg = 'The receiver on the destination failed: %s' % err[-1500:]
         if msg is None:
+            # EOFError and some socket errors carry no text: their kind is the reason then.
+            reason = str(exc).strip() or ('the connection was closed' if isinstance(exc, EOFError)
+                                          else type(exc).__name__)
             msg = ('Connection to the destination %s was lost in the middle of the transfer (%s). The destination '
-                   'volume is not marked complete; rerun to finish.' % (self.p['dest_host'], exc))
+                   'volume is not marked complete; rerun to finish.' % (self.p['dest_host'], reason))
         return msg
 
     def _start_keepalive(self):

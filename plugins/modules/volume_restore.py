@@ -28,6 +28,11 @@ description:
     on a volume that is not empty (for the list of the archive's paths, to see whether the volume already holds
     them as archived) and diff mode (for the paths that would change). On a big archive that is 2 to 3 times the
     reading time of the restore alone. Each read is checked like the restore's.
+  - Check mode reads and checks the whole archive as a real run does (checksum, manifests, every member, with
+    O(allow_devices) as given) whenever it would restore, so an archive a real run refuses fails in check mode
+    too.
+  - The manifest sidecar (C(<archive>.manifest.json)) must agree with the checksummed manifest inside the archive
+    (volume, entry count, fingerprint) before anything is decided on it.
   - The staged tree is written to disk (C(syncfs), in the background while it is extracted and once more before the
     swap; C(sync) inside the helper container on that path) before it replaces the old content, so a power loss
     right after the restore cannot leave empty files where the old content was. The restore's duration includes
@@ -73,9 +78,10 @@ options:
       - Create the volume when it does not exist, with the driver, driver options and labels from the archive's
         manifest (the checksummed one inside the archive), or from O(driver), O(driver_options), O(labels) when
         given. A volume created by a restore that then fails is removed again.
-      - Driver options from the archive that mount a path of this host (a bind mount, C(o) with C(bind) or
-        C(rbind), C(type=none), or a C(device) that is an absolute local path) are refused; give O(driver_options)
-        to create such a volume. NFS (C(device=:/export)) and CIFS (C(device=//server/share)) options are used.
+      - Driver options from the archive are used only for C(nfs), C(nfs4), C(cifs), C(smb3) and C(tmpfs) mounts
+        that mount no path of this host. Others are refused (a bind mount, C(o) with C(bind) or C(rbind),
+        C(type=none), a C(device) that is an absolute local path, an C(overlay) mount, which names host
+        directories); give O(driver_options) to create such a volume.
       - A created volume with driver options (NFS, CIFS, a bind mount) or of another driver shows what its
         mount source already holds. It is treated like an existing volume (O(existing), idempotency); when
         that refuses, the volume is removed again, which leaves the data at its source alone. Check mode cannot
@@ -114,8 +120,13 @@ options:
     choices: [fail, replace, merge]
     default: fail
   stop_containers:
-    description: Stop the running containers that use the volume during the restore and start exactly those again
-      afterwards, also when the restore fails.
+    description:
+      - Stop the running containers that use the volume during the restore and start exactly those again
+        afterwards, also when the restore fails. Paused and restarting containers count as running (a paused one is
+        started again running, not paused).
+      - Refused for a memory volume (C(type=tmpfs) or C(ramfs)), whose content lives only while a container mounts
+        it. A restore into such a volume needs a running container that keeps it mounted (otherwise it is refused
+        too, since what it wrote would be gone when it ends).
     type: bool
     default: false
   force:
@@ -139,9 +150,9 @@ options:
     description:
       - V(auto) writes the mountpoint directly for C(local) volumes without mount options when the daemon is local,
         and uses a helper container otherwise. V(local) and V(helper) force one path.
-      - V(local) on a volume with mount options (NFS, a bind mount, ...) or of another driver works only while a
-        container uses it (mounted); otherwise its directory on the host is not its data, and it fails before
-        anything changes.
+      - V(local) is refused for a volume with mount options (NFS, a bind mount, tmpfs, ...) or of another driver,
+        before anything changes, because the local path stages beside the volume's directory and exchanges it whole, which
+        a filesystem mounted there cannot be (and stopping its containers would unmount it).
     type: str
     choices: [auto, local, helper]
     default: auto
@@ -288,6 +299,42 @@ def host_path_mount(options):
     return None
 
 
+# The fields of the two manifest copies (in the stream, and the sidecar) that decide what a restore does.
+MANIFEST_DECIDING_KEYS = ('volume', 'entries', 'fingerprint')
+
+
+def manifest_mismatch(stream_manifest, sidecar_manifest):
+    """The first deciding field in which the sidecar copy differs from the in-stream manifest, or None."""
+    for key in MANIFEST_DECIDING_KEYS:
+        if stream_manifest.get(key) != sidecar_manifest.get(key):
+            return key
+    return None
+
+
+def sentence(text):
+    """``text`` ending with a full stop (tool messages often end without one), for the message that follows."""
+    text = str(text).rstrip()
+    return text if text.endswith(('.', '!', '?')) else text + '.'
+
+
+# Mount types whose local driver options a restore takes from an archive's manifest: they mount nothing of this
+# host's (overlay, for one, mounts host directories named in its ``o``; a block device type names a host device).
+ARCHIVE_MOUNT_TYPES = ('nfs', 'nfs4', 'cifs', 'smb3', 'tmpfs')
+
+
+def archive_options_refusal(options):
+    """Why a volume must not be created with the local driver ``options`` an archive's manifest gives, or None."""
+    host = host_path_mount(options)
+    if host is not None:
+        return ('which mount the host path %s into it: the restore would write into that host directory (and empty '
+                'it with existing: replace)' % host)
+    kind = str(options.get('type', '')).strip()
+    if options and kind not in ARCHIVE_MOUNT_TYPES:
+        return ('which mount a filesystem of type %s: of an archive\'s options only %s mounts are used (others, '
+                'such as overlay, can mount directories of this host)' % (kind or '(none)', ', '.join(ARCHIVE_MOUNT_TYPES)))
+    return None
+
+
 def _mtime_ns(text):
     """Nanoseconds from a pax/ustar mtime string ('1700000000.5', '1700000000')."""
     whole, _sep, frac = str(text).partition('.')
@@ -311,6 +358,7 @@ class RestoreManager(object):
         self.merging = False  # set once a merge starts moving entries (a merge is not atomic)
         self.merge_progress = []  # paths a local merge changed so far (merge_into)
         self.stream_manifest = None
+        self.stream_checked = False  # the whole archive was read and checked (check and diff modes)
         self.lock = None  # the volume's lock (local data path)
         self.remove_on_fail = False  # the volume was created by this run: a refusal removes it again
         self.result = dict(changed=False, volume=self.p['volume'], created=False, stopped_containers=[])
@@ -341,6 +389,9 @@ class RestoreManager(object):
             # Not silently ignored: whoever sets it expects the archive to be that host's.
             self.fail('source_host chooses among the archives of archive=latest; with an archive path, leave it out.')
         path = p['archive']
+        if os.path.isdir(path):
+            self.fail('Archive %s is a directory, not an archive file (name the file, or use archive: latest with '
+                      'src: %s).' % (path, path))
         if not os.path.isfile(path):
             self.fail('Archive %s does not exist.' % path)
         return path
@@ -385,13 +436,47 @@ class RestoreManager(object):
         if mode == 'local':
             if not self.client.is_local:
                 self.fail('data_path=local needs a local daemon (docker_host unix://).')
-            err = local_path_error(self.p['volume'], driver, options, mp)
-            if err:
+            if _archive.mounted_only_in_use(driver, options):
+                # The local path stages beside _data and exchanges the directory whole: a filesystem mounted
+                # on _data can be neither exchanged nor reached by a rename from beside it, and stopping its
+                # containers (stop_containers) would unmount it under the restore.
+                err = local_path_error(self.p['volume'], driver, options, mp) or (
+                    'Volume %s (driver %s, options %s) is a filesystem mounted on its directory while a container '
+                    'uses it: data_path=local restores only plain local volumes (it exchanges their directory '
+                    'whole). Use data_path=auto or data_path=helper (with helper_image).'
+                    % (self.p['volume'], driver or 'local', json.dumps(options or {}, sort_keys=True)))
                 self.fail(err + ' Nothing was changed.')
             return 'local'
         if mode == 'helper':
             return 'helper'
         return 'local' if direct_ok else 'helper'
+
+    def refuse_memory_volume(self, info, driver, options):
+        """Fail for a memory volume (tmpfs) whose restored content would not outlive the restore.
+
+        Its content lives only while a container mounts it: with no running user, each helper container mounts
+        a new empty one (what the restore wrote is gone when it ends), and stopping its users (stop_containers)
+        destroys what it held and then what the restore wrote.
+        """
+        p = self.p
+        if info is not None:
+            driver, options = info.get('Driver'), info.get('Options')
+        if not _archive.is_memory_volume(driver, options):
+            return
+        users = []
+        if info is not None:
+            with self.client.errors('Listing containers using %s' % p['volume']):
+                users = [c['name'] for c in self.client.containers_using_volume(p['volume']) if c['running']]
+        what = 'volume %s (type=%s)' % (p['volume'], (options or {}).get('type'))
+        if not users:
+            self.fail('The %s keeps its content only while a container mounts it, and no running container does: what '
+                      'the restore wrote would be gone when it ends. Start a container that uses the volume first '
+                      '(and restore without stop_containers). Nothing was changed.' % what)
+        if p['stop_containers']:
+            self.fail('stop_containers would stop %s, the last running user(s) of %s, which keeps its content only '
+                      'while a container mounts it: its content, and then what the restore wrote, would be gone. '
+                      'Nothing was stopped or changed. Restore without stop_containers.'
+                      % (', '.join(sorted(users)), what))
 
     def current_summary(self, info, path_kind, helper, version):
         """The volume's TreeSummary, of fingerprint ``version`` (the manifest's, which it is compared with)."""
@@ -457,8 +542,7 @@ class RestoreManager(object):
             mt = m.mtime.decode() if isinstance(m.mtime, bytes) else str(m.mtime)
             members[m.path] = (m.type, m.size if m.type == 'f' else 0, _mtime_ns(mt), m.mode & 0o7777, m.uid, m.gid,
                                m.linkname if m.type == 'l' else b'')
-        with open(archive, 'rb') as f:
-            _archive.list_stream(_archive.file_chunks(f), compression, allow_devices=True, on_member=on_member)
+        self.check_stream(archive, compression, on_member=on_member)
         added, changed, removed = [], [], []
         for path, rec in members.items():
             cur = current.get(path)
@@ -475,6 +559,15 @@ class RestoreManager(object):
                  [('- ' + _show(x)) for x in sorted(removed)[:SAMPLE]]
         return dict(added=len(added), changed=len(changed), removed=len(removed), sample=sample[:SAMPLE])
 
+    def check_stream(self, archive, compression, on_member=None):
+        """Read the whole archive and check it as a restore would, writing nothing (check and diff modes): the
+        checksum, the manifests, every member (allow_devices as given). Raises ArchiveError."""
+        with open(archive, 'rb') as f:
+            res = _archive.list_stream(_archive.file_chunks(f), compression, allow_devices=self.p['allow_devices'],
+                                       on_member=on_member)
+        self._check(res['sha256'], self.expected_sha, res['manifest'], self.manifest, res['entries'])
+        self.stream_checked = True
+
     # -- main
     def run(self):
         p = self.p
@@ -487,9 +580,17 @@ class RestoreManager(object):
             # created; the sidecar copy, which nothing verifies, only serves the cheap comparisons and is
             # checked against the in-stream one when the archive is read.
             self.stream_manifest = _archive.read_stream_manifest(archive, compression)
-            manifest = _archive.read_sidecar_manifest(archive) or self.stream_manifest
+            sidecar = _archive.read_sidecar_manifest(archive)
+            mismatch = manifest_mismatch(self.stream_manifest, sidecar) if sidecar is not None else None
+            if mismatch:
+                # Before anything is decided on it: "already matches" on a sidecar swapped in from another
+                # archive would silently skip the restore (a rollback that does not happen).
+                raise _archive.StreamRejected('the manifest inside the archive does not match %s.manifest.json '
+                                              '(%s).' % (archive, mismatch))
+            manifest = sidecar or self.stream_manifest
         except _archive.ArchiveError as exc:
-            self.fail('Restore of %s from %s refused: %s Nothing was changed.' % (p['volume'], archive, exc))
+            self.fail('Restore of %s from %s refused: %s Nothing was changed.' % (p['volume'], archive, sentence(exc)))
+        self.expected_sha, self.manifest = expected_sha, manifest
         if expected_sha is None:
             if p['require_checksum']:
                 self.fail('Archive %s has no checksum file %s.sha256; refusing to restore an unverifiable archive '
@@ -508,6 +609,7 @@ class RestoreManager(object):
             self.local_leftovers(info)
         path_kind = self.data_path(info, driver, options)
         self.result['data_path'] = path_kind
+        self.refuse_memory_volume(info, driver, options)
         helper = self.helper() if path_kind == 'helper' else None
         if path_kind == 'local':
             missing = _archive.check_tools(compression)
@@ -536,11 +638,23 @@ class RestoreManager(object):
                           'directory they are using (they keep the old one until restarted, and anything they '
                           'write meanwhile is lost). Set stop_containers: true to stop them for the restore and '
                           'start them again afterwards. Nothing was changed.' % (p['volume'], ', '.join(running)))
-            if running:
+            if running and _archive.is_memory_volume(info.get('Driver'), info.get('Options')):
+                self.warnings.append(
+                    'Running containers use volume %s (%s): the content changes underneath them (a memory volume '
+                    'cannot be restored with stop_containers: its content lives only while they run).'
+                    % (p['volume'], ', '.join(running)))
+            elif running:
                 self.warnings.append(
                     'Running containers use volume %s (%s): the content changes underneath them. Use '
                     'stop_containers: true.' % (p['volume'], ', '.join(running)))
         if self.check_mode:
+            if not self.stream_checked:
+                try:
+                    self.check_stream(archive, compression)
+                except _archive.ArchiveError as exc:
+                    self.result.update(changed=bool(self.result.get('recovered')), created=False)
+                    self.fail('Restore of %s from %s refused: %s Nothing was changed.'
+                              % (p['volume'], archive, sentence(exc)))
             return self.finish()
 
         created = False
@@ -581,7 +695,7 @@ class RestoreManager(object):
                     text = '%s (%s)' % (_archive.NO_SPACE_RESTORE % ('volume ' + p['volume']), text)
                 msg = 'Restore of %s from %s failed: %s.' % (p['volume'], archive, text)
             else:
-                msg = 'Restore of %s from %s refused: %s' % (p['volume'], archive, exc)
+                msg = 'Restore of %s from %s refused: %s' % (p['volume'], archive, sentence(exc))
             merged = exc.changed if isinstance(exc, MergeStopped) else len(self.merge_progress)
             self.result['changed'] = bool(self.result.get('recovered')) or (self.merging and merged > 0)
             self._restart_or_fail()
@@ -614,14 +728,12 @@ class RestoreManager(object):
             self.fail(str(exc))
         options = dict((str(k), str(v)) for k, v in (options or {}).items())
         if info is None and p['driver_options'] is None:
-            host = host_path_mount(options)
-            if host is not None:
-                self.fail('The archive\'s manifest would create volume %s with driver options %s, which mount the '
-                          'host path %s into it: the restore would write into that host directory (and empty it '
-                          'with existing: replace). An archive does not choose host paths: give driver_options '
-                          'yourself to create the volume that way (the same options to confirm them, or {} for a '
-                          'plain local volume). Nothing was changed.'
-                          % (p['volume'], json.dumps(options, sort_keys=True), host))
+            refusal = archive_options_refusal(options)
+            if refusal is not None:
+                self.fail('The archive\'s manifest would create volume %s with driver options %s, %s. An archive '
+                          'does not choose host paths: give driver_options yourself to create the volume that way '
+                          '(the same options to confirm them, or {} for a plain local volume). Nothing was changed.'
+                          % (p['volume'], json.dumps(options, sort_keys=True), refusal))
         return driver, options, labels
 
     def take_lock(self, info, created=False):
@@ -673,7 +785,7 @@ class RestoreManager(object):
             try:
                 merged = self.merged_summary(info, path_kind, helper, archive, compression, version)
             except (_archive.ArchiveError, HelperError) as exc:
-                self.fail('The archive cannot be restored: %s' % exc)
+                self.fail('Restore of %s from %s refused: %s Nothing was changed.' % (p['volume'], archive, sentence(exc)))
             if merged.fingerprint == manifest['fingerprint'] and merged.entries == manifest['entries']:
                 self.result['msg'] = UNCHANGED_MERGE_MSG
                 return True
@@ -685,7 +797,7 @@ class RestoreManager(object):
                 listing = helper.listing(p['volume']) if helper is not None else self.current_listing
                 self.result['changes'] = self.changes(archive, compression, listing, p['existing'])
             except (_archive.ArchiveError, HelperError) as exc:
-                self.fail('The archive cannot be restored: %s' % exc)
+                self.fail('Restore of %s from %s refused: %s Nothing was changed.' % (p['volume'], archive, sentence(exc)))
         return False
 
     def _restart_or_fail(self):
@@ -711,10 +823,10 @@ class RestoreManager(object):
         if expected_sha is not None and got_sha != expected_sha:
             raise _archive.StreamRejected('checksum mismatch: the archive hashes to %s, its .sha256 file says %s '
                                           '(corrupted or altered archive).' % (got_sha, expected_sha))
-        for key in ('volume', 'entries', 'fingerprint'):
-            if stream_manifest.get(key) != manifest.get(key):
-                raise _archive.StreamRejected('the manifest inside the archive does not match %s.manifest.json (%s).'
-                                              % (self.result['archive'], key))
+        mismatch = manifest_mismatch(stream_manifest, manifest)
+        if mismatch:
+            raise _archive.StreamRejected('the manifest inside the archive does not match %s.manifest.json (%s).'
+                                          % (self.result['archive'], mismatch))
         if members != manifest['entries'] and not self._tree_mismatch_ok(manifest):
             raise _archive.StreamRejected('the archive has %d members but its manifest lists %d entries.'
                                           % (members, manifest['entries']))

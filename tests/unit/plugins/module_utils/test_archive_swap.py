@@ -200,8 +200,33 @@ def test_merge_failing_part_way_reports_what_it_changed(tmp_path, monkeypatch):
     progress = []
     with pytest.raises(OSError):
         A.merge_into(staging, target, progress)
-    assert [os.path.basename(p) for p in progress] == ['a', 'b']
+    # b's failed rename changed nothing: only a counts
+    assert [os.path.basename(p) for p in progress] == ['a']
     assert _state(target) == {'a': 'a', 'keep.txt': 'keep'}
+
+
+def test_merge_failing_at_once_reports_nothing_changed_and_a_removal_as_a_change(tmp_path, monkeypatch):
+    target = str(tmp_path / 'vol')
+    staging = str(tmp_path / 'staging')
+    _write(os.path.join(target, 'keep.txt'), 'keep')
+    _write(os.path.join(target, 'd', 'old'), 'old')
+    _write(os.path.join(staging, 'a'), 'a')
+    _write(os.path.join(staging, 'd'), 'file where the volume has a directory')
+
+    def cross_device(src, dst):
+        raise OSError(18, 'Invalid cross-device link (injected)', src)
+    monkeypatch.setattr(A.os, 'rename', cross_device)
+    progress = []
+    with pytest.raises(OSError):
+        A.merge_into(staging, target, progress)
+    assert progress == []  # a's rename failed first: nothing was changed
+    assert _state(target) == {'d': 'dir', 'd/old': 'old', 'keep.txt': 'keep'}
+    os.unlink(os.path.join(staging, 'a'))
+    with pytest.raises(OSError):
+        A.merge_into(staging, target, progress)
+    # the directory d was removed to make room for the file before the rename failed: a change
+    assert [os.path.basename(p) for p in progress] == ['d']
+    assert _state(target) == {'keep.txt': 'keep'}
 
 
 # --- leftovers beside _data (review findings 5, 7, 11)

@@ -284,3 +284,17 @@ def test_volume_created_meanwhile_by_another_run_is_not_written(tmp_path, leftov
                 receiver._ensure_volume(None)
     finally:
         receiver.cleanup()
+
+
+@pytest.mark.parametrize('exc, reason', [
+    (EOFError(), 'the connection was closed'),
+    (OSError(), 'OSError'),
+    (OSError(104, 'Connection reset by peer'), 'Connection reset by peer'),
+])
+def test_lost_connection_message_always_names_a_reason(exc, reason):
+    sender = _transfer.Sender.__new__(_transfer.Sender)
+    sender.p = {'dest_host': '10.0.0.2'}
+    sender.channel = None
+    msg = sender._remote_failure(exc)
+    assert msg.startswith('Connection to the destination 10.0.0.2 was lost in the middle of the transfer (')
+    assert reason in msg and '()' not in msg

@@ -5,6 +5,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from ansible_collections.volumeops.docker.plugins.module_utils import _archive
@@ -58,3 +60,35 @@ def test_extracted_tree_must_have_exactly_the_checked_members():
 ])
 def test_host_path_mounts_are_recognized(options, host):
     assert volume_restore.host_path_mount(options) == host
+
+
+@pytest.mark.parametrize('options, refused', [
+    ({'type': 'none', 'o': 'bind', 'device': '/srv/data'}, 'host path /srv/data'),
+    ({'type': 'ext4', 'device': '/dev/sdb1'}, 'host path /dev/sdb1'),
+    # overlay mounts the host directories its o names (found by QA: an archive emptied a host directory)
+    ({'type': 'overlay', 'device': 'overlay', 'o': 'lowerdir=/a,upperdir=/b,workdir=/c'}, 'type overlay'),
+    ({'type': 'btrfs', 'device': 'LABEL=data'}, 'type btrfs'),
+    ({'o': 'size=1m'}, r'type \(none\)'),
+    ({'type': 'nfs', 'o': 'addr=10.0.0.5,rw', 'device': ':/exports/pg'}, None),
+    ({'type': 'nfs4', 'o': 'addr=10.0.0.5', 'device': ':/pg'}, None),
+    ({'type': 'cifs', 'o': 'addr=fs,username=u', 'device': '//fs/share'}, None),
+    ({'type': 'tmpfs', 'device': 'tmpfs', 'o': 'size=10m'}, None),
+    ({}, None),
+])
+def test_driver_options_an_archive_may_choose(options, refused):
+    got = volume_restore.archive_options_refusal(options)
+    if refused is None:
+        assert got is None
+    else:
+        assert got is not None and re.search(refused, got)
+
+
+def test_manifest_copies_must_agree_on_what_decides_the_restore():
+    assert volume_restore.manifest_mismatch(MANIFEST, dict(MANIFEST, created='later')) is None
+    assert volume_restore.manifest_mismatch(MANIFEST, dict(MANIFEST, fingerprint='sha256:g')) == 'fingerprint'
+    assert volume_restore.manifest_mismatch(MANIFEST, dict(MANIFEST, entries=4)) == 'entries'
+
+
+def test_messages_end_in_one_full_stop():
+    assert volume_restore.sentence('zstd: unsupported format ') == 'zstd: unsupported format.'
+    assert volume_restore.sentence('refused.') == 'refused.'
