@@ -237,10 +237,10 @@ def read_sidecar_sha256(archive):
             text = f.read()
     except FileNotFoundError:
         return None
-    m = re.match(r'^([0-9a-f]{64}) [ *]', text)
+    m = re.match(r'^([0-9a-fA-F]{64}) [ *]', text)  # sha256sum -c takes either case
     if not m:
         raise ArchiveError('Checksum file %s is not in sha256sum format.' % path)
-    return m.group(1)
+    return m.group(1).lower()
 
 
 def read_sidecar_manifest(archive):

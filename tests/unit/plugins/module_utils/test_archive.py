@@ -660,3 +660,15 @@ def test_temp_names_carry_pid_and_host(tmp_path, monkeypatch):
     assert os.path.basename(path) == '.v_x.tar.zst.volumeops-tmp-%d@odd_host_name' % os.getpid()
     A.write_private_file(str(tmp_path / 'v_x.tar.zst.sha256'), b'x\n')
     assert os.listdir(tmp_path) == ['v_x.tar.zst.sha256']
+
+
+def test_checksum_sidecar_in_either_case_as_sha256sum_takes_it(tmp_path):
+    archive = str(tmp_path / 'v_20250101T000000Z.tar.zst')
+    digest = hashlib.sha256(b'x').hexdigest()
+    with open(archive + '.sha256', 'w') as f:
+        f.write('%s  v_20250101T000000Z.tar.zst\n' % digest.upper())
+    assert A.read_sidecar_sha256(archive) == digest
+    with open(archive + '.sha256', 'w') as f:
+        f.write('not a digest\n')
+    with pytest.raises(A.ArchiveError, match='not in sha256sum format'):
+        A.read_sidecar_sha256(archive)
