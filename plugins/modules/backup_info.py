@@ -35,7 +35,7 @@ options:
   verify:
     description:
       - Re-hash each archive and report V(good) or V(bad) (or V(unverifiable) without a sidecar; a damaged
-        sidecar is V(bad)).
+        checksum sidecar is V(bad), and so is a manifest sidecar that is there but not a readable manifest).
     type: bool
     default: false
   verify_stream:
@@ -176,6 +176,11 @@ def describe(info, verify, verify_stream):
         item['error'] = sidecar_problem
     try:
         sidecar_manifest = _archive.read_sidecar_manifest(path)
+        if sidecar_manifest is None and os.path.lexists(path + '.manifest.json'):
+            # There but unreadable: retention and the unchanged check pass over such an archive for good.
+            sidecar_problem = '; '.join(e for e in (sidecar_problem, 'the manifest sidecar %s.manifest.json is not a '
+                                                    'readable volumeops manifest' % path) if e)
+            item['error'] = sidecar_problem
         item['manifest'] = sidecar_manifest or _archive.read_stream_manifest(path, info['compression'])
     except _archive.ArchiveError as exc:
         item['error'] = '; '.join(e for e in (item.get('error'), str(exc)) if e)

@@ -8,6 +8,7 @@ Usage: damage.py MODE SRC DEST
   bare  the archive alone, without any sidecar
   stale the archive unchanged, with a .sha256 sidecar of other content (a stream that reads well, a wrong checksum)
   garbage the archive unchanged, with a .sha256 sidecar that is not in sha256sum format
+  badmanifest the archive unchanged, its .sha256 sidecar right, a manifest sidecar that is not a manifest
 """
 import hashlib
 import os
@@ -72,6 +73,10 @@ def main():
         write_with_sidecars(src, dest, packed)
         with open(dest + '.sha256', 'w') as f:
             f.write('garbage\n')
+    elif mode == 'badmanifest':
+        write_with_sidecars(src, dest, packed)
+        with open(dest + '.manifest.json', 'w') as f:
+            f.write('{"not": "a manifest"\n')
     else:
         raise SystemExit(__doc__)
     print(dest)
