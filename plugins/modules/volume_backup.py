@@ -50,10 +50,13 @@ description:
     temporary files.
 options:
   volume:
-    description: Name of one volume to back up. It must exist; it is never created.
+    description:
+      - Name of one volume to back up. It must exist; it is never created.
+      - O(volume), O(volumes), O(container) and O(path) must not be empty (an empty string or list, say an
+        unset variable, fails the task instead of backing up nothing).
     type: str
   volumes:
-    description: Names of several volumes; one task, one result per volume.
+    description: Names of several volumes; one task, one result per volume. At least one.
     type: list
     elements: str
   container:
@@ -1126,6 +1129,11 @@ def main():
         required_one_of=[('volume', 'volumes', 'container', 'path')],
     )
     p = client.params
+    for key, what in (('volume', 'a volume'), ('volumes', 'at least one volume'), ('container', 'a container'),
+                      ('path', 'a directory')):
+        if p[key] is not None and not p[key]:
+            # Not a silent success that backed up nothing (an unset variable, an empty selection).
+            client.fail('%s is empty: name %s to back up. Nothing was backed up.' % (key, what))
     if p['path'] and p['data_path'] == 'helper':
         client.fail('path backups read the directory directly; data_path=helper applies to volumes only.')
     for pattern in p['exclude']:
