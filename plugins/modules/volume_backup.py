@@ -111,6 +111,8 @@ options:
       - Refused (the group's volumes fail, nothing is stopped) when the containers to stop are the last running
         users of a local volume of type C(tmpfs) or C(ramfs), the backed-up one or another they mount. Such a
         volume is empty again once no container mounts it, so stopping them would destroy its content.
+      - Refused for a volume read with O(data_path=local) that is mounted only while a container uses it (see
+        O(data_path)).
     type: bool
     default: false
   force:
@@ -166,6 +168,9 @@ options:
       - V(local) forces the direct path, V(helper) forces the helper container.
       - V(local) on a volume with mount options (NFS, a bind mount, ...) or of another driver works only while a
         container uses it (mounted); otherwise its directory on the host is not its data, and it fails.
+        With O(stop_containers=true) such a volume fails up front, before anything is stopped, since stopping its
+        containers unmounts it. V(auto) reads such a volume through the helper container, which mounts it
+        itself (also after its containers were stopped).
     type: str
     choices: [auto, local, helper]
     default: auto
@@ -322,6 +327,7 @@ removed_temp_files:
 '''
 
 import grp
+import json
 import os
 import pwd
 import stat
@@ -506,6 +512,15 @@ class BackupManager(object):
             err = local_path_error(name, info.get('Driver'), info.get('Options'), mountpoint)
             if err:
                 raise VolumeFailure(err)
+            if self.p['stop_containers'] and _archive.mounted_only_in_use(info.get('Driver'), info.get('Options')):
+                # Mounted now (local_path_error), but by the containers that stop_containers would stop: tar
+                # would then read the empty directory below the mount, and keep would expire the good archives.
+                raise VolumeFailure(
+                    'Volume %s (driver %s, options %s) is mounted only while a container uses it: stop_containers '
+                    'would unmount it, and data_path=local would then archive its empty directory on this host '
+                    'instead of its data. Nothing was stopped or written. Use data_path=auto or data_path=helper '
+                    '(with helper_image; the helper container mounts the volume itself), or leave stop_containers '
+                    'false.' % (name, info.get('Driver') or 'local', json.dumps(info.get('Options') or {}, sort_keys=True)))
         use_local = mode == 'local' or (mode == 'auto' and direct_ok)
         return Source(name, root=mountpoint if use_local else None, inspect=info,
                       data_path='local' if use_local else 'helper')
