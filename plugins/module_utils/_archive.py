@@ -134,12 +134,45 @@ def list_archives(directory, volume=None):
     return result
 
 
-def whole_archive_manifest(path):
-    """The manifest copy of the archive at ``path`` when the archive is whole (its checksum sidecar is
-    there too), else None: an archive whose write was cut short, or one copied in by hand."""
+def paired_archive_manifest(path):
+    """The manifest copy of the archive at ``path`` when both its sidecars are there, else None: an archive
+    whose write was cut short, or one copied in by hand. Says nothing about the archive file itself (see
+    ``archive_size_problem``)."""
     if not os.path.exists(path + '.sha256'):
         return None
     return read_sidecar_manifest(path)
+
+
+def archive_size_problem(path, manifest):
+    """Why the archive file at ``path`` is not the one its sidecar ``manifest`` describes, or None.
+
+    One ``stat``, no read: the sidecar manifest records the archive's size (``archive_size``); a manifest
+    written before that field existed only requires a non-empty file (the manifest member alone is more
+    than that). Finds an archive truncated or emptied after it was written (a copy cut short, a disk
+    error, a file overwritten by hand) whose sidecars were kept; a same-size corruption needs the
+    checksum (``backup_info`` with ``verify``).
+    """
+    try:
+        size = os.stat(path).st_size
+    except OSError as exc:
+        return 'it cannot be read: %s' % (exc.strerror or exc)
+    expected = manifest.get('archive_size')
+    if isinstance(expected, int) and not isinstance(expected, bool):
+        if size != expected:
+            return 'it is %d bytes, its manifest says %d' % (size, expected)
+    elif size == 0:
+        return 'it is empty (0 bytes)'
+    return None
+
+
+def whole_archive_manifest(path):
+    """The manifest copy of the archive at ``path`` when the archive is whole (both sidecars there, and the
+    file of the size its manifest records: ``archive_size_problem``), else None: an archive whose write was
+    cut short, one copied in by hand, one truncated since."""
+    manifest = paired_archive_manifest(path)
+    if manifest is None or archive_size_problem(path, manifest) is not None:
+        return None
+    return manifest
 
 
 def manifest_source(manifest):
@@ -169,21 +202,29 @@ def describe_source(source):
     return '%s %s on host %s' % ('the directory' if kind == 'path' else 'the volume', where, host)
 
 
-def complete_archives(archives, volume, source=None):
+def complete_archives(archives, volume, source=None, damaged=None):
     """Those of ``archives`` (``list_archives`` entries, oldest first) that are whole archives of ``volume``.
 
     Whole, and the manifest copy names ``volume``: anything else (an archive copied in by hand, one whose
-    write was cut short, a name that only looks like this volume's) is never counted nor chosen by retention.
+    write was cut short, one truncated since it was written, a name that only looks like this volume's) is
+    never counted nor chosen by retention.
     ``source`` (see ``manifest_source``): only archives of that source count.
+    ``damaged``: a list that gets ``(info, problem)`` for each archive of ``volume`` (and ``source``) with
+    both sidecars whose file is not of the size its manifest records (``archive_size_problem``).
     """
     result = []
     for info in archives:
         if info['volume'] != volume:
             continue
-        manifest = whole_archive_manifest(info['path'])
-        if manifest is not None and manifest.get('volume') == volume and (
-                source is None or manifest_source(manifest) == source):
+        manifest = paired_archive_manifest(info['path'])
+        if manifest is None or manifest.get('volume') != volume or (
+                source is not None and manifest_source(manifest) != source):
+            continue
+        problem = archive_size_problem(info['path'], manifest)
+        if problem is None:
             result.append(info)
+        elif damaged is not None:
+            damaged.append((info, problem))
     return result
 
 

@@ -25,6 +25,14 @@ description:
   - Idempotent. When the newest archive of a volume in O(dest) has the same tree fingerprint (path, type, size,
     mtime, mode, owner, link target, xattrs of every entry, from one metadata walk without reading content),
     nothing is written and the result is not changed.
+  - The sidecar manifest records the archive's size (C(archive_size)). An archive whose file is not of that size
+    (truncated or emptied after it was written, for example by a copy cut short; for archives written before the
+    field existed, an empty file) is damaged - found with one C(stat), without reading the archive. A damaged
+    newest archive is never taken as unchanged; a warning names it and a new archive is written. Retention never
+    counts nor deletes a damaged archive (a warning names it); remove it yourself. A corruption that keeps the
+    size is found by M(volumeops.docker.backup_info) with O(volumeops.docker.backup_info#module:verify=true);
+    M(volumeops.docker.volume_restore) checks the checksum and refuses a damaged archive (with
+    O(volumeops.docker.volume_restore#module:archive=latest) it picks the newest by name, damaged or not).
   - The manifest records the source (C(source_kind) volume or path, C(source_real_path) for a path, and
     C(source_host)). The unchanged check and retention consider only archives of the same source, so a volume
     backed up by several hosts into one shared O(dest), or a volume and a directory of the same name, never
@@ -124,9 +132,10 @@ options:
       - Retention. After every backup of the task succeeded, keep only the O(keep) newest archives of each of
         its volumes in O(dest) and delete the older ones with their sidecars. This run's archive (written, or
         the unchanged newest one) always stays and counts as one of them.
-      - Only whole archives of the volume count and are ever deleted (both sidecars present, the manifest copy
-        naming the same source - the same volume, or for O(path) the same directory, backed up on the same host);
-        archives of other sources that share the name, and other files in O(dest), are never touched.
+      - Only whole archives of the volume count and are ever deleted (both sidecars present, the file of the size
+        the manifest copy records, the manifest copy naming the same source - the same volume, or for O(path) the
+        same directory, backed up on the same host); archives of other sources that share the name, damaged
+        archives of the volume (a warning names them) and other files in O(dest) are never touched.
       - Unset (the default), nothing is deleted. In check mode the archives that would be deleted are listed in
         RV(backups[].removed_archives), and diff mode shows them.
     type: int
@@ -470,6 +479,7 @@ class BackupManager(object):
         self._helper = None
         self.order = {}
         self.by_name = {}
+        self.damaged = set()  # damaged archives warned about (warn_damaged)
 
     def volume_failed(self, name, msg, start=None):
         """Record one volume's failure, or fail the task at once with on_error=stop."""
@@ -603,13 +613,30 @@ class BackupManager(object):
                 and manifest.get('labels') == src.labels)
 
     def newest(self, src, archives):
-        """The newest whole archive of ``src`` (its manifest names the same source), and its manifest."""
+        """The newest archive of ``src`` (both sidecars, its manifest names the same source) and its manifest, when
+        it is whole; (None, None) when there is none, or when it is damaged (a warning names it): a damaged
+        newest archive must not pass for "unchanged", so a new archive is written."""
         for info in reversed(archives.get(src.name, [])):
-            manifest = _archive.whole_archive_manifest(info['path'])
-            if manifest is not None and manifest.get('volume') == src.name and \
-                    _archive.manifest_source(manifest) == src.identity:
-                return info, manifest
+            manifest = _archive.paired_archive_manifest(info['path'])
+            if manifest is None or manifest.get('volume') != src.name or \
+                    _archive.manifest_source(manifest) != src.identity:
+                continue
+            problem = _archive.archive_size_problem(info['path'], manifest)  # one stat, no read
+            if problem is not None:
+                self.warn_damaged(src.name, info['path'], problem, 'it is not taken as the newest backup, a new archive '
+                                  'is written')
+                return None, None
+            return info, manifest
         return None, None
+
+    def warn_damaged(self, name, path, problem, what):
+        """Warn once per run about the damaged archive ``path`` of the volume (or path backup) ``name``."""
+        if path in self.damaged:
+            return
+        self.damaged.add(path)
+        self.warnings.append('%s: the archive %s is damaged (%s): %s; retention (keep) neither counts nor deletes '
+                             'it. Check it with backup_info (verify: true) and remove it with its sidecars.'
+                             % (name, path, problem, what))
 
     def name_taken(self, src, archives):
         """For a path backup: a message when ``dest`` holds whole archives of the same name from another source.
@@ -618,7 +645,7 @@ class BackupManager(object):
         names cannot be chosen, so volume archives sharing a name with another source's are only kept apart
         (newest, retention)."""
         for info in archives.get(src.name, []):
-            manifest = _archive.whole_archive_manifest(info['path'])
+            manifest = _archive.paired_archive_manifest(info['path'])  # damaged or not, it has the name
             if manifest is None or manifest.get('volume') != src.name:
                 continue
             other = _archive.manifest_source(manifest)
@@ -872,7 +899,11 @@ class BackupManager(object):
                         'Stop the writers (stop_containers: true) or set consistency: best_effort.' % src.name)
                 self.warnings.append('Volume %s changed during the backup; the archive holds a mix of both states '
                                      '(consistency=best_effort).' % src.name)
-                manifest['tree_changed_during_backup'] = True
+                manifest['tree_changed_during_backup'] = True  # in sidecar_manifest too (the same dict then)
+            # The archive's size, in the sidecar manifest only (the stream cannot hold its own size): a later
+            # run trusts this archive as the newest, or counts it for retention, only while the file is of
+            # that size (_archive.archive_size_problem; one stat, no read).
+            sidecar_manifest = dict(sidecar_manifest, archive_size=os.stat(tmp).st_size)
             sha_path, man_path = _archive.sidecar_paths(final)
             sidecar_text = ('%s  %s\n' % (res['sha256'], name)).encode('utf-8')
             # Sidecars first, archive last: a final-named archive always has its sidecars.
@@ -973,7 +1004,11 @@ class BackupManager(object):
             if self.p['keep'] is None:
                 continue
             src = self.by_name.get(r['volume'])
-            whole = _archive.complete_archives(listing, r['volume'], source=src.identity if src else None)
+            damaged = []
+            whole = _archive.complete_archives(listing, r['volume'], source=src.identity if src else None,
+                                               damaged=damaged)
+            for info, problem in damaged:
+                self.warn_damaged(r['volume'], info['path'], problem, 'it was left in place')
             for info in _archive.expired_archives(whole, self.p['keep'], current=r['archive']):
                 if not self.check_mode:
                     try:
