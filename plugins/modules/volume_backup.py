@@ -395,6 +395,19 @@ class Source(object):
         return self.data_path == 'local' and self.driver == 'local' and not self.options
 
 
+def sentence(text):
+    """``text`` ending with a full stop (tool messages often end without one), for the message that follows."""
+    text = str(text).rstrip()
+    return text if text.endswith(('.', '!', '?')) else text + '.'
+
+
+def failed_volumes_message(errors, total, check_mode):
+    """The task's message when ``errors`` (results of failed volumes) of ``total`` failed (on_error=continue)."""
+    return ('The backup of %d of %d volumes failed (the others were %s; no archive was expired): %s'
+            % (len(errors), total, 'checked' if check_mode else 'backed up',
+               ' '.join('[%s] %s' % (r['volume'], sentence(r['error'])) for r in errors)))
+
+
 def file_attributes_error(mode, owner, group):
     """Why mode/owner/group cannot be applied to the archive files, or None.
 
@@ -1121,7 +1134,7 @@ class BackupManager(object):
             if start_errors or stop_failure is not None:
                 msg = ('Could not start again containers stopped for the backup: %s.' % '; '.join(start_errors)
                        if start_errors else '')
-                self.client.fail(' '.join(m for m in (stop_failure, msg) if m), backups=self.results,
+                self.client.fail(' '.join(m for m in (stop_failure and sentence(stop_failure), msg) if m), backups=self.results,
                                  stopped_containers=[c['name'] for c in self.stopped])
         self.results.sort(key=lambda r: self.order.get(r['volume'], 0))  # the task's order, failures included
         errors = [r for r in self.results if r.get('failed')]
@@ -1144,9 +1157,7 @@ class BackupManager(object):
         if self.module._diff:
             result['diff'] = diff
         if errors:
-            self.client.fail('The backup of %d of %d volumes failed (the others were %s; no archive was expired): %s'
-                             % (len(errors), len(self.results), 'checked' if self.check_mode else 'backed up',
-                                ' '.join('[%s] %s' % (r['volume'], r['error']) for r in errors)), **result)
+            self.client.fail(failed_volumes_message(errors, len(self.results), self.check_mode), **result)
         self.module.exit_json(**result)
 
 
