@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from ansible_collections.volumeops.docker.plugins.filter.name_list import name_list
+from ansible_collections.volumeops.docker.plugins.module_utils._validation import volume_name_error
 
 # Settings that may come as one comma-separated string (-e, an AWX survey's text field).
 LIST_SETTINGS = ('volumes', 'volume_labels', 'containers', 'stop_containers', 'exclude')
@@ -40,6 +41,48 @@ def _count(value):
 
 def _name(value):
     return value if isinstance(value, str) and value else '?'
+
+
+VOLUME_KEYS = ('name', 'dest_name', 'driver', 'driver_options', 'labels')
+
+
+def _volume_entry_error(item):
+    """Why one item of a pair's volumes is not a volume to migrate, or ''."""
+    if isinstance(item, str):
+        return volume_name_error(item) or ''
+    if not isinstance(item, Mapping) or not isinstance(item.get('name'), str):
+        return ('invalid volume entry %r in volumes: each is a volume name, or a dict with a name and optional %s.'
+                % (item, ', '.join(VOLUME_KEYS[1:])))
+    errors = [volume_name_error(item['name'])]
+    if item.get('dest_name') is not None and item.get('dest_name') != '':
+        errors.append(volume_name_error(item['dest_name'], 'dest_name'))
+    for key in ('driver_options', 'labels'):
+        if item.get(key) is not None and not isinstance(item[key], Mapping):
+            errors.append('%s of volume %s must be a dict.' % (key, item['name']))
+    if item.get('driver') is not None and not isinstance(item['driver'], str):
+        errors.append('driver of volume %s must be a string.' % item['name'])
+    errors = [e for e in errors if e]
+    return ('invalid volume entry %r in volumes: %s' % (dict(item), ' '.join(errors))) if errors else ''
+
+
+def _settings_errors(pair):
+    """What volume_transfer would refuse only after the source containers were stopped: the pair's volume
+    entries, compression level and exclude patterns (the module's own rules), each one message."""
+    errors = [e for e in (_volume_entry_error(item) for item in pair['volumes']) if e]
+    try:
+        level = int(pair.get('compression_level', 1))
+    except (TypeError, ValueError):
+        level = None
+    if level is None or not 1 <= level <= 19:
+        errors.append('compression_level must be between 1 and 19 (got %r).' % (pair.get('compression_level'),))
+    patterns = pair.get('exclude') or []
+    if not _is_list(patterns):
+        errors.append('exclude must be a list of patterns.')
+    elif patterns:
+        # Imported only when there are patterns (it is the modules' walk: standard library only, but not small).
+        from ansible_collections.volumeops.docker.plugins.module_utils._tree import exclude_pattern_error
+        errors.extend(e for e in (exclude_pattern_error(p) for p in patterns) if e)
+    return errors
 
 
 def _pair_ok(pair, hosts):
@@ -96,6 +139,11 @@ def migrate_pairs(given, defaults, hosts):
         pairs.append(pair)
         if not _pair_ok(pair, hosts):
             problems.append(INVALID % (_name(pair.get('source')), _name(pair.get('destination'))))
+            continue
+        errors = _settings_errors(pair)
+        if errors:
+            problems.append('Invalid migration pair %s -> %s: %s'
+                            % (pair['source'], pair['destination'], ' '.join(errors)))
     if not problems:
         shared = _shared_destinations(pairs)
         if shared:
