@@ -32,6 +32,18 @@ def _dest_report(dest_check):
     return {}
 
 
+def _engine_id(probe):
+    """The source daemon's ID from the probe's "engine:" line, '' when unknown."""
+    for line in _lines(probe.get('stdout'), r'^engine: (.*)$'):
+        try:
+            found = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(found, str):
+            return found
+    return ''
+
+
 def _sized_volumes(vols, probe, dest):
     """The volumes with the probe's sizes: size (bytes, 0 when unknown), sized, and the plan line."""
     out = []
@@ -145,6 +157,12 @@ def migrate_preflight(vols, facts):
         missing.append('%s: %s' % (dest, ' '.join(report['missing'])))
     if missing:
         problems.append('Missing tools: %s. %s' % ('; '.join(missing), TOOLS_HINT % pair['dest_python']))
+    devices = ['%s (%s)' % (v['name'], found[0]) for index, v in enumerate(vols)
+               for found in [_lines(probe.get('stdout'), r'^device:%d:(.*)$' % index)] if found]
+    if devices:
+        problems.append('Source volume(s) on %s hold device nodes: %s. volume_transfer refuses them unless '
+                        'migrate_allow_devices is true (per pair allow_devices); set it to migrate them, or remove '
+                        'them.' % (pair['source'], ', '.join(devices)))
     if not boolean(facts['check_mode'], strict=False) and not boolean(facts['key_made'], strict=False):
         problems.append('ssh-keygen on the controller could not make the temporary key (its message is above; the '
                         'controller needs openssh-client).')
@@ -154,11 +172,18 @@ def migrate_preflight(vols, facts):
                         'that address. Set migrate_source_address (or migrate_dest_address to an address the source '
                         'resolves).' % ('the controller (relay mode)' if relay_mode else pair['source'], dest,
                                         facts['dest_address'], route))
+    src_engine = _engine_id(probe)
+    same_daemon = bool(src_engine) and src_engine == report.get('engine_id')
+    if same_daemon:  # the destination's volume findings would be about the source's own volumes: not judged
+        problems.append('Source %s and destination %s are the same Docker daemon (engine ID %s): one host under two '
+                        'inventory names, or an address that leads back to the source. Migrating onto itself would '
+                        'overwrite or remove the only copy; refusing. Check the inventory (ansible_host) and '
+                        'migrate_dest_address.' % (pair['source'], dest, src_engine))
     if report.get('authorize_error'):
         problems.append('Cannot authorize the temporary key on %s: %s.' % (dest, report['authorize_error']))
     if report.get('docker_error'):
         problems.append('Docker on %s does not answer: %s' % (dest, report['docker_error']))
-    elif dest_ran:
+    elif dest_ran and not same_daemon:
         problems.extend(_volume_problems(f, pair, report, vols, dest_state, probe_ran))
     key_problem = _key_problem(f, pair, presented)
     if not src_missing and (dest_ran or host_key) and key_problem:
@@ -174,8 +199,13 @@ def _volume_problems(f, pair, report, vols, dest_state, probe_ran):
     if pair['existing'] == 'fail' and taken:
         problems.append('Destination volume(s) on %s already exist with other data: %s. Choose another dest_name, '
                         'remove them, or set migrate_existing=replace to overwrite them.' % (dest, ', '.join(taken)))
-    mounted_src = [v['name'] for v in vols if v['src_mounted']]
-    unsized_src = [v['name'] for v in vols if v['src_mounted'] and not v['sized']]
+    unreadable_src = ['%s (%s)' % (v['name'], v['src_unreadable']) for v in vols if v.get('src_unreadable')]
+    if unreadable_src:
+        problems.append('Source volume(s) on %s that cannot be migrated: %s. Stopping the containers that use them '
+                        '(which the copy needs) would wipe them, and an empty volume would be copied. Move such data '
+                        'into a volume that keeps it first.' % (pair['source'], ', '.join(unreadable_src)))
+    mounted_src = [v['name'] for v in vols if v['src_mounted'] and not v.get('src_unreadable')]
+    unsized_src = [v['name'] for v in vols if v['src_mounted'] and not v['sized'] and not v.get('src_unreadable')]
     if mounted_src and not helper_image:
         problems.append('Source volume(s) on %s mounted only while a container uses them (mount options such as '
                         'NFS, or another driver): %s. Their directory on the host does not show their data; set '
@@ -199,6 +229,15 @@ def _volume_problems(f, pair, report, vols, dest_state, probe_ran):
                         'migrate_helper_image. Migrate into such a volume (another dest_name or driver_options), or '
                         'move the data with volume_backup and volume_restore (its helper container path writes any '
                         'driver).' % (dest, ', '.join(unwritable)))
+    # Not one complete for this migration: the application runs there since an earlier run, and the transfer copies
+    # nothing when the source is as it was then (a rerun after success).
+    in_use = ['%s (%s)' % (v['dest_name'], ', '.join(sorted(report['in_use'][v['dest_name']])))
+              for v in vols if (report.get('in_use') or {}).get(v['dest_name'])
+              and dest_state.get(v['dest_name'], {}).get('state') != 'ours-complete']
+    if in_use:
+        problems.append('Destination volume(s) on %s in use by running container(s): %s. volume_transfer refuses to '
+                        'write a volume that a running container uses; stop those containers on %s first.'
+                        % (dest, ', '.join(in_use), dest))
     if report.get('look_error'):
         problems.append('Cannot look into the destination volume %s on %s through a holder container of '
                         'migrate_helper_image=%s (a local image with /usr/bin/python3 on each host; never pulled).'

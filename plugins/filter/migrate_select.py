@@ -56,38 +56,85 @@ def _mounted_only_in_use(volume):
     return (volume.get('driver') or 'local') != 'local' or 'type' in options or 'device' in options
 
 
-def source_volumes(inspect, source):
-    """The volumes of host ``source`` from the registered result of the role's inspect program (raw): a list
-    of {name, driver, options, labels, mountpoint, in_use_by: [{name, running, state, destination}]}, and
-    '' or why there is none. The containers' part follows _volume.mounts_by_volume (volume_info), with the
-    fields the role uses."""
+# A container in one of these states runs the processes that write its volumes (a paused one resumes writing
+# when unpaused, a restarting one is started again by its restart policy): the role stops it like a running one
+# (docker stop works on both) and starts its destination twin.
+RUNNING_STATES = ('running', 'paused', 'restarting')
+
+
+def _inspect_output(inspect, source):
+    """The volumes and containers of host ``source`` from the registered result of the role's inspect program
+    (raw), and '' or why there are none. Each container: {name, id, state, running, mounts}."""
     stdout = inspect.get('stdout') or ''
-    head, sep, containers = stdout.partition('\ncontainers:\n')
+    head, sep, lines = stdout.partition('\ncontainers:\n')
     if inspect.get('rc', 1) != 0 or not head.startswith('volumes:') or not sep:
-        return [], 'Cannot list the Docker volumes on %s: %s' % (
+        return [], [], 'Cannot list the Docker volumes on %s: %s' % (
             source, command_error(inspect) or inspect.get('msg') or 'exit status %s' % inspect.get('rc'))
     decoder = json.JSONDecoder()
-    users = {}
+    containers = []
     try:
         found = json.loads(head[len('volumes:'):])
-        for line in containers.splitlines():
+        for line in lines.splitlines():
             if not line.strip():
                 continue
-            # One container per line: its name, status and mounts, each JSON, separated by one space.
+            # One container per line: its name, status, mounts and ID, each JSON, separated by one space.
             name, end = decoder.raw_decode(line)
             status, end = decoder.raw_decode(line, end + 1)
-            for mount in json.loads(line[end:]) or []:
+            mounts, end = decoder.raw_decode(line, end + 1)
+            cid = json.loads(line[end:]) if line[end:].strip() else ''
+            containers.append({'name': _container_name(name), 'id': cid or '', 'state': status,
+                               'running': status in RUNNING_STATES, 'mounts': mounts or []})
+        users = {}
+        for c in containers:
+            for mount in c['mounts']:
                 if mount.get('Type') == 'volume' and mount.get('Name'):
                     users.setdefault(mount['Name'], []).append({
-                        'name': _container_name(name), 'running': status == 'running', 'state': status,
+                        'name': c['name'], 'running': c['running'], 'state': c['state'],
                         'destination': mount.get('Destination')})
         volumes = [{'name': v['Name'], 'driver': v.get('Driver') or 'local', 'options': v.get('Options') or {},
                     'labels': v.get('Labels') or {}, 'mountpoint': v.get('Mountpoint') or '',
                     'in_use_by': sorted(users.get(v['Name'], []), key=lambda u: (u['name'], u['destination'] or ''))}
                    for v in found]
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
-        return [], 'Cannot read the Docker volumes of %s from the docker CLI (%s)' % (source, exc)
-    return volumes, ''
+        return [], [], 'Cannot read the Docker volumes of %s from the docker CLI (%s)' % (source, exc)
+    return volumes, containers, ''
+
+
+def source_volumes(inspect, source):
+    """The volumes of host ``source`` from the registered result of the role's inspect program (raw): a list
+    of {name, driver, options, labels, mountpoint, in_use_by: [{name, running, state, destination}]}, and
+    '' or why there is none. The containers' part follows _volume.mounts_by_volume (volume_info), with the
+    fields the role uses; running is true for a running, paused or restarting container."""
+    volumes, dummy, error = _inspect_output(inspect, source)
+    return volumes, error
+
+
+def _given_containers(given, containers):
+    """The names of the containers that the pair's containers setting names (a name, a full ID or an ID prefix,
+    as docker takes them), the entries that match none, and those that match several."""
+    names, unknown, ambiguous = [], [], []
+    for entry in given or []:
+        entry = _container_name(entry)
+        found = [c['name'] for c in containers if c['name'] == entry]
+        if not found and isinstance(entry, str) and entry:
+            found = [c['name'] for c in containers if c['id'].startswith(entry)]
+        if not found:
+            unknown.append(entry)
+        elif len(found) > 1:
+            ambiguous.append('%s (%s)' % (entry, ', '.join(found)))
+        else:
+            names.append(found[0])
+    return names, unknown, ambiguous
+
+
+def _source_unreadable(volume):
+    """Why a source volume cannot be migrated by the role whatever it is set to, or '': a tmpfs (the local
+    driver with type=tmpfs) holds its content only while a container uses it, so stopping the containers (which
+    the copy needs) wipes it, and the copy would be an empty volume."""
+    options = volume.get('options') or {}
+    if (volume.get('driver') or 'local') == 'local' and options.get('type') == 'tmpfs':
+        return 'local %s, a tmpfs: its content is gone once its containers stop' % json.dumps(options, sort_keys=True)
+    return ''
 
 
 def migrate_select(src_inspect, pair, destination):
@@ -104,9 +151,10 @@ def migrate_select(src_inspect, pair, destination):
     if src_inspect.get('unreachable'):
         return {'unreachable': 'Source %s is unreachable: %s' % (pair['source'], src_inspect.get('msg', '')),
                 'selected': [], 'planned': []}
-    volumes, error = source_volumes(src_inspect, pair['source'])
+    volumes, containers, error = _inspect_output(src_inspect, pair['source'])
     if error:
         return {'unreachable': error, 'selected': [], 'planned': []}
+    given, unknown, ambiguous = _given_containers(pair.get('containers'), containers)
     selected, names = [], []
     for item in pair['volumes']:
         spec = {'name': item} if isinstance(item, str) else item
@@ -119,7 +167,7 @@ def migrate_select(src_inspect, pair, destination):
         project = pair.get('compose_project') or ''
         chosen = (_has_labels(labels, pair.get('volume_labels') or [])
                   or (project and labels.get('com.docker.compose.project') == project)
-                  or any(user in (pair.get('containers') or []) for user in users))
+                  or any(user in given for user in users))
         if chosen and volume['name'] not in names:
             selected.append({'name': volume['name']})
             names.append(volume['name'])
@@ -136,11 +184,13 @@ def migrate_select(src_inspect, pair, destination):
             'mountpoint': (src.get('mountpoint') or '') if src else '',
             'exists': src is not None,
             'src_mounted': src is not None and _mounted_only_in_use(src),
+            'src_unreadable': _source_unreadable(src) if src else '',
             'driver': spec.get('driver', ''), 'driver_options': spec.get('driver_options', {}),
             'labels': spec.get('labels') or ((src.get('labels') if src else None) or {}),
             'users': ((src.get('in_use_by') if src else None) or []),
         })
-    return {'unreachable': '', 'selected': selected, 'planned': planned}
+    return {'unreachable': '', 'selected': selected, 'planned': planned, 'unknown_containers': unknown,
+            'ambiguous_containers': ambiguous}
 
 
 def _gone_done(gone_markers):
@@ -165,7 +215,8 @@ def _running_extra(extra):
         if 'stdout' not in result:
             continue
         info = json.loads(result['stdout'])[0]
-        if (info.get('State') or {}).get('Running'):
+        state = info.get('State') or {}
+        if state.get('Running') or state.get('Status') in RUNNING_STATES:
             out.append(_container_name(info['Name']))
     return out
 
@@ -175,6 +226,13 @@ def _problem(selection, pair, destination, done, claimed, dest_docker_root):
     if selection['unreachable']:
         return selection['unreachable']
     planned = selection['planned']
+    unknown, ambiguous = selection.get('unknown_containers') or [], selection.get('ambiguous_containers') or []
+    if unknown or ambiguous:
+        return ' '.join(
+            (['Container(s) not found on %s: %s (containers selects the volumes of containers by name, ID or ID '
+              'prefix; nothing was stopped).' % (pair['source'], ', '.join(unknown))] if unknown else [])
+            + (['Container ID prefix(es) matching several containers on %s: %s; give a name or a longer ID.'
+                % (pair['source'], '; '.join(ambiguous))] if ambiguous else []))
     missing = [v['name'] for v in planned if not v['exists'] and v['name'] not in done]
     if missing:
         msg = 'Volume(s) not found on %s: %s.' % (pair['source'], ', '.join(missing))
@@ -210,8 +268,9 @@ def migrate_keep(selection, pair, destination, gone_markers, extra, claimed, des
     destination volumes of this host's earlier pairs ({key: 'destination:volume', from}).
     Returns vols (the planned volumes that exist on the source), done_results (summary rows of volumes an
     earlier run migrated and removed from the source), to_stop (running source containers that use the
-    volumes, when stop_using_containers, and the running ones of stop_containers), candidates_dest (the
-    containers that may be started on the destination), claimed (with this pair's destination volumes,
+    volumes, when stop_using_containers, and the running ones of stop_containers; paused and restarting ones
+    count as running), candidates_dest (the containers whose same-named twins may be started on the destination:
+    exactly to_stop), claimed (with this pair's destination volumes,
     unless there is a problem) and problem ('' when the pair can go on).
     """
     planned = selection['planned']
@@ -226,7 +285,11 @@ def migrate_keep(selection, pair, destination, gone_markers, extra, claimed, des
         'strategy': pair['strategy'], 'relayed': False, 'fingerprint': ''} for v in planned if v['name'] in done]
     to_stop = _unique(([_container_name(u['name']) for u in users if u.get('running')]
                        if boolean(pair.get('stop_using_containers'), strict=False) else []) + _running_extra(extra))
-    candidates = _unique([_container_name(u['name']) for u in users] + list(pair.get('stop_containers') or []))
+    # The destination starts only the twins of the containers this migration stops: those running (paused,
+    # restarting) on the source when it selected them. Not a container that was stopped there (a one-off job,
+    # an app its operator stopped), nor one left running on the source (stop_using_containers false: the app
+    # would run on both hosts); so a rerun after success, whose source containers are stopped, starts nothing.
+    candidates = list(to_stop)
     if not problem:
         claimed = list(claimed) + [{'key': '%s:%s' % (destination, v['dest_name']), 'from': v['name'] + ' of an earlier pair'}
                                    for v in planned]

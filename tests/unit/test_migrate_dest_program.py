@@ -164,3 +164,40 @@ def test_the_programs_survive_ansible_templating():
     for name, text in programs.items():
         for marker in ('{{', '{%', '{#'):
             assert marker not in text, (name, marker)
+
+
+FAKE_DOCKER = r'''#!/bin/sh
+# A docker CLI stand-in: no volumes, two running containers (one a transfer's holder), a daemon ID.
+echo "$*" >> "$(dirname "$0")/calls"
+case "$1" in
+  volume) echo "[]"; echo "Error: No such volume: $4" >&2; exit 1 ;;
+  container) echo "[]"; echo "Error: No such container: $4" >&2; exit 1 ;;
+  info) echo '"ENGINE:ID:1"' ;;
+  ps)
+    printf '%s\t%s\t%s\n' '"web,web-alias"' '"a=b"' '"app-data,/srv/conf,/var/lib/app,cache"'
+    printf '%s\t%s\t%s\n' '"volumeops-holder-1"' '"io.volumeops.holder=42"' '"app-data"'
+    printf '%s\t%s\t%s\n' '"db"' '""' '"db-data"' ;;
+esac
+'''
+
+
+def test_running_users_of_the_destination_volumes_and_the_daemon_id(tmp_path):
+    """The destination's running containers that mount a destination volume (the transfer's holders left out),
+    found by one docker ps, and the daemon's ID (the pre-flight refuses a destination that is the source's daemon)."""
+    bin_dir = tmp_path / 'bin'
+    bin_dir.mkdir()
+    (bin_dir / 'docker').write_text(FAKE_DOCKER)
+    (bin_dir / 'docker').chmod(0o755)
+    (tmp_path / 'volumes').mkdir()
+    args = {'tools': [], 'root': str(tmp_path), 'volumes': ['app-data', 'cache', 'free'], 'containers': [],
+            'host_key': False}
+    proc = subprocess.run([sys.executable, '-c', PROGRAM, json.dumps(args)], stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True, check=False,
+                          env=dict(os.environ, PATH='%s:%s' % (bin_dir, os.environ['PATH'])))
+    assert proc.returncode == 0, proc.stderr
+    res = json.loads(proc.stdout)
+    assert res['docker_error'] == ''
+    assert res['in_use'] == {'app-data': ['web'], 'cache': ['web']}
+    assert res['engine_id'] == 'ENGINE:ID:1'
+    ps, = [line for line in (bin_dir / 'calls').read_text().splitlines() if line.startswith('ps ')]
+    assert ps.endswith('--filter volume=app-data --filter volume=cache --filter volume=free')

@@ -127,5 +127,50 @@ def test_destination_docker_and_volume_findings():
                                '/var/lib/docker the Docker data root there?).']
 
 
+def test_one_daemon_under_two_names_is_refused():
+    probe = dict(PROBE, stdout=PROBE['stdout'] + 'engine: "G7OX:BVVR"\n')
+    # The destination volume "exists with other data": it is the source volume itself, not named as such.
+    taken = {'db': {'exists': True, 'empty': False, 'marker': {}, 'fs': '/var', 'avail': 10 ** 10}}
+    res = migrate_preflight(VOLS, facts(probe=probe, scan=probe, dest_check=report(engine_id='G7OX:BVVR', volumes=taken)))
+    assert res['problems'] == [
+        'Source h1 and destination h2 are the same Docker daemon (engine ID G7OX:BVVR): one host under two inventory '
+        'names, or an address that leads back to the source. Migrating onto itself would overwrite or remove the only '
+        'copy; refusing. Check the inventory (ansible_host) and migrate_dest_address.']
+    assert migrate_preflight(VOLS, facts(probe=probe, scan=probe, dest_check=report(engine_id='OTHER')))['problems'] == []
+    # Unknown on either side (an old probe, docker info failed): nothing to compare.
+    assert migrate_preflight(VOLS, facts(dest_check=report(engine_id='')))['problems'] == []
+    assert migrate_preflight(VOLS, facts(probe=probe, scan=probe, dest_check=report()))['problems'] == []
+
+
+def test_a_destination_volume_in_use_by_a_running_container():
+    res = migrate_preflight(VOLS, facts(dest_check=report(in_use={'nfs2': ['app', 'web'], 'unrelated': ['x']})))
+    assert res['problems'] == [
+        'Destination volume(s) on h2 in use by running container(s): nfs2 (app, web). volume_transfer refuses to write '
+        'a volume that a running container uses; stop those containers on h2 first.']
+    # Complete for this migration since an earlier run: the application runs there, a rerun copies nothing.
+    volumes = {'db': {'exists': True, 'empty': False, 'marker': {'migration_id': 'vm-1', 'state': 'complete'},
+                      'fs': '/var', 'avail': 10 ** 10}}
+    assert migrate_preflight(VOLS, facts(dest_check=report(volumes=volumes, in_use={'db': ['app']})))['problems'] == []
+
+
+def test_a_tmpfs_source_volume_is_refused():
+    vols = [dict(VOLS[0], src_unreadable=''), dict(VOLS[1], name='tmp', src_unreadable='local {"type": "tmpfs"}, a tmpfs: '
+                                                   'its content is gone once its containers stop')]
+    res = migrate_preflight(vols, facts())
+    assert res['problems'] == [
+        'Source volume(s) on h1 that cannot be migrated: tmp (local {"type": "tmpfs"}, a tmpfs: its content is gone '
+        'once its containers stop). Stopping the containers that use them (which the copy needs) would wipe them, and '
+        'an empty volume would be copied. Move such data into a volume that keeps it first.']
+    # not also named as needing migrate_helper_image
+    assert len(migrate_preflight(vols, facts(helper_image=''))['problems']) == 1
+
+
+def test_device_nodes_in_a_source_volume():
+    probe = dict(PROBE, stdout=PROBE['stdout'] + 'device:1:dev/null\n')
+    assert migrate_preflight(VOLS, facts(probe=probe, scan=probe))['problems'] == [
+        'Source volume(s) on h1 hold device nodes: nfs (dev/null). volume_transfer refuses them unless '
+        'migrate_allow_devices is true (per pair allow_devices); set it to migrate them, or remove them.']
+
+
 def test_filter_is_registered():
     assert FilterModule().filters() == {'migrate_preflight': migrate_preflight}

@@ -88,8 +88,25 @@ def test_source_volumes():
     assert [v['name'] for v in volumes] == ['web', 'db', 'nfs', 'other']
     assert volumes[2] == {'name': 'nfs', 'driver': 'local', 'options': {'type': 'nfs', 'device': ':/x'},
                           'labels': {'tier': 'data'}, 'mountpoint': '/v/nfs/_data',
-                          'in_use_by': [{'name': 'paused', 'running': False, 'state': 'paused', 'destination': '/nfs'}]}
+                          'in_use_by': [{'name': 'paused', 'running': True, 'state': 'paused', 'destination': '/nfs'}]}
     assert source_volumes(inspect_result([], []), 'h1') == ([], '')
+
+
+def test_paused_and_restarting_containers_count_as_running():
+    """A paused container resumes writing when unpaused, a restarting one is started again by its restart policy:
+    both are stopped like running ones, and their destination twins are the ones started."""
+    info = inspect_result([vol('v1'), vol('v2'), vol('v3')],
+                          [container('p', 'paused', 'v1'), container('r', 'restarting', 'v2'),
+                           container('x', 'exited', 'v3'), container('c', 'created', 'v3'), container('d', 'dead', 'v3')])
+    p = pair(volumes=['v1', 'v2', 'v3'])
+    kept = migrate_keep(migrate_select(info, p, 'h2'), p, 'h2', {'results': []}, {'results': []}, [], '/d')
+    assert kept['to_stop'] == ['p', 'r'] and kept['candidates_dest'] == ['p', 'r']
+    # stop_containers: docker container inspect of a restarting one (State.Running may be false between tries)
+    extra = {'results': [{'stdout': json.dumps([{'Name': '/rs', 'State': {'Running': False, 'Status': 'restarting'}}])},
+                         {'stdout': json.dumps([{'Name': '/ps', 'State': {'Running': True, 'Paused': True,
+                                                                          'Status': 'paused'}}])}]}
+    kept = migrate_keep(migrate_select(info, p, 'h2'), p, 'h2', {'results': []}, extra, [], '/d')
+    assert kept['to_stop'] == ['p', 'r', 'rs', 'ps']
 
 
 def test_source_without_docker():
@@ -122,8 +139,22 @@ def test_containers_to_stop_and_start():
     kept = keep(pair(volumes=['db', 'web'], stop_containers=['cron', 'idle']), extra=inspect)
     assert kept['problem'] == ''
     assert kept['to_stop'] == ['shop_db_1', 'shop_web_1', 'cron']
-    assert kept['candidates_dest'] == ['backup', 'shop_db_1', 'shop_web_1', 'cron', 'idle']  # by name per volume
-    assert keep(pair(volumes=['db'], stop_using_containers='false'))['to_stop'] == []
+    # Only the twins of the containers this migration stops: not the stopped 'backup' nor 'idle'.
+    assert kept['candidates_dest'] == ['shop_db_1', 'shop_web_1', 'cron']
+    left_running = keep(pair(volumes=['db'], stop_using_containers='false'))
+    # The source app keeps running: its twin must not start on the destination (it would run on both).
+    assert left_running['to_stop'] == [] and left_running['candidates_dest'] == []
+    both = keep(pair(volumes=['db'], stop_using_containers=False, stop_containers=['cron']), extra=inspect)
+    assert both['to_stop'] == ['cron'] and both['candidates_dest'] == ['cron']
+
+
+def test_a_rerun_after_success_starts_nothing():
+    """After a successful cold migration the source containers are stopped: nothing to start on the destination
+    (an operator may have stopped the destination app since)."""
+    info = inspect_result([vol('db')], [container('shop_db_1', 'exited', 'db')])
+    p = pair(volumes=['db'])
+    kept = migrate_keep(migrate_select(info, p, 'h2'), p, 'h2', {'results': []}, {'results': []}, [], '/d')
+    assert kept['problem'] == '' and kept['to_stop'] == [] and kept['candidates_dest'] == []
 
 
 def test_missing_volumes_and_remove_source():
@@ -157,6 +188,34 @@ def test_shared_destination_volume_also_with_earlier_pairs():
     second = keep(pair(volumes=['db']), claimed=first['claimed'])
     assert 'h2: db (from db, db of an earlier pair)' in second['problem']
     assert second['claimed'] == first['claimed']  # a pair with a problem claims nothing
+
+
+def test_containers_by_name_id_or_id_prefix_and_unknown_ones():
+    def line(name, status, cid, *volumes):
+        return container(name, status, *volumes) + ' ' + json.dumps(cid)
+    info = inspect_result([vol('webv'), vol('dbv'), vol('cachev')],
+                          [line('web', 'running', 'abc123' + '0' * 58, 'webv'),
+                           line('db', 'running', 'abd456' + '1' * 58, 'dbv'),
+                           line('cache', 'running', 'ff' * 32, 'cachev')])
+
+    def kept(containers):
+        p = pair(containers=containers)
+        return migrate_keep(migrate_select(info, p, 'h2'), p, 'h2', {'results': []}, {'results': []}, [], '/d')
+    assert [v['name'] for v in kept(['web', 'abd4'])['vols']] == ['dbv', 'webv']  # a name, an ID prefix
+    assert kept(['/cache', 'ff' * 32])['problem'] == ''  # docker's leading slash, a full ID
+    assert kept(['web', 'dbb', 'nope'])['problem'] == (
+        'Container(s) not found on h1: dbb, nope (containers selects the volumes of containers by name, ID or ID '
+        'prefix; nothing was stopped).')
+    assert kept(['ab'])['problem'] == ('Container ID prefix(es) matching several containers on h1: ab (web, db); '
+                                       'give a name or a longer ID.')
+    assert kept(['web'])['to_stop'] == ['web']
+
+
+def test_a_tmpfs_source_volume_is_marked():
+    info = inspect_result([vol('tmp', options={'type': 'tmpfs', 'device': 'tmpfs', 'o': 'size=10m'}), vol('db')], [])
+    tmp, db = migrate_select(info, pair(volumes=['tmp', 'db']), 'h2')['planned']
+    assert tmp['src_unreadable'].startswith('local {"device": "tmpfs", "o": "size=10m", "type": "tmpfs"}, a tmpfs')
+    assert tmp['src_mounted'] is True and db['src_unreadable'] == ''
 
 
 def test_invalid_migration_id():
