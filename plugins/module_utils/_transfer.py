@@ -897,6 +897,23 @@ def check_migration_id(mid):
 
 # --- shipping the receiver -----------------------------------------------------------------------
 
+def existing_volume_overrides(vol, driver, options, labels):
+    """What of the requested driver, driver options and labels an existing volume (``vol``, its inspect
+    document) does not have: they are used only when the transfer creates the volume. An empty list when it
+    has them all (or none were asked for: the default driver ``local`` counts as not asked for)."""
+    found = []
+    if driver and driver != 'local' and vol.get('Driver') != driver:
+        found.append('its driver is %s, not %s' % (vol.get('Driver'), driver))
+    if options and dict((str(k), str(v)) for k, v in options.items()) != (vol.get('Options') or {}):
+        found.append('its driver options are %s, not %s'
+                     % (json.dumps(vol.get('Options') or {}, sort_keys=True), json.dumps(options, sort_keys=True)))
+    have = vol.get('Labels') or {}
+    missing = sorted(k for k, v in (labels or {}).items() if have.get(k) != str(v))
+    if missing:
+        found.append('it lacks the label(s) %s as asked' % ', '.join(missing))
+    return found
+
+
 def unwritable_volume_error(name, driver, options, helper_image=None):
     """Why the receiver cannot write a volume of this driver and these options, or None.
 
@@ -2511,6 +2528,13 @@ class Receiver(object):
 
     def _ensure_volume(self, vol):
         h = self.hello
+        if vol is not None:
+            ignored = existing_volume_overrides(vol, h.get('dest_driver'), h.get('dest_driver_options'),
+                                                h.get('dest_labels'))
+            if ignored:
+                self.warnings.append('Destination volume %s exists already: %s, which apply only to a volume the '
+                                     'transfer creates (recreate the volume to change them).'
+                                     % (h['dest_volume'], '; '.join(ignored)))
         if vol is None:
             labels = dict(h.get('dest_labels') or {})
             driver = h.get('dest_driver') or 'local'

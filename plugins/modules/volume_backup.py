@@ -112,7 +112,8 @@ options:
   stop_containers:
     description:
       - Stop the running containers that use the volume while it is archived, and start exactly those again
-        afterwards, also when the backup fails. Only done when a new archive is needed.
+        afterwards, also when the backup fails. Only done when a new archive is needed. Paused and restarting
+        containers count as running (a paused one is started again running, not paused).
       - With several volumes, volumes that share a running container form a group, and each group's containers
         are stopped only while that group's volumes are archived; they run again before the next group's
         containers stop. Each application is down for the backup of its own volumes, not for the whole task's.
@@ -344,7 +345,7 @@ import time
 
 from ansible.module_utils.basic import AnsibleModule
 
-from ansible_collections.volumeops.docker.plugins.module_utils._docker_client import AnsibleDockerClient
+from ansible_collections.volumeops.docker.plugins.module_utils._docker_client import ACTIVE_STATES, AnsibleDockerClient
 from ansible_collections.volumeops.docker.plugins.module_utils._validation import volume_name_error
 from ansible_collections.volumeops.docker.plugins.module_utils import _archive, _tree
 from ansible_collections.volumeops.docker.plugins.module_utils._helper import (
@@ -725,7 +726,7 @@ class BackupManager(object):
             summaries = self.client.list_containers()
         users = {}  # volume name -> ids of its running users
         for summary in summaries:
-            if summary.get('State') != 'running':
+            if summary.get('State') not in ACTIVE_STATES:
                 continue
             for mount in summary.get('Mounts') or []:
                 if mount.get('Type') == 'volume' and mount.get('Name'):

@@ -298,3 +298,17 @@ def test_lost_connection_message_always_names_a_reason(exc, reason):
     msg = sender._remote_failure(exc)
     assert msg.startswith('Connection to the destination 10.0.0.2 was lost in the middle of the transfer (')
     assert reason in msg and '()' not in msg
+
+
+def test_overrides_an_existing_destination_volume_does_not_have_are_named():
+    vol = {'Driver': 'local', 'Options': None, 'Labels': {'app': 'pg'}}
+    assert _transfer.existing_volume_overrides(vol, 'local', None, None) == []
+    assert _transfer.existing_volume_overrides(vol, None, {}, {'app': 'pg'}) == []
+    found = _transfer.existing_volume_overrides(vol, 'local', {'type': 'nfs', 'device': ':/x', 'o': 'addr=h'},
+                                                {'app': 'pg', 'tier': 'db'})
+    assert len(found) == 2
+    assert found[0].startswith('its driver options are {}, not {"device": ":/x"')
+    assert found[1] == 'it lacks the label(s) tier as asked'
+    nfs = {'Driver': 'local', 'Options': {'type': 'nfs', 'device': ':/x', 'o': 'addr=h'}, 'Labels': None}
+    assert _transfer.existing_volume_overrides(nfs, 'local', {'type': 'nfs', 'device': ':/x', 'o': 'addr=h'}, {}) == []
+    assert _transfer.existing_volume_overrides(vol, 'rexray', None, None) == ['its driver is local, not rexray']
