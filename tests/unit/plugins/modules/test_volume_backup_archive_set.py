@@ -16,31 +16,6 @@ from ansible_collections.volumeops.docker.plugins.module_utils import _archive
 from ansible_collections.volumeops.docker.plugins.modules import volume_backup
 
 
-class _Module(object):
-    check_mode = False
-    _diff = False
-
-    def set_mode_if_different(self, path, mode, changed):
-        os.chmod(path, int(mode, 8))
-        return changed
-
-
-class _Client(object):
-    def __init__(self, params):
-        self.params = params
-        self.module = _Module()
-
-
-def _manager(tmp_path, **params):
-    p = dict(dest=str(tmp_path / 'dest'), compression='none', compression_level=None, exclude=[],
-             consistency='strict', mode='0600', owner=None, group=None, path=None, stop_containers=False,
-             keep=None, force=False, on_error='stop', helper_image=None, data_path='auto')
-    p.update(params)
-    if not os.path.isdir(p['dest']):
-        os.mkdir(p['dest'], 0o700)
-    return volume_backup.BackupManager(_Client(p))
-
-
 def _sidecar(archive, manifest):
     with open(archive + '.sha256', 'w') as f:
         f.write('%s  %s\n' % ('0' * 64, os.path.basename(archive)))
@@ -92,11 +67,11 @@ def test_damaged_archives_are_not_whole_and_never_counted_by_retention(tmp_path)
 
 
 @pytest.mark.skipif(not shutil.which('tar'), reason='needs GNU tar (the test bootstrap installs it)')
-def test_sidecar_records_the_size_and_a_truncated_newest_archive_is_not_trusted(tmp_path):
+def test_sidecar_records_the_size_and_a_truncated_newest_archive_is_not_trusted(tmp_path, backup_manager):
     root = tmp_path / 'vol'
     root.mkdir()
     (root / 'db').write_bytes(b'v1' * 1000)
-    manager = _manager(tmp_path)
+    manager = backup_manager()
     src = volume_backup.Source('db', root=str(root), data_path='local')
     final, res = manager.write(src, manager.summary(src))
     manifest = _archive.read_sidecar_manifest(final)
@@ -119,11 +94,11 @@ def test_sidecar_records_the_size_and_a_truncated_newest_archive_is_not_trusted(
 
 @pytest.mark.skipif(not shutil.which('tar'), reason='needs GNU tar (the test bootstrap installs it)')
 @pytest.mark.parametrize('consistent', [True, False])
-def test_sidecar_keeps_the_size_beside_the_best_effort_mark(tmp_path, monkeypatch, consistent):
+def test_sidecar_keeps_the_size_beside_the_best_effort_mark(tmp_path, monkeypatch, consistent, backup_manager):
     root = tmp_path / 'vol'
     root.mkdir()
     (root / 'db').write_bytes(b'v1')
-    manager = _manager(tmp_path, consistency='best_effort')
+    manager = backup_manager(consistency='best_effort')
     monkeypatch.setattr(manager, 'still_as_walked', lambda src, summary: consistent)
     src = volume_backup.Source('db', root=str(root), data_path='local')
     final, res = manager.write(src, manager.summary(src))

@@ -18,29 +18,6 @@ from ansible_collections.volumeops.docker.plugins.modules import volume_backup
 pytestmark = pytest.mark.skipif(not shutil.which('tar'), reason='needs GNU tar (the test bootstrap installs it)')
 
 
-class _Module(object):
-    check_mode = False
-    _diff = False
-
-    def set_mode_if_different(self, path, mode, changed):
-        os.chmod(path, int(mode, 8))
-        return changed
-
-
-class _Client(object):
-    def __init__(self, params):
-        self.params = params
-        self.module = _Module()
-
-
-def _manager(tmp_path, exclude):
-    params = dict(dest=str(tmp_path / 'dest'), compression='none', compression_level=None, exclude=exclude,
-                  consistency='strict', mode='0600', owner=None, group=None, path=None, stop_containers=False,
-                  keep=None, force=False, on_error='stop', helper_image=None, data_path='auto')
-    os.mkdir(params['dest'], 0o700)
-    return volume_backup.BackupManager(_Client(params))
-
-
 @pytest.fixture
 def volume(tmp_path):
     root = tmp_path / 'vol'
@@ -55,8 +32,8 @@ def _old_tar_exclusions(patterns):
     return ['--exclude=' + p for p in patterns]
 
 
-def test_hidden_entries_are_excluded_and_the_rest_is_archived(tmp_path, volume):
-    manager = _manager(tmp_path, ['.*'])
+def test_hidden_entries_are_excluded_and_the_rest_is_archived(tmp_path, volume, backup_manager):
+    manager = backup_manager(exclude=['.*'])
     src = volume_backup.Source('v', root=str(volume), data_path='local')
     summary = manager.summary(src)
     final, res = manager.write(src, summary)
@@ -65,9 +42,9 @@ def test_hidden_entries_are_excluded_and_the_rest_is_archived(tmp_path, volume):
     assert listing == [b'.volumeops-manifest.json', b'./', b'./d/', b'./d/f1']
 
 
-def test_local_archive_with_fewer_members_than_the_manifest_is_refused(tmp_path, volume, monkeypatch):
+def test_local_archive_with_fewer_members_than_the_manifest_is_refused(tmp_path, volume, monkeypatch, backup_manager):
     monkeypatch.setattr(_archive, 'tar_exclude_options', _old_tar_exclusions)
-    manager = _manager(tmp_path, ['.*'])
+    manager = backup_manager(exclude=['.*'])
     src = volume_backup.Source('v', root=str(volume), data_path='local')
     with pytest.raises(volume_backup.VolumeFailure, match=r'would hold 0 entries, but the metadata walk found 3'):
         manager.write(src, manager.summary(src))
@@ -91,10 +68,10 @@ class _Helper(object):
 
 
 @pytest.mark.parametrize('broken', [False, True])
-def test_helper_stream_members_are_counted(tmp_path, volume, monkeypatch, broken):
+def test_helper_stream_members_are_counted(tmp_path, volume, monkeypatch, broken, backup_manager):
     if broken:
         monkeypatch.setattr(_archive, 'tar_exclude_options', _old_tar_exclusions)
-    manager = _manager(tmp_path, ['.*'])
+    manager = backup_manager(exclude=['.*'])
     src = volume_backup.Source('v', root=None, data_path='helper')
     local = volume_backup.Source('v', root=str(volume), data_path='local')
     monkeypatch.setattr(manager, 'helper', lambda s: _Helper(str(volume)))
