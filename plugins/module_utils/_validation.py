@@ -22,6 +22,29 @@ def volume_name_error(name, what='volume name'):
     return None
 
 
+# The options the local volume driver of Docker 20.10 and later accepts on Linux, and the options each one
+# needs beside it (the daemon's validOpts and mandatoryOpts); anything else fails "docker volume create".
+LOCAL_DRIVER_OPTIONS = ('type', 'device', 'o', 'size')
+LOCAL_DRIVER_REQUIRED = (('device', ('type',)), ('type', ('device',)), ('o', ('device', 'type')))
+
+
+def local_driver_options_error(options):
+    """None when the local driver accepts these option keys, else one message naming every problem."""
+    options = options or {}
+    problems = []
+    unknown = sorted(k for k in options if k not in LOCAL_DRIVER_OPTIONS)
+    if unknown:
+        problems.append('unknown option(s) %s (it accepts only %s)'
+                        % (', '.join(repr(k) for k in unknown), ', '.join(LOCAL_DRIVER_OPTIONS)))
+    for key, needs in LOCAL_DRIVER_REQUIRED:
+        missing = [n for n in needs if key in options and n not in options]
+        if missing:
+            problems.append('option %r needs %s too' % (key, ' and '.join(repr(n) for n in missing)))
+    if not problems:
+        return None
+    return ('The local volume driver would refuse driver_options: %s. Nothing was changed.' % '; '.join(problems))
+
+
 def stringify_labels(labels, what='labels'):
     """Labels as a str->str dict, or raise ValueError naming the key and value.
 

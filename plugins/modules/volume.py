@@ -62,6 +62,13 @@ options:
       - When given, compared exactly with the volume's options (an option no longer listed is a difference).
         When not given, the options of an existing volume are not compared (and are kept when it is recreated).
       - Values must be strings or integers; booleans and floats are refused (quote them in YAML).
+      - For the C(local) driver the option keys are checked before the daemon is contacted, in check mode too, as
+        Docker 20.10 and later check them. It accepts only C(type), C(device), C(o) and C(size); C(type) and
+        C(device) go together, and C(o) needs both.
+      - Before a volume of the C(local) driver is removed to be recreated with options, a throw-away volume with
+        those options is created and removed again (not in check mode), so that an option the daemon refuses on
+        this host (such as C(size) without quota support) fails the task with the volume still there. No such
+        test is made for other drivers, whose create could provision real storage.
     type: dict
     aliases: [options]
   labels:
@@ -81,6 +88,8 @@ options:
         options or labels differ.
       - V(always) removes the volume B(with all its data) and creates it again on every run.
       - Recreating fails, without removing anything, when a container uses the volume.
+      - When the create fails after the removal, the task fails with C(changed=true) and a message saying that
+        the volume was removed and could not be created again, with the daemon's reason.
     type: str
     choices: [never, options-changed, always]
     default: never
@@ -167,7 +176,11 @@ differences:
       wanted: null
 '''
 
+import uuid
+
+from ansible_collections.volumeops.docker.plugins.module_utils._docker_client import describe_docker_error
 from ansible_collections.volumeops.docker.plugins.module_utils._validation import (
+    local_driver_options_error,
     stringify_labels,
     volume_name_error,
 )
@@ -189,9 +202,11 @@ def precheck(params):
         return error
     try:
         stringify_labels(params['labels'])
-        stringify_labels(params['driver_options'], what='driver_options')
+        options = stringify_labels(params['driver_options'], what='driver_options')
     except ValueError as exc:
         return str(exc)
+    if params['state'] == 'present' and params['driver'] == 'local' and params['driver_options'] is not None:
+        return local_driver_options_error(options)
     return None
 
 
@@ -266,14 +281,40 @@ class VolumeManager(object):
         self.changed = True
         if self.check_mode:
             return
-        action = 'Creating volume %s' % p.name
-        if after_removal:
-            action = ('Creating volume %s again (the old volume and its data were already removed; '
-                      'fix the cause and run the task again to create it)' % p.name)
-        with self.client.errors(action):
+        if not after_removal:
+            with self.client.errors('Creating volume %s' % p.name):
+                self.client.api.create_volume(p.name, driver=wanted['driver'],
+                                              driver_opts=wanted['options'] or None, labels=wanted['labels'] or None)
+            return
+        try:
             # Unmanaged options/labels (parameter not given) keep the old volume's values on recreate.
             self.client.api.create_volume(p.name, driver=wanted['driver'], driver_opts=wanted['options'] or None,
                                           labels=wanted['labels'] or None)
+        except Exception as exc:  # the old volume is gone whatever went wrong: say so, and that it changed
+            self.actions[-1] = 'Could not create volume %s again' % p.name
+            self.client.fail('Volume %s was REMOVED, with all its data, but could not be created again: %s. '
+                             'Fix the cause and run the task again to create it.'
+                             % (p.name, describe_docker_error(exc, 'the Docker daemon refused the create')),
+                             changed=True, actions=self.actions, differences=public_differences(self.differences))
+
+    def _probe_local_options(self, wanted):
+        """Create and remove a throw-away local volume with the wanted options before removing the real one.
+
+        The local driver checks its options at create time only (an unknown key, a size quota on a filesystem
+        without quota support): a refusal found here leaves the volume and its data alone. Only for the local
+        driver, whose create mounts nothing; a plugin's create could provision real storage.
+        """
+        if self.check_mode or self.p.driver != 'local' or not wanted['options']:
+            return
+        probe = '%s-volumeops-probe-%s' % (self.p.name, uuid.uuid4().hex[:12])
+        try:
+            self.client.api.create_volume(probe, driver='local', driver_opts=wanted['options'])
+        except Exception as exc:
+            self.client.fail('Volume %s was not touched: the local driver refuses the requested driver_options (%s).'
+                             % (self.p.name, describe_docker_error(exc, 'a test create with them')),
+                             differences=public_differences(self.differences))
+        with self.client.errors('Removing the test volume %s' % probe):
+            self.client.api.remove_volume(probe)
 
     def _check_driver_available(self):
         """Before destroying a volume to recreate it, make sure the driver exists."""
@@ -301,6 +342,8 @@ class VolumeManager(object):
         self.differences = volume_differences(before, wanted)
         if p.recreate == 'always' or (p.recreate == 'options-changed' and self.differences):
             self._check_driver_available()
+            self._refuse_if_in_use('recreate')
+            self._probe_local_options(wanted)
             self._remove('recreate')
             self._create(wanted, after_removal=True)
             return wanted
