@@ -53,7 +53,15 @@ def walk(root, descend=None):
 
 
 class PermissionsError(Exception):
-    """A problem meant for the user as it is (bad input, refused path, failed change)."""
+    """A problem meant for the user as it is (bad input, refused path, failed change).
+
+    ``changed`` is the number of entries already changed when a run stopped on it (None before any change
+    could be made: bad input, refused path).
+    """
+
+    def __init__(self, msg, changed=None):
+        super().__init__(msg)
+        self.changed = changed
 
 
 # --- modes -----------------------------------------------------------------------------------------
@@ -424,6 +432,7 @@ def _process(entries, plan, check_mode, tally, target_b, prefix=b'.', expect_top
     mode_memo = {}
     examined = 0
     isdir = stat.S_ISDIR
+    fixing = None  # the entry being changed, while it is
     try:
         for entry in entries:
             st = entry.st
@@ -485,14 +494,37 @@ def _process(entries, plan, check_mode, tally, target_b, prefix=b'.', expect_top
                 parent_rel, name = rel.rsplit(b'/', 1)
                 parent_abs = entry.abspath[:-(len(name) + 1)]
                 expect = dirs_seen.get(parent_rel)
+            fixing = entry
             fd = handles.get(parent_rel, parent_abs, expect)
             _fix(fd, name, entry.abspath, st, uid, gid, mode, chown_needed, chmod_needed)
+            fixing = None
+    except PermissionsError as exc:
+        if exc.changed is None:
+            exc.changed = 0 if check_mode else tally.changed - (fixing is not None)
+        raise
     except OSError as exc:
-        raise PermissionsError('Changing %s failed: %s' % (display_path(exc.filename or target_b),
-                                                           exc.strerror or exc))
+        # fchown/fchmod errors carry no file name: name the entry being changed (or what the walk failed on).
+        where = fixing.abspath if fixing is not None else (exc.filename or target_b)
+        verb = 'Changing' if fixing is not None else 'Reading'
+        done = 0 if check_mode else tally.changed - (fixing is not None)
+        if exc.errno == errno.ENAMETOOLONG:
+            raise PermissionsError(_too_deep_message(where, target_b), changed=done)
+        raise PermissionsError('%s %s failed: %s' % (verb, display_path(where), exc.strerror or exc), changed=done)
     finally:
         handles.close()
         tally.examined += examined
+
+
+def _too_deep_message(where, target_b):
+    """One readable sentence for ENAMETOOLONG: the tree is deeper than the absolute paths the walk opens."""
+    where = os.fsencode(where)
+    rel = where[len(target_b):].lstrip(b'/') if where.startswith(target_b) else where
+    shown = display_path(rel)
+    if len(shown) > 100:
+        shown = shown[:45] + ' ... ' + shown[-45:]
+    return ('The tree is too deep: an entry %d levels below path has a path of %d bytes, longer than the '
+            'system allows (PATH_MAX, 4096 bytes); this module cannot reach it (%s). Change such a tree with '
+            'chown -R/chmod -R, or move its deep part higher.' % (rel.count(b'/') + 1, len(where), shown))
 
 
 def default_workers():
@@ -578,6 +610,7 @@ def _run_workers(jobs, count, plan, check_mode, tally, target_b):
             workers.append(dict(pid=pid, job=job_w, res=res_r, buf=b'', busy=None))
         results = {}
         error = None
+        error_changed = 0  # entries a failed job had changed before it stopped
         next_job = 0
         for w in workers:
             if next_job < len(jobs):
@@ -600,6 +633,7 @@ def _run_workers(jobs, count, plan, check_mode, tally, target_b):
                     answer = json.loads(line.decode('utf-8'))
                     if 'error' in answer:
                         error = error or answer['error']
+                        error_changed += answer.get('changed') or 0
                     else:
                         results[w['busy']] = answer
                     w['busy'] = None
@@ -608,7 +642,9 @@ def _run_workers(jobs, count, plan, check_mode, tally, target_b):
                         w['busy'] = next_job
                         next_job += 1
         if error is not None:
-            raise PermissionsError(error)
+            # Jobs that ended (before or after the failure) did their changes: count them all.
+            raise PermissionsError(error, changed=0 if check_mode else (
+                tally.changed + error_changed + sum(r['changed'] for r in results.values())))
         for index in range(len(jobs)):
             tally.merge(results[index])
     finally:
@@ -636,9 +672,10 @@ def _worker_loop(job_r, res_w, jobs, plan, check_mode, target_b):  # pragma: no 
                     _process(walk(abspath), plan, check_mode, part, target_b, prefix=rel, expect_top=expect)
                     answer = part.as_dict()
                 except PermissionsError as exc:
-                    answer = dict(error=str(exc))
+                    answer = dict(error=str(exc), changed=exc.changed or 0)
                 except Exception as exc:  # anything else must still reach the parent as a message
-                    answer = dict(error='%s while processing %s: %s' % (type(exc).__name__, display_path(abspath), exc))
+                    answer = dict(error='%s while processing %s: %s' % (type(exc).__name__, display_path(abspath), exc),
+                                  changed=0 if check_mode else part.changed)
                 res_out.write(json.dumps(answer).encode('utf-8') + b'\n')
                 res_out.flush()
     except BaseException:
@@ -764,6 +801,8 @@ def helper_main(argv=None):
         out = dict(ok=True, result=result)
     except PermissionsError as exc:
         out = dict(ok=False, msg=str(exc))
+        if exc.changed:
+            out['changed'] = exc.changed
     sys.stdout.write(json.dumps(out) + '\n')
     sys.stdout.flush()
     return 0

@@ -143,6 +143,11 @@ notes:
   - Changes go through a verified file descriptor of each parent directory and never follow a symlink, so a
     container that keeps running and swaps a directory for a symlink cannot redirect them outside the volume;
     the task fails if it notices the swap. Stop writers for a consistent result.
+  - A failure part-way (an immutable file, a filesystem that refuses the change) stops the run at that entry;
+    the message names it, and when entries were changed before it the task reports C(changed=true) and how many
+    (also in RV(changed_entries)). Entries not reached yet are left as they were.
+  - Entries are reached through their absolute paths, so a tree deeper than PATH_MAX (4096 bytes of path) fails,
+    in check mode too, with a message saying so.
   - A local-driver volume with driver options (NFS, tmpfs, bind devices) is only mounted while a container uses
     it, so it is always handled through a helper container.
 seealso:
@@ -230,8 +235,10 @@ examined:
   type: int
   sample: 1532
 changed_entries:
-  description: Number of entries changed (or that would be changed in check mode).
-  returned: success
+  description:
+    - Number of entries changed (or that would be changed in check mode).
+    - When the run failed part-way, the number of entries changed before the failure.
+  returned: success, and on a failure part-way
   type: int
   sample: 12
 changes:
@@ -471,7 +478,7 @@ class PermissionsManager(object):
         try:
             return run(mountpoint, p.path, plan, check_mode=p.check_mode, workers=p.workers)
         except PermissionsError as exc:
-            self.client.fail('Volume %s: %s' % (p.volume, exc))
+            self.fail_partway(str(exc), exc.changed)
 
     def run_helper(self, plan):
         p = self.params
@@ -512,8 +519,18 @@ class PermissionsManager(object):
                              % (p.helper_image, p.volume, code, (err.strip() or out.strip())[-2000:]))
         answer = json.loads(lines[-1])
         if not answer.get('ok'):
-            self.client.fail('Volume %s: %s' % (p.volume, answer.get('msg')))
+            self.fail_partway(answer.get('msg'), answer.get('changed'))
         return answer['result']
+
+    def fail_partway(self, msg, changed):
+        """Fail; when entries were changed before the failure, say how many and report changed=true."""
+        p = self.params
+        msg = 'Volume %s: %s' % (p.volume, msg)
+        if changed:
+            msg = msg.rstrip('.') + ('. %d %s changed before the failure; entries not reached were left as they '
+                                     'were. Fix the cause and run the task again.'
+                                     % (changed, 'entry was' if changed == 1 else 'entries were'))
+        self.client.fail(msg, changed=bool(changed), changed_entries=changed or 0)
 
     # --- main -----------------------------------------------------------------------------------------
 

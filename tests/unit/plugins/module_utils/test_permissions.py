@@ -294,3 +294,94 @@ def test_recurse_on_a_file_target(tmp_path):
     result = run(str(root), 'd/g', plan, workers=2)
     assert result['examined'] == 1 and result['target_path'] == 'd/g'
     assert stat.S_IMODE(os.lstat(str(root / 'd' / 'g')).st_mode) == 0o600
+
+
+# --- a failure part-way: the entry is named, the changes already made are counted ---------------------
+
+def _refuse_fchmod_of(monkeypatch, victim):
+    """fchmod fails like on an immutable file (EPERM, and no file name, as fchmod(2) errors have none)."""
+    victim_ino = os.lstat(str(victim)).st_ino
+    real_fchmod = os.fchmod
+
+    def fchmod(fd, mode):
+        if os.fstat(fd).st_ino == victim_ino:
+            raise PermissionError(1, 'Operation not permitted')
+        return real_fchmod(fd, mode)
+    monkeypatch.setattr(perm.os, 'fchmod', fchmod)
+
+
+def test_a_failed_entry_is_named_and_earlier_changes_are_counted(tmp_path, monkeypatch):
+    root = tmp_path / 'vol'
+    for name in ('a', 'b', 'c'):
+        (root / name).mkdir(parents=True)
+        (root / name / 'x').write_text('x')
+        os.chmod(str(root / name / 'x'), 0o644)
+    _refuse_fchmod_of(monkeypatch, root / 'b' / 'x')
+    plan = Plan(file_mode=parse_mode('0600'), recurse=True)
+    with pytest.raises(PermissionsError) as info:
+        run(str(root), '.', plan, workers=1)
+    assert 'Changing %s failed: Operation not permitted' % (root / 'b' / 'x') in str(info.value)
+    changed_now = sum(1 for n in ('a', 'b', 'c') if stat.S_IMODE(os.lstat(str(root / n / 'x')).st_mode) == 0o600)
+    assert changed_now >= 1
+    assert info.value.changed == changed_now
+    # Check mode changes nothing, so it fails nowhere and counts no change.
+    assert run(str(root), '.', plan, check_mode=True)['changed_entries'] == 3 - changed_now
+
+
+@pytest.mark.parametrize('workers', [2, 3])
+def test_a_failed_entry_in_a_worker_counts_every_change_made(tmp_path, monkeypatch, workers):
+    root = tmp_path / 'vol'
+    _wide_tree(root)
+    victim = root / 'l0_1' / 'l1_1' / 'l2_1' / 'f0'
+    _refuse_fchmod_of(monkeypatch, victim)
+    plan = Plan(file_mode=parse_mode('0600'), recurse=True)
+    before = _modes(root)
+    with pytest.raises(PermissionsError) as info:
+        run(str(root), '.', plan, workers=workers)
+    assert str(victim) in str(info.value)
+    after = _modes(root)
+    assert info.value.changed == sum(1 for k in after if after[k] != before[k])
+    assert info.value.changed > 0
+
+
+def test_helper_main_reports_the_changes_made_before_a_failure(tmp_path, monkeypatch, capsys):
+    root = tmp_path / 'vol'
+    root.mkdir()
+    for name in ('a', 'b'):
+        (root / name).write_text('x')
+        os.chmod(str(root / name), 0o644)
+    _refuse_fchmod_of(monkeypatch, root / 'b')
+    plan = Plan(file_mode=parse_mode('0600'), recurse=True)
+    request = dict(root=str(root), path='.', plan=perm.plan_to_dict(plan), check_mode=False)
+    perm.helper_main(['x', json.dumps(request)])
+    out = json.loads(capsys.readouterr().out)
+    assert out['ok'] is False and out['changed'] == 1 and str(root / 'b') in out['msg']
+
+
+def _deep_tree(root, levels=250):
+    """A chain of 30-character directories deeper than PATH_MAX, made relative to descriptors."""
+    root.mkdir()
+    fd = os.open(str(root), os.O_RDONLY)
+    for _i in range(levels):
+        os.mkdir('d' * 30, dir_fd=fd)
+        child = os.open('d' * 30, os.O_RDONLY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    os.close(os.open('leaf', os.O_CREAT | os.O_WRONLY, 0o644, dir_fd=fd))
+    os.close(fd)
+
+
+@pytest.mark.parametrize('check_mode', [True, False])
+def test_a_tree_deeper_than_path_max_fails_with_one_short_message(tmp_path, check_mode):
+    root = tmp_path / 'vol'
+    _deep_tree(root)
+    plan = Plan(dir_mode=parse_mode('0700'), recurse=True)
+    with pytest.raises(PermissionsError) as info:
+        run(str(root), '.', plan, check_mode=check_mode, workers=1)
+    msg = str(info.value)
+    assert msg.startswith('The tree is too deep: an entry ') and 'PATH_MAX' in msg
+    assert len(msg) < 600, 'the 4 KB path is not in the message'
+    if check_mode:
+        assert info.value.changed == 0
+    else:
+        assert info.value.changed > 100  # what was reached was changed, and is counted

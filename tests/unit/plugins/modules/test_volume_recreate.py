@@ -114,8 +114,8 @@ def test_the_probe_is_removed_and_the_volume_recreated():
     probe = client.api.calls[0][1]
     assert probe.startswith('data-volumeops-probe-')
     assert client.api.calls[1] == ('remove', probe)
-    assert client.api.calls[2:] == [('remove', 'data'), ('create', 'data', {'type': 'tmpfs', 'device': 'tmpfs',
-                                                                               'o': 'size=1m'})]
+    wanted = {'type': 'tmpfs', 'device': 'tmpfs', 'o': 'size=1m'}
+    assert client.api.calls[2:] == [('remove', 'data'), ('create', 'data', wanted)]
 
 
 def test_no_probe_for_a_plugin_driver_and_a_failed_create_after_removal_is_a_change():
