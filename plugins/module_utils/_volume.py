@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import os
 
-from ansible_collections.volumeops.docker.plugins.module_utils._docker_client import AnsibleDockerClient
+from ansible_collections.volumeops.docker.plugins.module_utils._docker_client import ACTIVE_STATES, AnsibleDockerClient
 
 # Engines from API 1.42 (Docker 23.0) mark anonymous volumes with this label and
 # their prune removes only volumes carrying it unless the filter all=true is given.
@@ -125,7 +125,10 @@ def describe_containers(containers):
 # --- volume_info ---------------------------------------------------------------------------------
 
 def mounts_by_volume(container_summaries):
-    """{volume name: [in_use_by entries]} from one GET /containers/json?all=1 answer."""
+    """{volume name: [in_use_by entries]} from one GET /containers/json?all=1 answer.
+
+    ``running`` is true in every state of ACTIVE_STATES (running, paused, restarting).
+    """
     result = {}
     for summary in container_summaries or []:
         name = (summary.get('Names') or ['/' + summary.get('Id', '')[:12]])[0].lstrip('/')
@@ -136,7 +139,8 @@ def mounts_by_volume(container_summaries):
             result.setdefault(mount['Name'], []).append(dict(
                 name=name,
                 id=summary.get('Id'),
-                running=state == 'running',
+                # A paused or restarting container holds the volume mounted, as containers_using_volume counts it.
+                running=state in ACTIVE_STATES,
                 state=state,
                 destination=mount.get('Destination'),
                 read_only=not mount.get('RW', True),
@@ -178,9 +182,21 @@ def filesystem_usage(statvfs_result, is_mount):
                 dedicated=bool(is_mount))
 
 
-def local_filesystem_usage(mountpoint):
-    """filesystem_usage() for a path on this host, or None when it is not there."""
+def mounted_only_in_use(driver, options):
+    """True for a local volume with driver options (tmpfs, nfs, a device): the daemon mounts it on its mountpoint
+    only while a container uses it; the rest of the time the mountpoint is a plain directory of the Docker root."""
+    return driver == 'local' and bool(options)
+
+
+def local_filesystem_usage(mountpoint, driver=None, options=None):
+    """filesystem_usage() for a path on this host, or None when it is not there.
+
+    None too for a volume mounted only while in use (mounted_only_in_use) that is not mounted now: statvfs
+    of its mountpoint would describe the Docker root's filesystem, not the volume's.
+    """
     if not mountpoint or not os.path.isdir(mountpoint):
+        return None
+    if mounted_only_in_use(driver, options) and not os.path.ismount(mountpoint):
         return None
     try:
         return filesystem_usage(os.statvfs(mountpoint), os.path.ismount(mountpoint))

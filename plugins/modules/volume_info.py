@@ -62,7 +62,8 @@ options:
     default: false
 notes:
   - Docker does not compute sizes for volumes with driver options (tmpfs, nfs, ...) or non-local drivers;
-    their RV(volumes[].size_bytes) is null. RV(volumes[].filesystem) still reports a mounted tmpfs/nfs volume.
+    their RV(volumes[].size_bytes) is null. RV(volumes[].filesystem) still reports a mounted tmpfs/nfs volume, and is
+    null for one that no container uses now (it is not mounted then).
   - RV(volumes[].filesystem) is only given when O(docker_host) is a local C(unix://) socket and the mountpoint
     exists on the managed host; volumes that share the Docker data filesystem report that whole filesystem
     (RV(volumes[].filesystem.dedicated=false)).
@@ -165,7 +166,9 @@ volumes:
           description: Container id.
           type: str
         running:
-          description: Whether the container is running.
+          description:
+            - Whether the container holds the volume mounted now, that is, its state is C(running), C(paused)
+              or C(restarting) (a paused container resumes where it was). C(state) gives the exact state.
           type: bool
         state:
           description: Container state (running, exited, created, ...).
@@ -190,6 +193,9 @@ volumes:
       description:
         - The filesystem holding the volume's mountpoint on the managed host (like C(df)); null when the mountpoint is
           not on this host.
+        - Null also for a C(local) volume with driver options (tmpfs, NFS, a device) that is not mounted now: the
+          daemon mounts such a volume only while a container uses it, and its mountpoint is otherwise a plain
+          directory on the Docker root filesystem, which says nothing about the volume.
       type: dict
       returned: when O(usage=true)
       contains:
@@ -292,7 +298,8 @@ class VolumeInfoManager(object):
         local = self.client.is_local
         for vol in volumes:
             vol['size_bytes'], vol['ref_count'] = sizes.get(vol['name'], (None, None))
-            vol['filesystem'] = local_filesystem_usage(vol['mountpoint']) if local else None
+            vol['filesystem'] = local_filesystem_usage(vol['mountpoint'], vol['driver'], vol['options']) \
+                if local else None
 
 
 def main():

@@ -90,6 +90,15 @@ def test_mounts_by_volume_one_pass():
     assert users['conf'][0]['read_only'] and users['conf'][0]['running']
 
 
+@pytest.mark.parametrize('state, running', [('running', True), ('paused', True), ('restarting', True),
+                                             ('exited', False), ('created', False), ('dead', False)])
+def test_mounts_by_volume_paused_and_restarting_containers_hold_the_volume(state, running):
+    users = v.mounts_by_volume([{'Id': 'd' * 64, 'Names': ['/db'], 'State': state,
+                                 'Mounts': [{'Type': 'volume', 'Name': 'data', 'Destination': '/d', 'RW': True}]}])
+    assert users['data'][0]['running'] is running
+    assert users['data'][0]['state'] == state
+
+
 def test_sizes_from_df_maps_unknown_to_none():
     df = {'Volumes': [{'Name': 'a', 'UsageData': {'Size': 10, 'RefCount': 1}},
                       {'Name': 'b', 'UsageData': {'Size': -1, 'RefCount': -1}},
@@ -123,6 +132,16 @@ def test_local_filesystem_usage(tmp_path):
     assert fs['size_bytes'] == st.f_blocks * st.f_frsize
     assert v.local_filesystem_usage(str(tmp_path / 'missing')) is None
     assert v.local_filesystem_usage(None) is None
+
+
+def test_filesystem_of_a_volume_mounted_only_in_use(tmp_path):
+    tmpfs_options = {'type': 'tmpfs', 'device': 'tmpfs'}
+    # Not mounted now: its mountpoint is a directory of the Docker root, which says nothing about the volume.
+    assert v.local_filesystem_usage(str(tmp_path), 'local', tmpfs_options) is None
+    # A plain local volume shares that filesystem, and says so.
+    assert v.local_filesystem_usage(str(tmp_path), 'local', {})['dedicated'] is False
+    # Mounted (a mount point): its own filesystem.
+    assert v.local_filesystem_usage('/proc', 'local', tmpfs_options)['dedicated'] is True
 
 
 # --- prune --------------------------------------------------------------------------------------------
