@@ -193,9 +193,9 @@ volumes:
       description:
         - The filesystem holding the volume's mountpoint on the managed host (like C(df)); null when the mountpoint is
           not on this host.
-        - Null also for a C(local) volume with driver options (tmpfs, NFS, a device) that is not mounted now: the
+        - Null also for a C(local) volume with driver options (tmpfs, NFS, a device) that is not mounted now (the
           daemon mounts such a volume only while a container uses it, and its mountpoint is otherwise a plain
-          directory on the Docker root filesystem, which says nothing about the volume.
+          directory on the Docker root filesystem, which says nothing about the volume).
       type: dict
       returned: when O(usage=true)
       contains:

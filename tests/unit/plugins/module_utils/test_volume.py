@@ -90,8 +90,11 @@ def test_mounts_by_volume_one_pass():
     assert users['conf'][0]['read_only'] and users['conf'][0]['running']
 
 
-@pytest.mark.parametrize('state, running', [('running', True), ('paused', True), ('restarting', True),
-                                             ('exited', False), ('created', False), ('dead', False)])
+STATES = [('running', True), ('paused', True), ('restarting', True), ('exited', False), ('created', False),
+          ('dead', False)]
+
+
+@pytest.mark.parametrize('state, running', STATES)
 def test_mounts_by_volume_paused_and_restarting_containers_hold_the_volume(state, running):
     users = v.mounts_by_volume([{'Id': 'd' * 64, 'Names': ['/db'], 'State': state,
                                  'Mounts': [{'Type': 'volume', 'Name': 'data', 'Destination': '/d', 'RW': True}]}])
