@@ -198,6 +198,11 @@ def format_mode(mode):
 
 # --- users and groups ------------------------------------------------------------------------------
 
+def _is_ascii_number(text):
+    """Digits 0-9 only: str.isdigit() also accepts '²' (which int() refuses) and '١٢٣٤' (which int() reads as 1234)."""
+    return text.isascii() and text.isdigit()
+
+
 def parse_passwd(text):
     """name -> (uid, gid) from /etc/passwd content (str); malformed lines are skipped."""
     result = {}
@@ -205,7 +210,7 @@ def parse_passwd(text):
         if not line or line.startswith('#'):
             continue
         parts = line.split(':')
-        if len(parts) < 4 or not parts[2].isdigit() or not parts[3].isdigit():
+        if len(parts) < 4 or not _is_ascii_number(parts[2]) or not _is_ascii_number(parts[3]):
             continue
         result.setdefault(parts[0], (int(parts[2]), int(parts[3])))
     return result
@@ -218,7 +223,7 @@ def parse_group(text):
         if not line or line.startswith('#'):
             continue
         parts = line.split(':')
-        if len(parts) < 3 or not parts[2].isdigit():
+        if len(parts) < 3 or not _is_ascii_number(parts[2]):
             continue
         result.setdefault(parts[0], int(parts[2]))
     return result
@@ -226,7 +231,7 @@ def parse_group(text):
 
 def _numeric_id(value):
     text = str(value).strip()
-    if text.isdigit():
+    if _is_ascii_number(text):
         number = int(text)
         if number > 0xFFFFFFFE:  # (uid_t)-1 means "unchanged" to chown(2)
             raise PermissionsError('ID %s is out of range (0 to 4294967294).' % text)

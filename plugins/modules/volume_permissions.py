@@ -150,6 +150,9 @@ notes:
     in check mode too, with a message saying so.
   - A local-driver volume with driver options (NFS, tmpfs, bind devices) is only mounted while a container uses
     it, so it is always handled through a helper container.
+  - A memory volume (C(local) driver, C(type=tmpfs) or C(ramfs)) keeps its content only while a container mounts
+    it. When no running (or paused, or restarting) container does, the task fails, in check mode too, and changes
+    nothing (the helper would mount an empty one whose changes are gone when it ends).
 seealso:
   - module: volumeops.docker.volume
   - module: volumeops.docker.volume_info
@@ -285,6 +288,7 @@ import tarfile
 
 from ansible_collections.volumeops.docker.plugins.module_utils._docker_client import AnsibleDockerClient
 from ansible_collections.volumeops.docker.plugins.module_utils._validation import volume_name_error
+from ansible_collections.volumeops.docker.plugins.module_utils import _archive
 from ansible_collections.volumeops.docker.plugins.module_utils import _permissions
 from ansible_collections.volumeops.docker.plugins.module_utils import _tree
 from ansible_collections.volumeops.docker.plugins.module_utils._permissions import (
@@ -366,6 +370,8 @@ class PermissionsParameters(object):
         error = volume_name_error(self.volume)
         if error:
             client.fail(error)
+        if '\0' in (self.path or ''):
+            client.fail('path %r contains a NUL character, which no file name can contain.' % self.path)
 
     @staticmethod
     def _id_param(client, name):
@@ -469,7 +475,10 @@ class PermissionsManager(object):
             if reasons:
                 self.client.fail('data_path=direct is not possible for volume %s: %s.' % (p.volume, '; '.join(reasons)))
             return 'direct'
-        if p.data_path == 'helper' or reasons:
+        if reasons:
+            self._helper_reason = '; '.join(reasons)
+            return 'helper'
+        if p.data_path == 'helper':
             return 'helper'
         return 'direct'
 
@@ -540,6 +549,7 @@ class PermissionsManager(object):
             volume_info = self.client.inspect_volume(p.volume)
         if volume_info is None:
             self.client.fail('Volume %s does not exist.' % p.volume)
+        self.refuse_unmounted_memory_volume(volume_info)
         uid, gid = self.resolve_ids()
         plan = Plan(uid=uid, gid=gid, mode=p.mode, dir_mode=p.dir_mode, file_mode=p.file_mode,
                     recurse=p.recurse, sample_size=p.diff_sample)
@@ -556,6 +566,21 @@ class PermissionsManager(object):
             self.results['diff'] = self._diff(result)
         return self.results
 
+    def refuse_unmounted_memory_volume(self, volume_info):
+        """A tmpfs/ramfs volume that no running container keeps mounted is mounted afresh, empty, for the helper:
+        what it changed would be gone when the helper ends (volume_restore refuses the same case)."""
+        p = self.params
+        options = volume_info.get('Options')
+        if not _archive.is_memory_volume(volume_info.get('Driver'), options):
+            return
+        with self.client.errors('Listing the containers that use volume %s' % p.volume):
+            running = [c for c in self.client.containers_using_volume(p.volume) if c['running']]
+        if not running:
+            self.client.fail('Volume %s (type=%s) keeps its content only while a container mounts it, and no running '
+                             'container does: whatever this task changed would be gone when its helper container '
+                             'ends. Start a container that uses the volume first. Nothing was changed.'
+                             % (p.volume, (options or {}).get('type')))
+
     def _diff(self, result):
         changes = result['changes']
         head = 'volume %s, path %s: %d of %d entries differ (owner %d, group %d, mode %d)' % (
@@ -565,8 +590,10 @@ class PermissionsManager(object):
         after = [head]
         for item in changes['sample']:
             b, a = item['before'], item['after']
-            before.append('%s %d:%d %s' % (item['path'], b['uid'], b['gid'], b['mode']))
-            after.append('%s %d:%d %s' % (item['path'], a['uid'], a['gid'], a['mode']))
+            # Control characters escaped as the other modules show paths (a newline would split the line).
+            path = _archive.shown(item['path'])[1:-1]
+            before.append('%s %d:%d %s' % (path, b['uid'], b['gid'], b['mode']))
+            after.append('%s %d:%d %s' % (path, a['uid'], a['gid'], a['mode']))
         if changes['sample_truncated']:
             more = '... and %d more' % (result['changed_entries'] - len(changes['sample']))
             before.append(more)

@@ -112,6 +112,20 @@ def test_unknown_names_are_refused():
     assert resolve_owner('123', None, None) == (123, None)
 
 
+@pytest.mark.parametrize('value', ['\u00b2', '\u0661\u0662\u0663\u0664', '\uff11\uff12'])
+def test_non_ascii_digits_are_not_ids(value):
+    # '²' made int() raise (a traceback); Arabic-Indic digits were read as 1234.
+    with pytest.raises(PermissionsError, match='is not a numeric ID'):
+        resolve_owner(value, None, None)
+    with pytest.raises(PermissionsError, match='is not a numeric ID'):
+        resolve_group(value, None, None)
+    with pytest.raises(PermissionsError, match='Unknown user'):
+        resolve_owner(value, parse_passwd(PASSWD), 'container c')
+    text = 'odd:x:%s:%s::/:/bin/sh\n' % (value, value)
+    assert parse_passwd(text) == {}
+    assert parse_group('odd:x:%s:\n' % value) == {}
+
+
 # --- target path ----------------------------------------------------------------------------------
 
 def test_resolve_target_refusals(tmp_path):
