@@ -67,7 +67,7 @@ options:
     aliases: [docker_api_version]
   timeout:
     description:
-      - Seconds to wait for an answer from the Docker API.
+      - Seconds to wait for an answer from the Docker API; 1 or more (0 and negative values are refused).
       - If not set, the value of the E(DOCKER_TIMEOUT) environment variable is used.
     type: int
     default: 60

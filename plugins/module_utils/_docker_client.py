@@ -163,8 +163,14 @@ class AnsibleDockerClient(object):
         """Check docker_host; the daemon itself is contacted only by the first API call."""
         self._api = None
         host = self.params['docker_host']
-        if urlparse(host).scheme not in ('unix', 'tcp', 'ssh', 'http', 'https', 'npipe'):
+        try:
+            scheme = urlparse(host).scheme
+        except ValueError as exc:  # "Invalid IPv6 URL" for tcp://[::1
+            self.fail('docker_host %r is not a valid URL (%s).' % (host, exc))
+        if scheme not in ('unix', 'tcp', 'ssh', 'http', 'https', 'npipe'):
             self.fail('docker_host %r is not a unix://, tcp:// or ssh:// URL.' % host)
+        if self.params['timeout'] is not None and self.params['timeout'] < 1:
+            self.fail('timeout must be 1 second or more, not %d.' % self.params['timeout'])
 
     @property
     def api(self):
