@@ -1214,10 +1214,12 @@ class TarStreamValidator(object):
             candidates.append(pax[b'GNU.sparse.name'])
         is_sparse = b'GNU.sparse.major' in pax or b'GNU.sparse.map' in pax or b'GNU.sparse.size' in pax
         self._longname = None
-        if kind != 'd' and any(c.endswith(b'/') for c in candidates):
-            # GNU tar extracts a file member whose name ends in "/" as a directory and then reads the
-            # member's "data" as further headers, which this parser would skip as file content: members
+        if kind != 'd' and candidates[-1].endswith(b'/'):
+            # GNU tar extracts a file member whose (effective) name ends in "/" as a directory and then reads
+            # the member's "data" as further headers, which this parser would skip as file content: members
             # hidden there would escape every check. GNU tar never writes such a name for a non-directory.
+            # Only the effective name counts: with a pax path or a GNU long name, the ustar name field holds
+            # a truncated copy, which may end in "/" (GNU tar itself writes such headers for long paths).
             raise StreamRejected('Refusing archive: member %s of type %r has a directory name (ends in "/").'
                                  % (shown(candidates[-1]), kind))
         # Validate every name a tar implementation might use.

@@ -584,6 +584,34 @@ def test_non_directory_members_with_a_directory_name_are_refused(case, _run):
         _run(_hand_built(SLASH_NAMED[case]))
 
 
+def test_a_truncated_ustar_name_ending_in_a_slash_under_a_long_name_passes(_run):
+    # GNU tar's own archives of long paths: the ustar name field holds a truncated copy of the path, which may
+    # end in "/"; the pax path or the GNU long name is the member's name (found by the migration benchmark).
+    long = b'./' + b'd' * 90 + b'/' + b'f' * 60
+    body = (_ext({b'path': long}, b'x') + _ustar(long[:93].decode(), size=3) + b'abc' + b'\0' * 509
+            + _ext(long + b'2\0', b'L') + _ustar(long[:93].decode(), size=0))
+    assert long[:93].endswith(b'/')
+    v, _out = _run(_hand_built(body))
+    assert v.entries == 3
+
+
+@needs_zstd_and_gnu_tar
+def test_gnu_tar_archives_of_long_paths_pass(tmp_path, _run):
+    root = tmp_path / 'tree'
+    # './' + 97 characters + '/' is 100: GNU tar's ustar name field of a file in that directory ends in '/'
+    deep = root / ('x' * 97)
+    deep.mkdir(parents=True)
+    (deep / 'f').write_bytes(b'data')
+    raw = subprocess.run(['tar', '--format=posix', '-C', str(root), '-cf', '-', '.'], stdout=subprocess.PIPE,
+                         check=True).stdout
+    # the file's own header: its (truncated, 100-byte) name field ends in '/', as in the benchmark's archive
+    file_headers = [raw[o:o + 512] for o in range(0, len(raw), 512)
+                    if raw[o + 257:o + 262] == b'ustar' and raw[o + 156:o + 157] == b'0']
+    assert len(file_headers) == 1 and A._nul_terminated(file_headers[0][:100]).endswith(b'/')
+    v, _out = _run(A.manifest_member(MANIFEST) + raw)
+    assert v.entries == 3
+
+
 def test_directory_members_may_end_in_a_slash(_run):
     v, _out = _run(_hand_built(_ustar('./d/', tarfile.DIRTYPE) + _ext({b'path': b'./e/'}, b'x')
                                + _ustar('./e', tarfile.DIRTYPE)))
