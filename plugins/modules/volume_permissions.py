@@ -492,7 +492,7 @@ class PermissionsManager(object):
     def run_helper(self, plan):
         p = self.params
         if not p.helper_image:
-            self.client.fail('Volume %s needs a helper container (%s) but helper_image is not set: give a local '
+            self.client.fail('Volume %s needs a helper container because %s, but helper_image is not set: give a local '
                              'image that has python3.' % (p.volume, self._helper_reason))
         self.client.require_local_image(p.helper_image)
         request = dict(root=HELPER_MOUNT, path=p.path, plan=plan_to_dict(plan), check_mode=p.check_mode,

@@ -57,7 +57,7 @@ def test_the_helper_message_gives_the_real_reason():
     assert manager.choose_data_path(BIND) == 'helper'
     with pytest.raises(_Fail) as info:
         manager.run_helper(None)
-    assert 'needs a helper container (it has driver options' in str(info.value)
+    assert 'needs a helper container because it has driver options' in str(info.value)
     assert 'data_path=helper' not in str(info.value)
 
 
