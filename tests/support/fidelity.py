@@ -346,6 +346,11 @@ class _Builder(object):
         os.link(self.p(rel + b'/' + b'f' * 120), self.p(b'long/hardlink-to-deep'))
         self.mtimes.append((b'long/hardlink-to-deep', False))
         self.symlink(b'long/symlink-to-deep', rel[len(b'long/'):] + b'/' + b'f' * 120)
+        # './' + this directory + '/' is 100 bytes: the ustar name field of the file in it (a truncated copy of
+        # its pax path) ends in '/', which a validator must not take for the member's name
+        edge = b'long/' + b'e' * 92
+        self.dir(edge)
+        self.file(edge + b'/file-named-after-a-slash-at-byte-100', b'edge\n')
 
         self._set_mtimes()
         self._set_root()
