@@ -2130,8 +2130,14 @@ NO_SPACE_RESTORE = ('No space left on %s\'s filesystem while extracting the arch
 
 
 def is_no_space(text):
-    """True when a tool's error text reports a full filesystem or an exceeded quota."""
-    return 'No space left on device' in text or 'Disk quota exceeded' in text
+    """True when a tool's error text reports a full filesystem or an exceeded quota.
+
+    GNU tar extracting a file reports a short write(2) as "Wrote only N of M bytes" (the filesystem filled up in
+    the middle of a block; the next write would have failed with ENOSPC): a short write to a regular file means a
+    full filesystem or quota (a file size limit kills tar with SIGXFSZ instead).
+    """
+    return ('No space left on device' in text or 'Disk quota exceeded' in text
+            or re.search(r'Wrote only \d+ of \d+ bytes', text) is not None)
 
 
 def describe_os_error(exc, action):

@@ -700,3 +700,15 @@ def test_checksum_sidecar_in_either_case_as_sha256sum_takes_it(tmp_path):
         f.write('not a digest\n')
     with pytest.raises(A.ArchiveError, match='not in sha256sum format'):
         A.read_sidecar_sha256(archive)
+
+
+@pytest.mark.parametrize('text, full', [
+    ('tar: ./big: Cannot write: No space left on device', True),
+    ('tar: ./big: Cannot write: Disk quota exceeded', True),
+    # GNU tar's short write when the filesystem fills up in the middle of a block (a helper-path restore, QA)
+    ('/usr/bin/tar: ./big: Wrote only 7168 of 10240 bytes\n/usr/bin/tar: Exiting with failure status', True),
+    ('tar: ./big: Cannot open: Permission denied', False),
+    ('Wrote only some of them', False),
+])
+def test_no_space_is_recognised_in_tar_messages(text, full):
+    assert A.is_no_space(text) is full
