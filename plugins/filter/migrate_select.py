@@ -19,6 +19,7 @@ from collections.abc import Mapping
 
 from ansible.module_utils.parsing.convert_bool import boolean
 from ansible_collections.volumeops.docker.plugins.filter.command_error import command_error
+from ansible_collections.volumeops.docker.plugins.module_utils._docker_client import ACTIVE_STATES
 
 # A migration id given by the user (migrate_id, a pair's id) becomes part of marker and staging names.
 ID_PATTERN = re.compile(r'[A-Za-z0-9][A-Za-z0-9_.-]{0,50}')
@@ -56,10 +57,9 @@ def _mounted_only_in_use(volume):
     return (volume.get('driver') or 'local') != 'local' or 'type' in options or 'device' in options
 
 
-# A container in one of these states runs the processes that write its volumes (a paused one resumes writing
+# A container in one of ACTIVE_STATES runs the processes that write its volumes (a paused one resumes writing
 # when unpaused, a restarting one is started again by its restart policy): the role stops it like a running one
-# (docker stop works on both) and starts its destination twin.
-RUNNING_STATES = ('running', 'paused', 'restarting')
+# (docker stop works on both) and starts its destination twin. The modules count the same states as users.
 
 
 def _inspect_output(inspect, source):
@@ -83,7 +83,7 @@ def _inspect_output(inspect, source):
             mounts, end = decoder.raw_decode(line, end + 1)
             cid = json.loads(line[end:]) if line[end:].strip() else ''
             containers.append({'name': _container_name(name), 'id': cid or '', 'state': status,
-                               'running': status in RUNNING_STATES, 'mounts': mounts or []})
+                               'running': status in ACTIVE_STATES, 'mounts': mounts or []})
         users = {}
         for c in containers:
             for mount in c['mounts']:
@@ -216,7 +216,7 @@ def _running_extra(extra):
             continue
         info = json.loads(result['stdout'])[0]
         state = info.get('State') or {}
-        if state.get('Running') or state.get('Status') in RUNNING_STATES:
+        if state.get('Running') or state.get('Status') in ACTIVE_STATES:
             out.append(_container_name(info['Name']))
     return out
 

@@ -352,8 +352,6 @@ from ansible_collections.volumeops.docker.plugins.module_utils._helper import (
     Helper, HelperError, local_path_error, mount_points)
 
 DEFAULT_LEVELS = {'zstd': 3, 'gzip': 6, 'none': None}
-# Mount types of the local driver whose content exists only while mounted (see refuse_memory_volumes).
-MEMORY_MOUNT_TYPES = ('tmpfs', 'ramfs')
 
 
 class VolumeFailure(Exception):
@@ -737,9 +735,8 @@ class BackupManager(object):
                 continue  # not unmounted by this stop: no user stopped, or another keeps it mounted
             with self.client.errors('Inspecting volume %s' % name):
                 info = self.client.inspect_volume(name) or {}
-            kind = (info.get('Options') or {}).get('type')
-            if (info.get('Driver') or 'local') == 'local' and kind in MEMORY_MOUNT_TYPES:
-                lost.append('%s (type=%s)' % (name, kind))
+            if _archive.is_memory_volume(info.get('Driver'), info.get('Options')):
+                lost.append('%s (type=%s)' % (name, info['Options']['type']))
         if not lost:
             return False
         msg = ('stop_containers would stop %s, the last running user(s) of %s: the content of such a volume lives '
